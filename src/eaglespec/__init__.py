@@ -1,0 +1,20 @@
+"""eaglespec: train EAGLE draft heads for any Hugging Face causal LM and decode losslessly with them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+BUNDLED_MODEL_NAME = "stories260K"
+
+
+def bundled_model_path() -> Path:
+    """The Hugging Face directory of the bundled stories260K target (ships inside the package)."""
+    return Path(__file__).resolve().parent / "assets" / BUNDLED_MODEL_NAME
+
+
+def resolve_model_path(path: str | os.PathLike) -> str:
+    """`stories260K` names the bundled model; anything else is returned unchanged."""
+    return str(bundled_model_path()) if str(path) == BUNDLED_MODEL_NAME else str(path)

@@ -1,0 +1,78 @@
+"""`eaglespec <command>`: parse arguments and call one function per command. No logic lives here.
+
+Each command module exposes `configure_parser(parser)` and `run(args) -> int`; modules are imported
+only when their command runs, so `eaglespec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line description). Order is the order `--help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("eaglespec.commands.demo", "Self-distil, train an EAGLE-3 head on the bundled stories260K and show the speed-up"),
+    "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
+    "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
+    "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eaglespec",
+        description="Train EAGLE draft heads and decode losslessly with tree speculative decoding.",
+    )
+    from eaglespec import __version__
+
+    parser.add_argument("--version", action="version", version=f"eaglespec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (module, description) in COMMANDS.items():
+        sub.add_parser(name, help=description, description=description, add_help=False)
+    return parser
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a 'Loading weights' bar for every model load; our commands draw their own."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse only up to the command name; the command's own parser takes the rest.
+    pre, rest = parser.parse_known_args(argv)
+    if pre.command is None:
+        parser.print_help()
+        return 2
+    module_name, description = COMMANDS[pre.command]
+    logging.basicConfig(
+        level=logging.DEBUG if pre.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_transformers()
+    module = importlib.import_module(module_name)
+    cmd_parser = argparse.ArgumentParser(prog=f"eaglespec {pre.command}", description=description)
+    module.configure_parser(cmd_parser)
+    args = cmd_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        if pre.verbose:
+            raise
+        print(f"eaglespec {pre.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"eaglespec {pre.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per CLI command: `configure_parser(parser)` and `run(args) -> int`; thin over the library."""

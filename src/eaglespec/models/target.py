@@ -1,0 +1,150 @@
+"""Thin adapter over any Hugging Face causal LM: logits plus the hidden states each draft method needs.
+
+No forked modeling files and no patching: the target runs through transformers' own forward with
+`output_hidden_states=True`, an optional custom 4D attention mask (tree attention) and a Cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eaglespec.models.config import DraftConfig, TargetInfo
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [B, T, V]
+    last_hidden: torch.Tensor  # [B, T, H]: after the final norm, the input of lm_head (EAGLE-1 feature)
+    aux_hidden: torch.Tensor | None  # [B, T, 3H]: concat of hidden_states[i] for the aux ids (EAGLE-3)
+
+    def features(self, method: str) -> torch.Tensor:
+        """The target features a draft of `method` consumes."""
+        if method == "eagle1":
+            return self.last_hidden
+        if self.aux_hidden is None:
+            raise ValueError("eagle3 features need aux_layer_ids in the target forward")
+        return self.aux_hidden
+
+
+def bool_to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, 1, T, S] (True = attend) -> additive float mask (0 / dtype min) for eager and SDPA alike."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+class TargetModel:
+    """Wraps a Hugging Face `*ForCausalLM` (frozen) and reads what EAGLE drafts need from it."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config.get_text_config()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = None,
+    ) -> "TargetModel":
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or "auto", **kwargs)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.lm_head.weight.shape[0])
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", None) or 2048)
+
+    def info(self) -> TargetInfo:
+        return TargetInfo(
+            name_or_path=str(getattr(self.model.config, "_name_or_path", "") or ""),
+            model_type=str(self.config.model_type),
+            architectures=list(getattr(self.model.config, "architectures", None) or [type(self.model).__name__]),
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            num_hidden_layers=self.num_hidden_layers,
+        )
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        position_ids: torch.Tensor | None = None,  # [B, T]
+        attention_mask: torch.Tensor | None = None,  # bool [B, 1, T, S] (tree/custom) or [B, S] padding mask
+        cache=None,
+        aux_layer_ids: list[int] | None = None,
+    ) -> TargetOutput:
+        if attention_mask is not None and attention_mask.ndim == 4:
+            attention_mask = bool_to_additive_mask(attention_mask, self.dtype)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=cache is not None,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        hs = out.hidden_states  # embeddings, input of layer 1, ..., input of layer L-1, final-norm output
+        aux = torch.cat([hs[i] for i in aux_layer_ids], dim=-1) if aux_layer_ids else None
+        return TargetOutput(logits=out.logits, last_hidden=hs[-1], aux_hidden=aux)
+
+    __call__ = forward
+
+
+def check_draft_matches_target(draft: DraftConfig, target_config, source: str = "draft") -> None:
+    """Raise a clear error when a draft was built for another target (not a shape crash in torch)."""
+    cfg = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    problems = []
+    if int(cfg.hidden_size) != draft.target_hidden_size:
+        problems.append(f"hidden size: draft expects {draft.target_hidden_size}, target has {cfg.hidden_size}")
+    target_vocab = int(cfg.vocab_size)
+    if target_vocab != draft.vocab_size:
+        problems.append(f"vocab size: draft expects {draft.vocab_size}, target has {target_vocab}")
+    if draft.method == "eagle3":
+        bad = [i for i in draft.aux_layer_ids if not 0 <= i < int(cfg.num_hidden_layers)]
+        if bad:
+            problems.append(f"aux layer ids {bad} do not exist in a target with {cfg.num_hidden_layers} layers")
+    if problems:
+        built_for = draft.target.name_or_path if draft.target else "an unknown target"
+        raise ValueError(f"{source}: draft was built for {built_for!r}, not this target: " + "; ".join(problems))
