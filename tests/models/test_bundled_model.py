@@ -1,0 +1,36 @@
+"""The bundled stories260K loads with plain transformers and reproduces its known greedy story."""
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from eaglespec import bundled_model_path
+
+KNOWN = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball."
+
+
+def test_plain_transformers_greedy_continuation():
+    path = str(bundled_model_path())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok("Once upon a time", return_tensors="pt").input_ids
+    assert ids[0].tolist() == [1, 403, 407, 261, 378]  # BOS + the SentencePiece ids
+    out = model.generate(ids, do_sample=False, max_new_tokens=30)
+    new = out[0, ids.shape[1]:]
+    expected = tok(KNOWN, add_special_tokens=False).input_ids
+    text = tok.decode(new)
+    assert KNOWN.startswith(text), text
+    assert len(new) == 30
+    # token-level check of the first 30 new tokens against the known text's tokenization
+    full = tok("Once upon a time" + KNOWN, add_special_tokens=True).input_ids
+    assert new.tolist() == full[5:35]
+    assert len(expected) >= 30
+
+
+def test_tokenizer_round_trip():
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    assert len(tok) == 512
+    assert (tok.bos_token_id, tok.eos_token_id) == (1, 2)
+    for text in ["Once upon a time", "Lily saw a big dog. It was happy!"]:
+        ids = tok(text).input_ids
+        assert ids[0] == 1
+        assert tok.decode(ids, skip_special_tokens=True) == text
