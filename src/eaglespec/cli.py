@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
     "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
     "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),
+    "regenerate": ("eaglespec.commands.regenerate", "Self-distil: regenerate a dataset's answers (or sample texts from BOS) with the target"),
 }
 
 

@@ -1,0 +1,83 @@
+"""`eaglespec regenerate`: replace a dataset's answers with the target's own output (self-distillation),
+or sample unconditional texts from BOS with `--from-bos N`. Resumable: rerun the same command."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MAX_NEW_TOKENS = 256
+BOS_DEFAULT_TEMPERATURE = 1.0  # unconditional samples must differ from each other: greedy would repeat one text
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="target model directory (or 'stories260K' for the bundled one)")
+    p.add_argument("--output", required=True, help="output JSON Lines file (appended to; a rerun resumes)")
+    p.add_argument("--input", help="input JSON / JSON Lines file (optionally .gz)")
+    p.add_argument("--data-format", choices=("chat", "fim", "text"),
+                   help="chat: assistant turns; fim: middles; text: completions of {prompt, completion}")
+    p.add_argument("--from-bos", type=int, metavar="N", default=None,
+                   help="instead of --input: sample N unconditional texts starting at BOS")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"per generation (default {DEFAULT_MAX_NEW_TOKENS}, bounded by the model's context)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="suppress EOS before this many new tokens")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"0 = greedy (default with --input); default {BOS_DEFAULT_TEMPERATURE} with --from-bos")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8, help="records generated together")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
+    p.add_argument("--chat-template", help="Jinja chat template file, for tokenizers without one")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.from_bos is None and (args.input is None or args.data_format is None):
+        raise ValueError("give --input FILE and --data-format chat|fim|text, or --from-bos N")
+    if args.from_bos is not None and args.input is not None:
+        raise ValueError("--from-bos samples without input; do not combine it with --input")
+
+
+def _load(args: argparse.Namespace):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eaglespec import resolve_model_path
+    from eaglespec.data.chat import load_chat_template
+
+    model_path = resolve_model_path(args.model)
+    dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer or args.model))
+    if args.chat_template:
+        tokenizer.chat_template = load_chat_template(args.chat_template)
+    return model, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from eaglespec.data import regenerate as rg
+
+    _check_args(args)
+    temperature = args.temperature
+    if temperature is None:
+        temperature = BOS_DEFAULT_TEMPERATURE if args.from_bos is not None else 0.0
+    settings = rg.SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
+                                   min_new_tokens=args.min_new_tokens, seed=args.seed)
+    model, tokenizer = _load(args)
+    generator = rg.Generator(model, tokenizer, settings)
+    if args.from_bos is not None:
+        jobs = rg.bos_jobs(args.from_bos, generator)
+    else:
+        jobs = rg.build_jobs(args.input, args.data_format, generator)
+    plan = rg.plan_regeneration(jobs, args.output)
+    if plan.already_done:
+        print(f"resuming {args.output}: {plan.already_done} of {plan.total} records already done")
+    with tqdm(total=len(plan.todo), unit="rec", desc="regenerate") as bar:
+        summary = rg.run_plan(plan, generator, args.batch_size, progress=bar.update)
+    print(f"wrote {summary.generated} records to {args.output} ({summary.total} in all)"
+          + (f"; {summary.hit_max_new_tokens} generations stopped at --max-new-tokens={args.max_new_tokens}"
+             if summary.hit_max_new_tokens else ""))
+    return 0
