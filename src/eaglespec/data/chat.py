@@ -1,4 +1,4 @@
-"""Chat conversations -> (input_ids, loss_mask) from the tokenizer's OWN chat template, for any family.
+r"""Chat conversations -> (input_ids, loss_mask) from the tokenizer's OWN chat template, for any family.
 
 Method (no family-specific offsets): tokenize the full conversation once. For every assistant message k,
 render messages[:k] with add_generation_prompt=True; its token ids must be a prefix of the full ids
@@ -92,6 +92,8 @@ class ChatEncoder:
 
     def encode(self, conv: Conversation) -> tuple[list[int], list[int]]:
         """(input_ids, loss_mask), both [T]; loss_mask[i] = 1 on assistant tokens and their end-of-turn."""
+        if not any(m["role"] == ASSISTANT for m in conv.messages):
+            return [], []  # nothing to train (counted as skipped by the caller)
         if self.uses_generation_blocks:
             return self._encode_with_template_masks(conv)
         text = self.render(conv, conv.messages, add_generation_prompt=False)

@@ -372,8 +372,8 @@ def _check_roles(messages: list[dict], source: str) -> None:
     if first is None:
         raise InvalidRecord(f"{source}: conversation has no user or assistant message", "missing_field")
     if first["role"] != USER:
-        raise InvalidRecord(f"{source}: conversation starts with a {first['role']} message; the first message "
-                            "after the optional system prompt must come from the user", "starts_with_assistant")
+        raise InvalidRecord(f"{source}: conversation starts with a message from the {first['role']}; the first "
+                            "message after the optional system prompt must come from the user", "starts_with_assistant")
 
 
 # ---------------------------------------------------------------------------------------------------
