@@ -16,7 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
     "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
     "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),
+    "prepare": ("eaglespec.commands.prepare", "Tokenize chat / FIM / text data with exact loss masks into a training dataset"),
+    "show-sample": ("eaglespec.commands.show_sample", "Show one prepared sample with its trained tokens highlighted"),
+    "draft-vocab": ("eaglespec.commands.draft_vocab", "Build the EAGLE-3 draft vocabulary of a prepared dataset and print its coverage"),
     "regenerate": ("eaglespec.commands.regenerate", "Self-distil: regenerate a dataset's answers (or sample texts from BOS) with the target"),
+    "dump-features": ("eaglespec.commands.dump_features", "Run the target once over a prepared dataset and store its hidden states for offline training"),
 }
 
 
