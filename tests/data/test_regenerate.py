@@ -288,6 +288,10 @@ def test_fim_middle_is_regenerated_with_the_tokenizers_fim_tokens(tmp_path):
                   + [vocab["<fim_middle>"]])
         new = greedy_reference(model, prompt, 8, stop=tok.eos_token_id)
         assert record[field] == tok.decode(new, skip_special_tokens=True)
+    spm = rg.build_jobs(src, "fim", make_generator(model, tokenizer=tok), fim_order="spm")[1].next_prompt()
+    encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert spm == ([vocab["<fim_prefix>"], vocab["<fim_suffix>"]] + encode("\nprint(x)\n")
+                   + [vocab["<fim_middle>"]] + encode("x = "))
 
 
 # --------------------------------------------------------------------------------------------------

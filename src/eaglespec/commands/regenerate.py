@@ -27,6 +27,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
     p.add_argument("--chat-template", help="Jinja chat template file, for tokenizers without one")
+    p.add_argument("--fim-order", default=None, choices=("psm", "spm"),
+                   help="fim: layout (default: the FIM family's own, as in `prepare`)")
+    p.add_argument("--fim-tokens", default=None, metavar="P,S,M[,T]",
+                   help="fim: prefix, suffix, middle (and terminator) tokens overriding auto-detection")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
 
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_bos is not None:
         jobs = rg.bos_jobs(args.from_bos, generator)
     else:
-        jobs = rg.build_jobs(args.input, args.data_format, generator)
+        jobs = rg.build_jobs(args.input, args.data_format, generator, args.fim_tokens, args.fim_order)
     plan = rg.plan_regeneration(jobs, args.output)
     if plan.already_done:
         print(f"resuming {args.output}: {plan.already_done} of {plan.total} records already done")

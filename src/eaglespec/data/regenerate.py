@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -354,9 +354,10 @@ def _fim_job(record: Any, fim: Any, generator: Generator) -> CompletionJob:
     return CompletionJob(record.id, record.data, field, prompt, generator)
 
 
-def build_jobs(path: str | os.PathLike, data_format: str, generator: Generator) -> list[RegenerationJob]:
+def build_jobs(path: str | os.PathLike, data_format: str, generator: Generator, fim_tokens: str | None = None,
+               fim_order: str | None = None) -> list[RegenerationJob]:
     """One job per input record (per conversation for Open-Assistant trees); ids must be unique, they are
-    the resume keys."""
+    the resume keys. fim_tokens / fim_order: as for `prepare` (override FIM token detection / layout)."""
     from eaglespec.data.chat import ChatEncoder
     from eaglespec.data.fim import detect_fim_tokens
     from eaglespec.data.formats import read_records
@@ -364,7 +365,7 @@ def build_jobs(path: str | os.PathLike, data_format: str, generator: Generator) 
     if data_format not in DATA_FORMATS:
         raise ValueError(f"data format: expected one of {DATA_FORMATS}, got {data_format!r}")
     encoder = ChatEncoder(generator.tokenizer) if data_format == "chat" else None
-    fim = detect_fim_tokens(generator.tokenizer) if data_format == "fim" else None
+    fim = detect_fim_tokens(generator.tokenizer, fim_tokens, fim_order) if data_format == "fim" else None
     if fim is not None:
         generator.add_stop_token(fim.terminator_id)
     jobs: list[RegenerationJob] = []
