@@ -8,6 +8,7 @@ error names where the bad input is.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -354,8 +355,6 @@ def _finish_messages(raw: list[dict], conv_id: str, source: str) -> list[dict]:
 
 def _tool_call_id(conv_id: str, index: int, number: int) -> str:
     """A stable 9-character alphanumeric id (Mistral's template requires exactly that shape)."""
-    import hashlib
-
     return hashlib.sha1(f"{conv_id}/{index}/{number}".encode()).hexdigest()[:9]
 
 

@@ -317,7 +317,7 @@ def _meta(options: _EncodeOptions, encoder: SampleEncoder, paths: list[Path], te
     fim = asdict(encoder.fim) if encoder.fim is not None else None
     return PrepareMeta(
         data_format=options.data_format,
-        tokenizer=str(options.tokenizer),
+        tokenizer=str(Path(options.tokenizer).resolve()) if Path(options.tokenizer).is_dir() else options.tokenizer,
         tokenizer_hash=tokenizer_hash(resolve_model_path(options.tokenizer), encoder.tokenizer),
         max_len=options.max_len,
         inputs=[{"path": str(p.resolve()), "sha256": file_sha256(p) if p.is_file() else None} for p in paths],
