@@ -1,0 +1,112 @@
+"""`eaglespec generate --base MODEL --draft DRAFT (--prompt TEXT | --input FILE)`: speculative decoding."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="target model directory (or 'stories260K')")
+    p.add_argument("--draft", default=None, help="draft directory (eaglespec init-draft / train); needed unless --vanilla")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--input", help='JSONL of prompts ({"prompt": ...} or {"turns": [...]}) or plain text lines')
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--tree", choices=("dynamic", "static", "chain"), default="dynamic")
+    p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
+    p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
+    p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
+    p.add_argument("--show-accepted", action="store_true", help="colour tokens that came from the draft")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
+    p.add_argument("--vanilla", action="store_true", help="plain target decoding (the baseline)")
+
+
+def read_prompts(args: argparse.Namespace) -> list:
+    """Prompts as text (or chat messages with --chat); multi-turn entries use their first turn."""
+    if args.prompt is not None:
+        texts = [args.prompt]
+    else:
+        texts = []
+        with open(args.input, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                texts.append(_prompt_of_line(line, args.input, number))
+    return [[{"role": "user", "content": t}] if args.chat else t for t in texts]
+
+
+def _prompt_of_line(line: str, path: str, number: int) -> str:
+    if not line.lstrip().startswith("{"):
+        return line.rstrip("\n")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: invalid JSON: {e}") from e
+    if "prompt" in record:
+        return str(record["prompt"])
+    if record.get("turns"):
+        return str(record["turns"][0])
+    raise ValueError(f"{path}:{number}: expected a 'prompt' or 'turns' field, got keys {sorted(record)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eaglespec.decoding import GenerationStats, SpeculativeGenerator
+
+    if args.draft is None and not args.vanilla:
+        raise ValueError("--draft is required (or pass --vanilla for plain decoding)")
+    tree = {"kind": args.tree}
+    for key, value in (("depth", args.depth), ("top_k", args.draft_top_k), ("total_tokens", args.total_tokens)):
+        if value is not None:
+            tree[key] = value
+    gen = SpeculativeGenerator.from_pretrained(args.base, None if args.vanilla else args.draft,
+                                               dtype=args.dtype, device=args.device, **tree)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    for prompt in read_prompts(args):
+        stats = GenerationStats()
+        chunks = []
+        for chunk in gen.stream(prompt, args.max_new_tokens, vanilla=args.vanilla, stats=stats, **sampling):
+            chunks.append(chunk)
+            if args.stream and not args.json:
+                _print_chunk(gen, chunks, args.show_accepted)
+        if args.json:
+            print(json.dumps({"token_ids": [t for c in chunks for t in c.token_ids],
+                              "text": "".join(c.text for c in chunks), "new_tokens": stats.new_tokens,
+                              "target_forwards": stats.target_forwards, "tau": stats.tau,
+                              "stats": stats.to_dict()}))
+            continue
+        if not args.stream:
+            for i in range(len(chunks)):
+                _print_chunk(gen, chunks[: i + 1], args.show_accepted)
+        print(f"\n[{stats.new_tokens} tokens, {stats.target_forwards} target forwards, tau {stats.tau:.2f}, "
+              f"finish: {stats.finish_reason}]")
+    return 0
+
+
+def _print_chunk(gen, chunks: list, colour: bool) -> None:
+    """Write the last chunk's text; with colour, draft-accepted tokens are green (each token's text is the
+    growth of the decoded output, so tokenizers that merge pieces keep their spacing)."""
+    chunk = chunks[-1]
+    if not colour or gen.tokenizer is None:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        return
+    tokens = [t for c in chunks[:-1] for t in c.token_ids]
+    text = gen.tokenizer.decode(tokens, skip_special_tokens=True)
+    for token, drafted in zip(chunk.token_ids, chunk.from_draft):
+        tokens.append(token)
+        grown = gen.tokenizer.decode(tokens, skip_special_tokens=True)
+        piece, text = grown[len(text):], grown
+        sys.stdout.write(f"{GREEN}{piece}{RESET}" if drafted else piece)
+    sys.stdout.flush()
