@@ -16,11 +16,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
     "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
     "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),
+    "generate": ("eaglespec.commands.generate", "Generate text with tree speculative decoding (or --vanilla)"),
     "prepare": ("eaglespec.commands.prepare", "Tokenize chat / FIM / text data with exact loss masks into a training dataset"),
     "show-sample": ("eaglespec.commands.show_sample", "Show one prepared sample with its trained tokens highlighted"),
     "draft-vocab": ("eaglespec.commands.draft_vocab", "Build the EAGLE-3 draft vocabulary of a prepared dataset and print its coverage"),
     "regenerate": ("eaglespec.commands.regenerate", "Self-distil: regenerate a dataset's answers (or sample texts from BOS) with the target"),
     "dump-features": ("eaglespec.commands.dump_features", "Run the target once over a prepared dataset and store its hidden states for offline training"),
+    "train": ("eaglespec.commands.train", "Train an EAGLE-1 or EAGLE-3 draft head (single process, torchrun or DeepSpeed)"),
 }
 
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"eaglespec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # `deepspeed --module eaglespec ...` inserts --local_rank=K before the command; LOCAL_RANK is read from the env.
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (module, description) in COMMANDS.items():
         sub.add_parser(name, help=description, description=description, add_help=False)
