@@ -1,0 +1,115 @@
+"""`eaglespec train eagle1|eagle3 ...`: train a draft head (flags as in the tutorial)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eaglespec.commands.init_draft import parse_layer_ids
+
+
+def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, grad_accum: int,
+                  warmup: int | None) -> None:
+    p.add_argument("--basepath", required=True, help="target model directory (or 'stories260K')")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    p.add_argument("--bs", type=int, default=bs, help=f"micro-batch size per process (default {bs})")
+    p.add_argument("--num_epochs", "--num-epochs", dest="num_epochs", type=int, default=epochs)
+    p.add_argument("--grad-accum", type=int, default=grad_accum, help="micro-batches per optimizer step")
+    p.add_argument("--max-len", type=int, default=2048, help="truncate samples to this many tokens")
+    p.add_argument("--warmup-steps", type=int, default=warmup,
+                   help="linear warmup steps, then linear decay to 0" + ("" if warmup is not None else
+                                                                         " (default: 1.5%% of all steps)"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="autocast precision (auto: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--grad-clip", type=float, default=0.5, help="gradient clipping threshold (0: off)")
+    p.add_argument("--clip-mode", choices=("norm", "value"), default="norm",
+                   help="clip the global gradient norm (default) or each value (the reference's choice)")
+    p.add_argument("--test-split", type=float, default=0.05, help="held-out fraction (seeded) for test metrics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete resumable checkpoint")
+    p.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none")
+    p.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many optimizer steps")
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="stop cleanly (evaluate and save a resumable checkpoint) after this much training time")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="method", metavar="eagle1|eagle3", required=True)
+    p1 = sub.add_parser("eagle1", help="EAGLE-1 feature-extrapolation head", description="Train an EAGLE-1 draft head.")
+    _common_flags(p1, lr=3e-5, bs=4, epochs=20, grad_accum=1, warmup=2000)
+    data = p1.add_mutually_exclusive_group(required=True)
+    data.add_argument("--tmpdir", type=Path, help="offline features written by `eaglespec dump-features`")
+    data.add_argument("--data", type=Path, help="prepared dataset; the target runs on the fly (online)")
+    p1.add_argument("--cpdir", type=Path, required=True, help="checkpoint directory (state_{epoch}/)")
+    p1.add_argument("--save-freq", type=int, default=5, help="save every N epochs (and the last)")
+    p1.add_argument("--noise", choices=("uniform", "gaussian", "none"), default="uniform")
+    p1.add_argument("--noise-std", type=float, default=0.2)
+    p1.add_argument("--v-w", type=float, default=1.0, help="weight of the feature (SmoothL1) loss")
+    p1.add_argument("--p-w", type=float, default=0.1, help="weight of the token (soft cross-entropy) loss")
+
+    p3 = sub.add_parser("eagle3", help="EAGLE-3 head with training-time test", description="Train an EAGLE-3 draft head.")
+    _common_flags(p3, lr=5e-5, bs=1, epochs=40, grad_accum=2, warmup=None)
+    p3.add_argument("--trainpath", type=Path, help="raw training file (chat / fim / text)")
+    p3.add_argument("--testpath", type=Path, help="raw test file (default: --test-split of the training data)")
+    p3.add_argument("--data-format", choices=("chat", "fim", "text"), default="chat")
+    p3.add_argument("--tokenizer", default=None, help="tokenizer for raw files (default: the target's)")
+    p3.add_argument("--data", type=Path, help="prepared dataset (online target)")
+    p3.add_argument("--features", type=Path, help="offline features written by `eaglespec dump-features`")
+    p3.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
+    p3.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
+    p3.add_argument("--ttt-length", type=int, default=7, help="training-time-test steps")
+    p3.add_argument("--step-weight", type=float, default=0.8, help="loss weight of TTT step j is step_weight**j")
+    p3.add_argument("--draft-vocab-size", type=int, default=None,
+                    help="draft vocabulary size (default: min(target vocab, 32000))")
+    p3.add_argument("--aux-layers", type=parse_layer_ids, default=None, help="aux layer ids a,b,c")
+    p3.add_argument("--gradient-checkpointing", action="store_true")
+    p3.add_argument("--full-save-every", type=int, default=10,
+                    help="resumable state every N epochs and at the end (a 16-bit draft every epoch)")
+    # deepspeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
+    p3.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _common_config(args: argparse.Namespace, output_dir: Path):
+    from eaglespec.training.config import CommonTrainConfig
+
+    return CommonTrainConfig(
+        basepath=args.basepath, output_dir=output_dir, lr=args.lr, batch_size=args.bs, num_epochs=args.num_epochs,
+        grad_accum=args.grad_accum, max_len=args.max_len, warmup_steps=args.warmup_steps, precision=args.precision,
+        grad_clip=args.grad_clip, clip_mode=args.clip_mode, test_split=args.test_split, seed=args.seed,
+        resume=args.resume, report_to=args.report_to, max_steps=args.max_steps,
+        time_budget_minutes=args.time_budget_minutes, progress=args.progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from eaglespec.training.distributed import destroy_distributed
+
+    try:
+        return _train(args)
+    finally:
+        destroy_distributed()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from eaglespec.training.config import Eagle1TrainConfig, Eagle3TrainConfig
+    from eaglespec.training.run import train_eagle1, train_eagle3
+
+    if args.method == "eagle1":
+        cfg = Eagle1TrainConfig(
+            common=_common_config(args, args.cpdir), tmpdir=args.tmpdir, data=args.data, save_freq=args.save_freq,
+            noise=args.noise, noise_std=args.noise_std, v_w=args.v_w, p_w=args.p_w,
+        )
+        result = train_eagle1(cfg)
+    else:
+        cfg = Eagle3TrainConfig(
+            common=_common_config(args, args.savedir), trainpath=args.trainpath, testpath=args.testpath,
+            data_format=args.data_format, tokenizer=args.tokenizer, data=args.data, features=args.features,
+            deepspeed_config=args.deepspeed_config, ttt_length=args.ttt_length, step_weight=args.step_weight,
+            draft_vocab_size=args.draft_vocab_size, aux_layers=args.aux_layers,
+            gradient_checkpointing=args.gradient_checkpointing, full_save_every=args.full_save_every,
+        )
+        result = train_eagle3(cfg)
+    print(f"done: {result.state.step} optimizer steps, {result.state.epoch} epochs; "
+          f"latest draft: {result.last_checkpoint}")
+    return 0

@@ -1,0 +1,146 @@
+"""Typed training configurations of both methods, validated once when built (by the CLI or a test)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from eaglespec.training.engine import PRECISIONS
+from eaglespec.training.metrics import REPORT_TO
+from eaglespec.training.noise import NOISE_KINDS
+
+CLIP_MODES = ("norm", "value")
+EAGLE3_DEFAULT_MAX_DRAFT_VOCAB = 32000  # the reference's draft vocabulary for 128k-token targets
+EAGLE3_WARMUP_FRACTION = 0.015  # warmup when --warmup-steps is not given (SpecForge's ratio)
+
+
+@dataclass
+class CommonTrainConfig:
+    """Settings both methods share (each method's config embeds one)."""
+
+    basepath: str
+    output_dir: Path  # EAGLE-1 --cpdir, EAGLE-3 --savedir
+    lr: float
+    batch_size: int
+    num_epochs: int
+    grad_accum: int
+    max_len: int
+    warmup_steps: int | None
+    precision: str = "auto"  # bf16 on GPU, fp32 on CPU
+    grad_clip: float = 0.5
+    clip_mode: str = "norm"
+    test_split: float = 0.05
+    seed: int = 0
+    resume: bool = False
+    report_to: str = "none"
+    max_steps: int | None = None
+    time_budget_minutes: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        positive = {"lr": self.lr, "bs": self.batch_size, "num_epochs": self.num_epochs,
+                    "grad-accum": self.grad_accum, "max-len": self.max_len}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"--{name}: expected a positive value, got {value}")
+        if self.max_len < 3:
+            raise ValueError(f"--max-len: expected at least 3 (a draft position needs two tokens of context), got {self.max_len}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps: expected >= 0, got {self.warmup_steps}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"--precision: expected one of {('auto', *PRECISIONS)}, got {self.precision!r}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"--clip-mode: expected one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"--grad-clip: expected >= 0, got {self.grad_clip}")
+        if not 0.0 <= self.test_split < 1.0:
+            raise ValueError(f"--test-split: expected a fraction in [0, 1), got {self.test_split}")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"--report-to: expected one of {REPORT_TO}, got {self.report_to!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps: expected >= 1, got {self.max_steps}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(f"--time-budget-minutes: expected > 0, got {self.time_budget_minutes}")
+
+
+@dataclass
+class Eagle1TrainConfig:
+    common: CommonTrainConfig
+    tmpdir: Path | None = None  # offline features of `dump-features`
+    data: Path | None = None  # prepared dataset (online: the target runs per batch)
+    save_freq: int = 5
+    noise: str = "uniform"
+    noise_std: float = 0.2
+    v_w: float = 1.0
+    p_w: float = 0.1
+
+    method = "eagle1"
+    # Settings that define the data order and the lr schedule: --resume refuses to change them.
+    SCHEDULE_KEYS = ("method", "lr", "batch_size", "grad_accum", "num_epochs", "warmup_steps", "max_len", "seed",
+                     "test_split", "max_steps")
+
+    def __post_init__(self) -> None:
+        if (self.tmpdir is None) == (self.data is None):
+            raise ValueError("give exactly one of --tmpdir FEATURES_DIR (offline) or --data PREPARED_DIR (online)")
+        if self.save_freq < 1:
+            raise ValueError(f"--save-freq: expected >= 1, got {self.save_freq}")
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"--noise: expected one of {NOISE_KINDS}, got {self.noise!r}")
+        if self.noise_std < 0:
+            raise ValueError(f"--noise-std: expected >= 0, got {self.noise_std}")
+        if self.v_w < 0 or self.p_w < 0 or self.v_w + self.p_w == 0:
+            raise ValueError(f"--v-w/--p-w: expected non-negative weights, not both 0; got {self.v_w}, {self.p_w}")
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}
+
+
+@dataclass
+class Eagle3TrainConfig:
+    common: CommonTrainConfig
+    trainpath: Path | None = None  # raw files (chat / fim / text) ...
+    testpath: Path | None = None
+    data_format: str = "chat"
+    tokenizer: str | None = None  # for raw files; default: the target's
+    data: Path | None = None  # ... or a prepared dataset ...
+    features: Path | None = None  # ... or dumped features
+    deepspeed_config: Path | None = None
+    ttt_length: int = 7
+    step_weight: float = 0.8
+    draft_vocab_size: int | None = None
+    aux_layers: list[int] | None = None
+    gradient_checkpointing: bool = False
+    full_save_every: int = 10
+
+    method = "eagle3"
+    SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("ttt_length", "step_weight", "draft_vocab_size", "aux_layers")
+
+    def __post_init__(self) -> None:
+        sources = [self.trainpath is not None, self.data is not None, self.features is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one data source: --trainpath FILE [--testpath FILE] --data-format ..., "
+                             "--data PREPARED_DIR, or --features DIR")
+        if self.testpath is not None and self.trainpath is None:
+            raise ValueError("--testpath needs --trainpath")
+        if self.ttt_length < 1:
+            raise ValueError(f"--ttt-length: expected >= 1, got {self.ttt_length}")
+        if not 0 < self.step_weight <= 1:
+            raise ValueError(f"--step-weight: expected a value in (0, 1], got {self.step_weight}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 1:
+            raise ValueError(f"--draft-vocab-size: expected >= 1, got {self.draft_vocab_size}")
+        if self.full_save_every < 1:
+            raise ValueError(f"--full-save-every: expected >= 1, got {self.full_save_every}")
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}
+
+
+def _plain(obj) -> dict:
+    """Dataclass fields as JSON-friendly values (paths as strings)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = str(v) if isinstance(v, Path) else v
+    return out

@@ -1,0 +1,195 @@
+"""Training metrics: exact aggregation over batches/ranks, the target's greedy continuations for
+the simulated acceptance length, the tutorial's log lines, metrics.jsonl and TensorBoard / W&B.
+
+Simulated acceptance length (chain): from every test position the draft is rolled forward
+SIM_DEPTH steps on its own predictions (as in decoding) and compared with the target's greedy
+continuation of the same prefix (computed exactly by the target, once per test batch);
+accepted = number of leading agreeing tokens, + 1 for the bonus token. It estimates tau of CHAIN
+decoding with that depth; a dynamic tree (top-k branches) accepts at least as much, so measured
+tree tau is usually somewhat higher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+
+from eaglespec.models.target import TargetModel
+from eaglespec.training.ttt import ttt_attention_mask
+
+logger = logging.getLogger(__name__)
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@torch.no_grad()
+def target_greedy_continuations(target: TargetModel, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
+    """[B, T] -> [B, T, depth]: row s holds the target's greedy tokens after the prefix x_0..x_s.
+
+    One target forward over the batch, then depth - 1 forwards that extend every prefix at once
+    with the same diagonal mask pattern as training-time test (each continuation sees its prefix
+    and its own earlier tokens). Padded rows (right padding) produce values nobody reads.
+    """
+    B, T = input_ids.shape
+    cache = DynamicCache()
+    positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+    out = target(input_ids, position_ids=positions, cache=cache)
+    tokens = [out.logits.argmax(-1)]
+    for d in range(1, depth):
+        mask = ttt_attention_mask(T, d, input_ids.device).expand(B, 1, T, T * (d + 1))
+        out = target(tokens[-1], position_ids=positions + d, attention_mask=mask, cache=cache)
+        tokens.append(out.logits.argmax(-1))
+    return torch.stack(tokens, dim=-1)
+
+
+class MetricSums:
+    """Sums of per-batch metric numerators/denominators; averaged once per epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, sums: dict[str, torch.Tensor]) -> None:
+        for k, v in sums.items():
+            v = v.detach().double().cpu()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def reduced(self, all_reduce_sum) -> dict[str, float]:
+        """Sum across ranks with `all_reduce_sum(tensor) -> tensor` (identity for one process)."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        stacked = all_reduce_sum(torch.stack([self.sums[k] for k in keys]))
+        return {k: float(v) for k, v in zip(keys, stacked.tolist())}
+
+
+@dataclass
+class EpochMetrics:
+    split: str  # "train" | "test"
+    epoch: int  # 1-based
+    num_epochs: int
+    step: int
+    acc: list[float]  # per position, percent
+    ploss: list[float]  # per position
+    positions_trained: list[int]
+    vloss: float | None = None  # EAGLE-1
+    topk_acc: dict[str, float] = field(default_factory=dict)  # EAGLE-1: {"top2": .., "top3": ..} percent
+    sim_accept_length: float | None = None
+    lr: float | None = None
+
+
+def epoch_metrics(split: str, epoch: int, num_epochs: int, step: int, sums: dict[str, float],
+                  num_positions: int, lr: float | None = None) -> EpochMetrics:
+    def ratio(num: str, den: str, scale: float = 1.0) -> float:
+        return scale * sums.get(num, 0.0) / max(sums.get(den, 0.0), 1.0)
+
+    m = EpochMetrics(
+        split, epoch, num_epochs, step,
+        acc=[ratio(f"correct_{j}", f"count_{j}", 100.0) for j in range(num_positions)],
+        ploss=[ratio(f"ploss_sum_{j}", f"count_{j}") for j in range(num_positions)],
+        positions_trained=[int(sums.get(f"count_{j}", 0)) for j in range(num_positions)],
+        lr=lr,
+    )
+    if "vloss_sum" in sums:
+        m.vloss = ratio("vloss_sum", "count_0")
+        m.topk_acc = {f"top{k}": ratio(f"top{k}_correct", "count_0", 100.0) for k in (2, 3)}
+    if sums.get("sim_positions", 0) > 0:
+        m.sim_accept_length = ratio("sim_accept_sum", "sim_positions")
+    return m
+
+
+def format_lines(m: EpochMetrics) -> list[str]:
+    """The tutorial's lines: `Train Epoch [1/20], position 0, Acc: 45.23` / `..., pLoss: 2.34`."""
+    head = f"{m.split.capitalize()} Epoch [{m.epoch}/{m.num_epochs}]"
+    lines = []
+    for j, (acc, ploss) in enumerate(zip(m.acc, m.ploss)):
+        lines.append(f"{head}, position {j}, Acc: {acc:.2f}")
+        lines.append(f"{head}, position {j}, pLoss: {ploss:.2f}")
+    if m.vloss is not None:
+        lines.append(f"{head}, vLoss: {m.vloss:.4f}")
+        lines.extend(f"{head}, position 0, {k.capitalize()} Acc: {v:.2f}" for k, v in m.topk_acc.items())
+    if m.sim_accept_length is not None:
+        lines.append(f"{head}, simulated acceptance length (chain): {m.sim_accept_length:.2f}")
+    return lines
+
+
+def flat_scalars(m: EpochMetrics) -> dict[str, float]:
+    """`train/acc_0`-style scalars for TensorBoard / W&B."""
+    out: dict[str, float] = {}
+    for j, (acc, ploss) in enumerate(zip(m.acc, m.ploss)):
+        out[f"{m.split}/acc_{j}"], out[f"{m.split}/ploss_{j}"] = acc, ploss
+    if m.vloss is not None:
+        out[f"{m.split}/vloss"] = m.vloss
+        out.update({f"{m.split}/{k}_acc": v for k, v in m.topk_acc.items()})
+    if m.sim_accept_length is not None:
+        out[f"{m.split}/sim_accept_length"] = m.sim_accept_length
+    if m.lr is not None:
+        out[f"{m.split}/lr"] = m.lr
+    return out
+
+
+def append_jsonl(path: Path, m: EpochMetrics) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(asdict(m)) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+class MetricsLogger(Protocol):
+    def log(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullLogger:
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger:
+    def __init__(self, logdir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError("--report-to tensorboard needs tensorboard: pip install 'eaglespec[tracking]'") from e
+        self.writer = SummaryWriter(str(logdir))
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    def __init__(self, logdir: Path, config: dict, project: str = "eaglespec"):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ValueError("--report-to wandb needs wandb: pip install 'eaglespec[tracking]'") from e
+        self.run = wandb.init(project=project, dir=str(logdir), config=config)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def make_logger(report_to: str, logdir: Path, config: dict) -> MetricsLogger:
+    if report_to == "none":
+        return NullLogger()
+    if report_to == "tensorboard":
+        return TensorBoardLogger(logdir / "tensorboard")
+    if report_to == "wandb":
+        return WandbLogger(logdir, config)
+    raise ValueError(f"--report-to: expected one of {REPORT_TO}, got {report_to!r}")

@@ -1,0 +1,252 @@
+"""Assemble a training run from a validated config: target, data, draft, engine, trainer; then train.
+
+`train_eagle1(cfg)` / `train_eagle3(cfg)` are what `eaglespec train eagle1|eagle3` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eaglespec import resolve_model_path
+from eaglespec.models import TargetModel, build_draft
+from eaglespec.models.draft import EagleDraftModel
+from eaglespec.training.checkpoint import STATE_DIR, TrainState, find_latest_complete, load_checkpoint
+from eaglespec.training.config import (
+    EAGLE3_DEFAULT_MAX_DRAFT_VOCAB,
+    EAGLE3_WARMUP_FRACTION,
+    CommonTrainConfig,
+    Eagle1TrainConfig,
+    Eagle3TrainConfig,
+)
+from eaglespec.training.data import (
+    OfflineFeatureSource,
+    OnlineTargetSource,
+    iterate_batches,
+    load_prepared_dataset,
+    split_indices,
+    trained_token_count,
+)
+from eaglespec.training.distributed import detect_launch, init_distributed
+from eaglespec.training.engine import launch_world_size, load_ds_config, make_engine
+from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
+from eaglespec.training.methods import Eagle1Method, Eagle3Method, align
+from eaglespec.training.metrics import make_logger
+from eaglespec.training.schedule import OptimizerConfig
+
+logger = logging.getLogger(__name__)
+
+DRAFT_VOCAB_CHECK_BATCHES = 8  # batches run through the target before training to find trained positions
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    output_dir: Path
+    last_checkpoint: Path | None
+
+
+def _device(require_group: bool = False) -> torch.device:
+    """This rank's device; joins the process group when launched by torchrun / deepspeed (DeepSpeed
+    needs a group even in one process)."""
+    return init_distributed(detect_launch(), require_group)
+
+
+def _precision(common: CommonTrainConfig, device: torch.device) -> str:
+    if common.precision != "auto":
+        return common.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def _load_target(common: CommonTrainConfig, device: torch.device, precision: str) -> TargetModel:
+    # The frozen target may run in 16 bits on a GPU; all loss math is in fp32 (TargetBatch).
+    dtype = torch.bfloat16 if device.type == "cuda" and precision != "fp32" else torch.float32
+    return TargetModel.from_pretrained(resolve_model_path(common.basepath), dtype=dtype, device=device)
+
+
+def _split(dataset, common: CommonTrainConfig, what: str) -> tuple[list[int], list[int]]:
+    if len(dataset) == 0:
+        raise ValueError(f"{what}: the dataset is empty")
+    return split_indices(len(dataset), common.test_split, common.seed)
+
+
+def _check_trainable(dataset, indices: list[int], max_len: int, what: str) -> None:
+    if not indices:
+        raise ValueError(f"{what}: no training samples (the dataset is empty or all of it went to the test split)")
+    if trained_token_count(dataset, indices, max_len) == 0:
+        raise ValueError(f"{what}: every loss_mask is 0 within --max-len {max_len} (no token to train on); "
+                         "check the data format / loss masks of the prepared data")
+
+
+def _offline_dataset(path: Path, target: TargetModel, method: str, aux_layer_ids: list[int] | None):
+    from eaglespec.data.features import FeatureDataset, check_features_match
+
+    dataset = FeatureDataset(path)
+    check_features_match(dataset.manifest, target, method, aux_layer_ids)
+    return dataset
+
+
+def _check_fresh_output(common: CommonTrainConfig) -> None:
+    out = common.output_dir
+    if not common.resume and out.is_dir() and any(STATE_DIR.match(p.name) for p in out.iterdir()):
+        raise FileExistsError(f"{out}: already holds checkpoints (state_*); pass --resume to continue that run "
+                              "or choose another output directory")
+
+
+def _optimizer_config(common: CommonTrainConfig, n_train: int, world_size: int, default_warmup: int) -> OptimizerConfig:
+    per_epoch = steps_per_epoch(n_train, common.batch_size, common.grad_accum, 0, world_size)
+    total = per_epoch * common.num_epochs
+    if common.max_steps is not None:
+        total = min(total, common.max_steps)
+    warmup = common.warmup_steps if common.warmup_steps is not None else default_warmup
+    return OptimizerConfig(lr=common.lr, total_steps=max(1, total), warmup_steps=min(warmup, max(0, total - 1)),
+                           grad_clip=common.grad_clip, clip_mode=common.clip_mode)
+
+
+def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainConfig, engine, run_config: dict,
+         schedule_keys: tuple[str, ...], resumable_every: int, per_epoch_dtype: torch.dtype | None) -> TrainResult:
+    out = common.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    state = TrainState()
+    if common.resume:
+        latest = find_latest_complete(out, resumable=True)
+        if latest is None:
+            logger.warning("--resume: no complete resumable checkpoint in %s; starting from scratch", out)
+        else:
+            state = load_checkpoint(latest, draft, engine, run_config, schedule_keys)
+            if engine.is_main:
+                print(f"resumed from {latest} (step {state.step}, epoch {state.epoch})", flush=True)
+    loop_cfg = LoopConfig(
+        output_dir=out, num_epochs=common.num_epochs, batch_size=common.batch_size, grad_accum=common.grad_accum,
+        max_len=common.max_len, seed=common.seed, resumable_every=resumable_every,
+        per_epoch_draft_dtype=per_epoch_dtype, max_steps=common.max_steps,
+        time_budget_s=common.time_budget_minutes * 60 if common.time_budget_minutes else None,
+        progress=common.progress, run_config=run_config,
+    )
+    metrics_logger = make_logger(common.report_to if engine.is_main else "none", out, run_config)
+    try:
+        state = Trainer(method, draft, engine, data, loop_cfg, metrics_logger).train(state)
+    finally:
+        metrics_logger.close()
+    return TrainResult(state, out, find_latest_complete(out, resumable=False))
+
+
+# --------------------------------------------------------------------------------------------------
+def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
+    common = cfg.common
+    _check_fresh_output(common)
+    device = _device()
+    precision = _precision(common, device)
+    target = _load_target(common, device, precision)
+    if cfg.tmpdir is not None:
+        dataset, source = _offline_dataset(cfg.tmpdir, target, "eagle1", None), OfflineFeatureSource(target, "eagle1", device)
+    else:
+        dataset, source = load_prepared_dataset(cfg.data), OnlineTargetSource(target, "eagle1", None, device)
+    what = str(cfg.tmpdir or cfg.data)
+    train_idx, test_idx = _split(dataset, common, what)
+    _check_trainable(dataset, train_idx, common.max_len, what)
+    data = TrainData(dataset, train_idx, dataset, test_idx, source, target)
+    draft = build_draft(target, "eagle1", seed=common.seed).to(device)
+    opt = _optimizer_config(common, len(train_idx), launch_world_size(), default_warmup=0)
+    engine = make_engine(draft, opt, None, precision, common.grad_accum)
+    method = Eagle1Method(cfg.noise, cfg.noise_std, cfg.v_w, cfg.p_w)
+    return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.save_freq, None)
+
+
+# --------------------------------------------------------------------------------------------------
+def _eagle3_datasets(cfg: Eagle3TrainConfig, target: TargetModel, device: torch.device):
+    """(train dataset, train indices, test dataset, test indices, target-side source)."""
+    common = cfg.common
+    if cfg.features is not None:
+        dataset = _offline_dataset(cfg.features, target, "eagle3", cfg.aux_layers)
+        train_idx, test_idx = _split(dataset, common, str(cfg.features))
+        return dataset, train_idx, dataset, test_idx, OfflineFeatureSource(target, "eagle3", device)
+    source = OnlineTargetSource(target, "eagle3", None, device)  # aux ids are set once the draft exists
+    if cfg.data is not None:
+        dataset = load_prepared_dataset(cfg.data)
+        train_idx, test_idx = _split(dataset, common, str(cfg.data))
+        return dataset, train_idx, dataset, test_idx, source
+    train = _prepare_raw(cfg, cfg.trainpath, "train")
+    if cfg.testpath is None:
+        train_idx, test_idx = _split(train, common, str(cfg.trainpath))
+        return train, train_idx, train, test_idx, source
+    test = _prepare_raw(cfg, cfg.testpath, "test")
+    return train, list(range(len(train))), test, list(range(len(test))), source
+
+
+def _prepare_raw(cfg: Eagle3TrainConfig, path: Path, split: str):
+    """Tokenise a raw file with the data pipeline into savedir/prepared/{split} (redone every run: cheap
+    next to training, and never stale)."""
+    from eaglespec.data import prepare_dataset
+
+    out = cfg.common.output_dir / "prepared" / split
+    tokenizer = cfg.tokenizer or resolve_model_path(cfg.common.basepath)
+    prepare_dataset(path, tokenizer, out, data_format=cfg.data_format, max_len=cfg.common.max_len, overwrite=True)
+    return load_prepared_dataset(out)
+
+
+def _draft_vocab(cfg: Eagle3TrainConfig, dataset, train_idx: list[int], target: TargetModel) -> torch.Tensor:
+    """Sorted target ids of the draft vocabulary, counted over the training samples' trained tokens."""
+    import datasets
+
+    from eaglespec.data import build_draft_vocab
+
+    V = target.vocab_size
+    Vd = cfg.draft_vocab_size or min(V, EAGLE3_DEFAULT_MAX_DRAFT_VOCAB)
+    if Vd == V:
+        return torch.arange(V)
+    rows = [dataset[i] for i in train_idx]
+    table = datasets.Dataset.from_dict({"input_ids": [r["input_ids"].tolist() for r in rows],
+                                        "loss_mask": [r["loss_mask"].tolist() for r in rows]})
+    vocab = build_draft_vocab(table, V, Vd)
+    logger.info("draft vocabulary: %d of %d tokens, covering %.1f%% of trained tokens", Vd, V, 100 * vocab.coverage)
+    return vocab.used_tokens
+
+
+def _check_draft_vocab_trainable(data: TrainData, draft: EagleDraftModel, common: CommonTrainConfig) -> None:
+    """Zero trained positions after the draft-vocabulary mask (loss mask AND target argmax in the vocab)
+    would train nothing: refuse before training."""
+    batches = iterate_batches(data.train_dataset, data.train_indices, common.batch_size, common.max_len)
+    for i, batch in enumerate(batches):
+        if i == DRAFT_VOCAB_CHECK_BATCHES:
+            return
+        a = align(data.source(batch))
+        if bool((a.mask.bool() & draft.t2d[a.next_logits.argmax(-1)]).any()):
+            return
+    raise ValueError(f"the training data yields zero trained tokens after the draft-vocabulary mask in its first "
+                     f"{DRAFT_VOCAB_CHECK_BATCHES} batches (the target's next token is never in the "
+                     f"{draft.config.draft_vocab_size}-token draft vocabulary where loss_mask is 1); use a larger "
+                     "--draft-vocab-size or check the loss masks")
+
+
+def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
+    common = cfg.common
+    _check_fresh_output(common)
+    world_size = launch_world_size()
+    ds = None
+    if cfg.deepspeed_config is not None:
+        ds = load_ds_config(cfg.deepspeed_config, common.batch_size, common.grad_accum, world_size, common.grad_clip,
+                            common.lr)
+    device = _device(require_group=ds is not None)
+    precision = _precision(common, device) if ds is None else ds.precision
+    target = _load_target(common, device, precision)
+    train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
+    what = str(cfg.trainpath or cfg.data or cfg.features)
+    _check_trainable(train_ds, train_idx, common.max_len, what)
+    used = _draft_vocab(cfg, train_ds, train_idx, target)
+    draft = build_draft(target, "eagle3", aux_layer_ids=cfg.aux_layers, used_tokens=used, seed=common.seed).to(device)
+    if isinstance(source, OnlineTargetSource):
+        source.aux_layer_ids = draft.config.aux_layer_ids
+    data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
+    _check_draft_vocab_trainable(data, draft, common)
+    per_epoch = steps_per_epoch(len(train_idx), common.batch_size, common.grad_accum, 0, world_size)
+    opt = _optimizer_config(common, len(train_idx), world_size,
+                            default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs))
+    engine = make_engine(draft, opt, ds, precision, common.grad_accum)
+    method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing)
+    sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
+    return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.full_save_every, sixteen_bit)

@@ -1,0 +1,137 @@
+"""Training-time test (TTT): unroll the draft over several steps in ONE pass over a sequence.
+
+At decoding time the draft runs as a chain: step 0 at position t sees the target features of
+positions 0..t (its KV cache); step j > 0 feeds its own previous output back in at position t + j.
+TTT reproduces exactly that for every position t at once (EAGLE_NOTES section 4):
+
+- step 0: token x_{t+1}, hidden = projected target feature f_t, RoPE position t, causal attention;
+- step j: token of step 0 shifted left by j (x_{t+1+j}), hidden = step j-1 output at t,
+  RoPE position t + j, attention over step-0 keys 0..t plus, for each step 1 <= i <= j, the
+  key of step i at the SAME position t (the diagonal), which is what the chain at position t sees.
+
+Worked mask for T = 3, step 2 (rows = queries t, columns = step-0 keys | step-1 keys | step-2 keys):
+    t=0: 1 0 0 | 1 0 0 | 1 0 0
+    t=1: 1 1 0 | 0 1 0 | 0 1 0
+    t=2: 1 1 1 | 0 0 1 | 0 0 1
+
+The keys of all earlier steps are kept as concatenated tensors and handed to the draft's own
+forward through a one-step cache view, so TTT runs the very code that decoding runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from eaglespec.models.draft import EagleDraftModel
+
+
+def shift_left(x: torch.Tensor, n: int, fill: float | int = 0) -> torch.Tensor:
+    """Shift along dim 1 by n: out[:, t] = x[:, t + n], the last n slots filled with `fill`."""
+    if n == 0:
+        return x
+    pad = torch.full_like(x[:, :n], fill)
+    return torch.cat((x[:, n:], pad), dim=1)
+
+
+def ttt_attention_mask(T: int, step: int, device: torch.device | None = None) -> torch.Tensor:
+    """bool [1, 1, T, T * (step + 1)] for the queries of TTT step `step` (see the module docstring)."""
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    diagonal = torch.eye(T, dtype=torch.bool, device=device)
+    return torch.cat([causal] + [diagonal] * step, dim=-1)[None, None]
+
+
+class _StepKV:
+    """A one-step view of the keys/values of earlier TTT steps, with the slice of the transformers
+    Cache API the draft attention uses (`update`, `get_seq_length`). It never mutates the earlier
+    keys, so a step can be recomputed under gradient checkpointing."""
+
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None):
+        self.keys, self.values = keys, values  # [B, kv, S, hd] or None before step 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int = 0):
+        if self.keys is not None:
+            keys, values = torch.cat((self.keys, keys), dim=-2), torch.cat((self.values, values), dim=-2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+def _draft_step(draft, input_ids, hidden, position_ids, mask, keys, values):
+    kv = _StepKV(keys, values)
+    out = draft(input_ids, hidden, position_ids=position_ids, attention_mask=mask, cache=kv)
+    return out, kv.keys, kv.values
+
+
+def rollout(
+    draft: EagleDraftModel,
+    input_ids: torch.Tensor,  # [B, T] step-0 tokens (x_{t+1} at position t)
+    hidden: torch.Tensor,  # [B, T, H] step-0 hidden (projected target features f_t)
+    num_steps: int,
+    next_input_ids: Callable[[int, torch.Tensor], torch.Tensor],  # (step j, previous output) -> [B, T]
+    position_ids: torch.Tensor | None = None,  # [B, T]; default arange(T)
+    gradient_checkpointing: bool = False,
+) -> list[torch.Tensor]:
+    """Run `num_steps` chained draft steps at every position; returns each step's output [B, T, H]."""
+    B, T = input_ids.shape
+    if position_ids is None:
+        position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+    keys = values = None
+    outputs: list[torch.Tensor] = []
+    ids = input_ids
+    for j in range(num_steps):
+        if j > 0:
+            ids, hidden = next_input_ids(j, outputs[-1]), outputs[-1]
+        mask = ttt_attention_mask(T, j, input_ids.device)
+        args = (draft, ids, hidden, position_ids + j, mask, keys, values)
+        if gradient_checkpointing and torch.is_grad_enabled():
+            out, keys, values = checkpoint(_draft_step, *args, use_reentrant=False)
+        else:
+            out, keys, values = _draft_step(*args)
+        outputs.append(out)
+    return outputs
+
+
+def ttt_forward(
+    draft: EagleDraftModel,
+    input_ids: torch.Tensor,  # [B, T] x_{t+1} at position t
+    hidden: torch.Tensor,  # [B, T, H]
+    num_steps: int,
+    position_ids: torch.Tensor | None = None,
+    gradient_checkpointing: bool = False,
+    pad_id: int = 0,
+) -> list[torch.Tensor]:
+    """Training-time test: step j is fed the data tokens shifted left by j (teacher forcing of ids)."""
+    return rollout(
+        draft, input_ids, hidden, num_steps,
+        lambda j, _prev: shift_left(input_ids, j, pad_id),
+        position_ids, gradient_checkpointing,
+    )
+
+
+@torch.no_grad()
+def chain_predictions(
+    draft: EagleDraftModel,
+    input_ids: torch.Tensor,  # [B, T]
+    hidden: torch.Tensor,  # [B, T, H]
+    num_steps: int,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Greedy draft chain from every position: [B, T, num_steps] target-vocabulary ids, step j fed
+    the step j-1 prediction (as decoding does), not the data."""
+    predicted: list[torch.Tensor] = []
+
+    def greedy(out: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T] target ids
+        return draft.draft_to_target_ids(draft.compute_logits(out).argmax(-1))
+
+    def next_ids(_j: int, prev: torch.Tensor) -> torch.Tensor:
+        predicted.append(greedy(prev))
+        return predicted[-1]
+
+    outputs = rollout(draft, input_ids, hidden, num_steps, next_ids, position_ids)
+    predicted.append(greedy(outputs[-1]))
+    return torch.stack(predicted, dim=-1)

@@ -1,0 +1,99 @@
+"""Resume after SIGKILL at a random moment: same final step count, loadable final checkpoint, and no
+incomplete state_* that --resume or EagleDraftModel.from_pretrained would accept."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eaglespec.models import EagleDraftModel, TargetModel
+from eaglespec import bundled_model_path
+from eaglespec.training.checkpoint import MARKER, find_latest_complete, read_marker
+
+EPOCHS = 4
+
+
+def _command(method: str, data: Path, out: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "eaglespec", "train", method, "--basepath", "stories260K", "--data", str(data),
+           "--bs", "2", "--num_epochs", str(EPOCHS), "--lr", "1e-3", "--warmup-steps", "2", "--test-split", "0.2",
+           "--no-progress"]
+    if method == "eagle1":
+        cmd += ["--cpdir", str(out), "--save-freq", "1"]
+    else:
+        cmd += ["--savedir", str(out), "--full-save-every", "2", "--ttt-length", "2", "--grad-accum", "2"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _final_step(out: Path) -> int:
+    marker = read_marker(find_latest_complete(out))
+    return int(marker["step"])
+
+
+def _check_no_acceptable_incomplete_state(out: Path) -> None:
+    target = TargetModel.from_pretrained(bundled_model_path())
+    for d in out.iterdir():
+        if d.name.startswith("state_"):
+            assert (d / MARKER).is_file(), f"{d} looks like a checkpoint but has no completion marker"
+            EagleDraftModel.from_pretrained(d, target=target)  # every state_* loads
+
+
+@pytest.mark.parametrize("method", ["eagle1", "eagle3"])
+def test_sigkill_then_resume(method, tiny_prepared, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # 12 samples, test split 0.2 -> 9 train -> 5 batches of 2 per epoch; eagle3 accumulates 2 -> 3 steps
+    expected_steps = EPOCHS * (5 if method == "eagle1" else 3)
+    reference = None
+    if method == "eagle1":  # one uninterrupted run to compare the final weights with (costs a process)
+        reference = tmp_path / "reference"
+        subprocess.run(_command(method, tiny_prepared, reference, False), check=True, env=env, capture_output=True)
+        assert _final_step(reference) == expected_steps
+
+    out = tmp_path / "killed"
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    delay = random.Random(seed).uniform(0.0, 3.0)
+    proc = subprocess.Popen(_command(method, tiny_prepared, out, False), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("state_*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the first checkpoint, then kill at a random later moment
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _check_no_acceptable_incomplete_state(out)
+
+    resumed = subprocess.run(_command(method, tiny_prepared, out, True), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"kill delay seed {seed}: {resumed.stdout[-2000:]}"
+    assert _final_step(out) == expected_steps, f"kill delay seed {seed}"
+    _check_no_acceptable_incomplete_state(out)
+    final = find_latest_complete(out)
+    assert read_marker(final)["epoch"] == EPOCHS
+    draft = EagleDraftModel.from_pretrained(final, target=TargetModel.from_pretrained(bundled_model_path()))
+    if reference is None:
+        return
+    # Deterministic data order + restored RNG: the resumed run ends where the uninterrupted one did.
+    ref = EagleDraftModel.from_pretrained(find_latest_complete(reference))
+    for (name, a), b in zip(draft.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} (kill delay seed {seed})")
+
+
+def test_find_latest_complete_ignores_temp_and_unmarked(tmp_path, tiny_prepared):
+    out = tmp_path / "run"
+    subprocess.run(_command("eagle1", tiny_prepared, out, False) + ["--max-steps", "3"], check=True,
+                   capture_output=True)
+    good = find_latest_complete(out)
+    assert good is not None
+    (out / ".tmp-state_9.abc").mkdir()
+    ((out / ".tmp-state_9.abc") / MARKER).write_text('{"complete": true, "resumable": true, "step": 99}')
+    unmarked = out / "state_8"
+    unmarked.mkdir()
+    for f in good.iterdir():
+        if f.name != MARKER:
+            (unmarked / f.name).write_bytes(f.read_bytes())
+    assert find_latest_complete(out) == good

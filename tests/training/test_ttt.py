@@ -1,0 +1,129 @@
+"""Training-time test: the attention pattern, and that every step equals the draft run as decoding runs
+it (a KV-cached chain per position), plus the TTT loss recomputed by hand from those chains."""
+
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from fixtures import tiny_model
+from eaglespec.models import TargetModel, build_draft
+from eaglespec.training.data import TargetBatch
+from eaglespec.training.methods import Eagle3Method
+from eaglespec.training.ttt import chain_predictions, shift_left, ttt_attention_mask, ttt_forward
+
+
+def test_ttt_attention_mask_pattern():
+    m = ttt_attention_mask(4, 2)[0, 0].int()
+    assert m.shape == (4, 12)
+    expected = torch.tensor([
+        [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0],
+        [1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0],
+        [1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1],
+    ])
+    assert torch.equal(m, expected)
+
+
+@pytest.fixture(scope="module")
+def target_and_draft():
+    target = TargetModel(tiny_model("llama"))
+    draft = build_draft(target, "eagle3", draft_vocab_size=100, used_tokens=torch.arange(0, 128, 1)[:100], seed=3)
+    with torch.no_grad():  # a random but non-trivial draft
+        for p in draft.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return target, draft
+
+
+def _decoding_chain(draft, ids, hidden, t, steps):
+    """What decoding computes at position t: prefix 0..t with a KV cache, then one token per step."""
+    cache = DynamicCache()
+    out = draft(ids[:, : t + 1], hidden[:, : t + 1], cache=cache)[:, -1:]
+    outs = [out]
+    for j in range(1, steps):
+        token = shift_left(ids, j)[:, t : t + 1]
+        out = draft(token, outs[-1], position_ids=torch.tensor([[t + j]]), cache=cache)
+        outs.append(out)
+    return [o[:, 0] for o in outs]
+
+
+def test_ttt_steps_equal_the_decoding_chain(target_and_draft):
+    _, draft = target_and_draft
+    torch.manual_seed(0)
+    T, steps = 4, 3
+    ids = torch.randint(3, 128, (1, T))
+    hidden = torch.randn(1, T, draft.config.hidden_size)
+    outs = ttt_forward(draft, ids, hidden, steps)
+    for t in range(T):
+        chain = _decoding_chain(draft, ids, hidden, t, steps)
+        for j in range(steps):
+            torch.testing.assert_close(outs[j][:, t], chain[j], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_outputs_and_grads(target_and_draft):
+    _, draft = target_and_draft
+    ids = torch.randint(3, 128, (2, 5))
+    hidden = torch.randn(2, 5, draft.config.hidden_size)
+    grads = []
+    for ckpt in (False, True):
+        draft.zero_grad()
+        outs = ttt_forward(draft, ids, hidden, 3, gradient_checkpointing=ckpt)
+        sum(o.square().sum() for o in outs).backward()
+        grads.append({n: p.grad.clone() for n, p in draft.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "midlayer.self_attn.q_proj.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name])
+    draft.zero_grad()
+
+
+def test_chain_predictions_feed_own_tokens(target_and_draft):
+    _, draft = target_and_draft
+    ids = torch.randint(3, 128, (1, 3))
+    hidden = torch.randn(1, 3, draft.config.hidden_size)
+    pred = chain_predictions(draft, ids, hidden, 3)  # [1, 3, 3]
+    t = 1  # recompute position 1 by hand: step j is fed the step j-1 prediction
+    cache = DynamicCache()
+    out = draft(ids[:, : t + 1], hidden[:, : t + 1], cache=cache)[:, -1:]
+    for j in range(3):
+        token = draft.draft_to_target_ids(draft.compute_logits(out).argmax(-1))
+        assert token.item() == pred[0, t, j].item()
+        out = draft(token, out, position_ids=torch.tensor([[t + j + 1]]), cache=cache)
+
+
+def test_ttt_loss_matches_manual_recomputation(target_and_draft):
+    """T = 4, TTT length 2: loss = sum_j 0.8^j * mean over masked positions of soft-CE, where the mask is
+    loss_mask[t+2+j] AND target argmax (row t+1+j) in the draft vocabulary."""
+    target, draft = target_and_draft
+    torch.manual_seed(1)
+    T, steps, V = 5, 2, 128
+    ids = torch.randint(3, 100, (1, T))
+    out = target(ids, aux_layer_ids=draft.config.aux_layer_ids)
+    logits = out.logits.clone()
+    logits[..., 100:] -= 50.0  # target argmax inside the draft vocabulary (ids < 100) ...
+    logits[0, 2, 120] = 1e3  # ... except row 2: target argmax outside the draft vocabulary (ids >= 100)
+    loss_mask = torch.tensor([[0, 1, 1, 1, 1]])
+    batch = TargetBatch(ids, loss_mask, torch.ones(1, T, dtype=torch.bool), out.aux_hidden, out.last_hidden, logits)
+    result = Eagle3Method(steps, 0.8).train_step(draft, draft, batch)
+
+    hidden = draft.project_target_features(out.aux_hidden)
+    draft_ids = shift_left(ids, 1)
+    expected, counts = 0.0, []
+    for j in range(steps):
+        ces = []
+        for t in range(T):
+            row, label = t + 1 + j, t + 2 + j
+            if label >= T or not loss_mask[0, label] or logits[0, row].argmax() >= 100:
+                continue
+            h = _decoding_chain(draft, draft_ids, hidden, t, steps)[j]
+            q = torch.log_softmax(draft.compute_logits(h)[0], -1)
+            p = torch.softmax(logits[0, row, :100], -1)
+            ces.append(-(p * q).sum())
+        counts.append(len(ces))
+        expected = expected + 0.8**j * sum(ces) / len(ces)
+    # step 0: t = 0, 1, 2 (labels 2, 3, 4) minus t = 1 (row 2 out of vocab); step 1: t = 0, 1 minus t = 0
+    assert counts == [2, 1]
+    assert result.sums["count_0"].item() == 2 and result.sums["count_1"].item() == 1
+    torch.testing.assert_close(result.loss, expected, rtol=1e-4, atol=1e-5)
+    assert math.isfinite(result.loss.item())
