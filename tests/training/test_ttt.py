@@ -127,3 +127,27 @@ def test_ttt_loss_matches_manual_recomputation(target_and_draft):
     assert result.sums["count_0"].item() == 2 and result.sums["count_1"].item() == 1
     torch.testing.assert_close(result.loss, expected, rtol=1e-4, atol=1e-5)
     assert math.isfinite(result.loss.item())
+
+
+def test_path_ranks_are_zero_on_the_drafts_own_chain(target_and_draft):
+    from eaglespec.training.ttt import path_ranks
+
+    _, draft = target_and_draft
+    ids = torch.randint(3, 128, (2, 4))
+    hidden = torch.randn(2, 4, draft.config.hidden_size)
+    chain = chain_predictions(draft, ids, hidden, 3)
+    assert path_ranks(draft, ids, hidden, chain).eq(0).all()
+    other = chain.clone()
+    other[..., 1] = torch.where(draft.t2d[(chain[..., 1] + 1) % 128], (chain[..., 1] + 1) % 128, (chain[..., 1] + 2) % 128)
+    assert path_ranks(draft, ids, hidden, other)[..., 1].gt(0).all()
+
+
+def test_target_greedy_continuations_match_generate(target_and_draft):
+    from eaglespec.training.metrics import target_greedy_continuations
+
+    target, _ = target_and_draft
+    ids = torch.randint(3, 128, (1, 6))
+    cont = target_greedy_continuations(target, ids, 4)  # [1, 6, 4]
+    for s in (0, 3, 5):
+        generated = target.model.generate(ids[:, : s + 1], max_new_tokens=4, do_sample=False, min_new_tokens=4)
+        assert cont[0, s].tolist() == generated[0, s + 1 :].tolist()

@@ -24,7 +24,7 @@ from eaglespec.training.checkpoint import (
 )
 from eaglespec.training.data import TokenDataset, epoch_order, iterate_batches, num_batches
 from eaglespec.training.engine import Engine
-from eaglespec.training.methods import SIM_DEPTH, TrainMethod
+from eaglespec.training.methods import TrainMethod
 from eaglespec.training.metrics import (
     MetricSums,
     MetricsLogger,
@@ -54,7 +54,7 @@ class LoopConfig:
     per_epoch_draft_dtype: torch.dtype | None = None  # EAGLE-3: a 16-bit draft every epoch; None: none
     max_steps: int | None = None
     time_budget_s: float | None = None
-    sim_depth: int = SIM_DEPTH
+    sim_depth: int = 5  # the method's SIM_DEPTH
     progress: bool = True
     run_config: dict = field(default_factory=dict)  # saved in checkpoints and sent to W&B
 

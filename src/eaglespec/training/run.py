@@ -34,7 +34,7 @@ from eaglespec.training.data import (
 from eaglespec.training.distributed import detect_launch, init_distributed
 from eaglespec.training.engine import launch_world_size, load_ds_config, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
-from eaglespec.training.methods import Eagle1Method, Eagle3Method, align
+from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, align
 from eaglespec.training.metrics import make_logger
 from eaglespec.training.schedule import OptimizerConfig
 
@@ -125,7 +125,7 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
         max_len=common.max_len, seed=common.seed, resumable_every=resumable_every,
         per_epoch_draft_dtype=per_epoch_dtype, max_steps=common.max_steps,
         time_budget_s=common.time_budget_minutes * 60 if common.time_budget_minutes else None,
-        progress=common.progress, run_config=run_config,
+        progress=common.progress, run_config=run_config, sim_depth=SIM_DEPTH[method.name],
     )
     metrics_logger = make_logger(common.report_to if engine.is_main else "none", out, run_config)
     try:

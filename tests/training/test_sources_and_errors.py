@@ -1,0 +1,137 @@
+"""Offline (dumped features) vs online (target per batch) training, and the bad-input errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from eaglespec import bundled_model_path
+from eaglespec.models import EagleDraftModel, TargetModel
+from eaglespec.training import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig, train_eagle1, train_eagle3
+from eaglespec.training.engine import load_ds_config
+from eaglespec.training.loop import TrainingDiverged
+
+
+def _common(out: Path, **kw) -> CommonTrainConfig:
+    args = dict(basepath="stories260K", output_dir=out, lr=1e-3, batch_size=2, num_epochs=2, grad_accum=1,
+                max_len=512, warmup_steps=2, test_split=0.2, progress=False)
+    args.update(kw)
+    return CommonTrainConfig(**args)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def eagle1_features(tiny_prepared, tmp_path_factory) -> Path:
+    from eaglespec.data.features import dump_features
+
+    out = tmp_path_factory.mktemp("features") / "eagle1"
+    dump_features(TargetModel.from_pretrained(bundled_model_path()), tiny_prepared, "eagle1", out, dtype=torch.float32)
+    return out
+
+
+def test_offline_and_online_give_the_same_loss_curve(tiny_prepared, eagle1_features, tmp_path):
+    online = train_eagle1(Eagle1TrainConfig(_common(tmp_path / "online"), data=tiny_prepared))
+    offline = train_eagle1(Eagle1TrainConfig(_common(tmp_path / "offline"), tmpdir=eagle1_features))
+    assert online.state.step == offline.state.step == 10
+    for a, b in zip(_metrics(tmp_path / "online"), _metrics(tmp_path / "offline"), strict=True):
+        assert a["split"] == b["split"] and a["epoch"] == b["epoch"]
+        assert a["ploss"] == pytest.approx(b["ploss"], rel=1e-4)
+        assert a["vloss"] == pytest.approx(b["vloss"], rel=1e-4)
+    wa = EagleDraftModel.from_pretrained(online.last_checkpoint).state_dict()
+    wb = EagleDraftModel.from_pretrained(offline.last_checkpoint).state_dict()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+
+
+def test_features_of_another_method_are_refused(eagle1_features, tmp_path):
+    with pytest.raises(ValueError, match="method"):
+        train_eagle3(Eagle3TrainConfig(_common(tmp_path / "out"), features=eagle1_features))
+    assert not any((tmp_path / "out").glob("state_*"))
+
+
+def _zero_mask_copy(src: Path, dst: Path) -> Path:
+    import datasets
+
+    ds = datasets.load_from_disk(str(src))
+    ds.map(lambda r: {"loss_mask": [0] * len(r["loss_mask"])}).save_to_disk(str(dst))
+    shutil.copy(src / "prepare_meta.json", dst / "prepare_meta.json")
+    return dst
+
+
+@pytest.mark.parametrize("method", ["eagle1", "eagle3"])
+def test_all_zero_loss_mask_fails_before_training(method, tiny_prepared, tmp_path):
+    data = _zero_mask_copy(tiny_prepared, tmp_path / "zero")
+    cfg = (Eagle1TrainConfig(_common(tmp_path / "out"), data=data) if method == "eagle1"
+           else Eagle3TrainConfig(_common(tmp_path / "out"), data=data))
+    with pytest.raises(ValueError, match="loss_mask is 0"):
+        (train_eagle1 if method == "eagle1" else train_eagle3)(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_trained_tokens_after_draft_vocab_mask(tiny_prepared, tmp_path, monkeypatch):
+    # A draft vocabulary holding only <unk> (id 0), which the target never predicts: nothing to train on.
+    from eaglespec.training import run
+
+    monkeypatch.setattr(run, "_draft_vocab", lambda *args: torch.tensor([0]))
+    cfg = Eagle3TrainConfig(_common(tmp_path / "out", batch_size=12), data=tiny_prepared, draft_vocab_size=1)
+    with pytest.raises(ValueError, match="zero trained tokens after the draft-vocabulary mask"):
+        train_eagle3(cfg)
+
+
+def test_nan_loss_stops_with_step_and_last_good_checkpoint(tiny_prepared, tmp_path, monkeypatch):
+    from eaglespec.training import methods
+
+    calls = {"n": 0}
+    original = methods.Eagle1Method.train_step
+
+    def poisoned(self, model, draft, batch):
+        out = original(self, model, draft, batch)
+        calls["n"] += 1
+        if calls["n"] == 7:  # epoch 2, after epoch 1's checkpoint
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(methods.Eagle1Method, "train_step", poisoned)
+    out = tmp_path / "out"
+    cfg = Eagle1TrainConfig(_common(out, num_epochs=3), data=tiny_prepared, save_freq=1)
+    with pytest.raises(TrainingDiverged) as info:
+        train_eagle1(cfg)
+    message = str(info.value)
+    assert "step 7" in message and "state_1" in message and "--lr" in message
+    assert sorted(p.name for p in out.glob("state_*")) == ["state_1"]
+
+
+def test_existing_checkpoints_need_resume(tiny_prepared, tmp_path):
+    out = tmp_path / "out"
+    train_eagle1(Eagle1TrainConfig(_common(out, max_steps=1), data=tiny_prepared))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_eagle1(Eagle1TrainConfig(_common(out, max_steps=1), data=tiny_prepared))
+
+
+def test_ds_config_mismatch_is_a_clear_error(tmp_path):
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,
+                                "fp16": {"enabled": True}, "zero_optimization": {"stage": 2},
+                                "gradient_clipping": 0.5}))
+    ok = load_ds_config(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
+    assert ok.config["train_batch_size"] == 4
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu.*--bs 2"):
+        load_ds_config(path, batch_size=2, grad_accum=2, world_size=1, grad_clip=0.5)
+    path.write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1,
+                                "gradient_accumulation_steps": 2}))
+    with pytest.raises(ValueError, match="train_batch_size"):
+        load_ds_config(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
+
+
+def test_cli_reports_bad_config_before_training(tmp_path, capsys):
+    from eaglespec.cli import main
+
+    rc = main(["train", "eagle1", "--basepath", "stories260K", "--data", str(tmp_path / "missing"),
+               "--cpdir", str(tmp_path / "out"), "--noise-std", "-1"])
+    assert rc == 1
+    assert "--noise-std" in capsys.readouterr().err
