@@ -13,6 +13,7 @@ import sys
 
 # name -> (module, one-line description). Order is the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("eaglespec.commands.demo", "Self-distil, train an EAGLE-3 head on the bundled stories260K and show the speed-up"),
     "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
     "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
     "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),

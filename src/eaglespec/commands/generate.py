@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-GREEN, RESET = "\033[32m", "\033[0m"
-
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="target model directory (or 'stories260K')")
@@ -95,18 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_chunk(gen, chunks: list, colour: bool) -> None:
-    """Write the last chunk's text; with colour, draft-accepted tokens are green (each token's text is the
-    growth of the decoded output, so tokenizers that merge pieces keep their spacing)."""
+    """Write the last chunk's text; with colour, draft-accepted tokens are green."""
+    from eaglespec.evaluation import highlight, token_pieces
+
     chunk = chunks[-1]
     if not colour or gen.tokenizer is None:
         sys.stdout.write(chunk.text)
-        sys.stdout.flush()
-        return
-    tokens = [t for c in chunks[:-1] for t in c.token_ids]
-    text = gen.tokenizer.decode(tokens, skip_special_tokens=True)
-    for token, drafted in zip(chunk.token_ids, chunk.from_draft):
-        tokens.append(token)
-        grown = gen.tokenizer.decode(tokens, skip_special_tokens=True)
-        piece, text = grown[len(text):], grown
-        sys.stdout.write(f"{GREEN}{piece}{RESET}" if drafted else piece)
+    else:
+        shown = [t for c in chunks[:-1] for t in c.token_ids]
+        sys.stdout.write(highlight(token_pieces(gen.tokenizer, chunk.token_ids, shown), chunk.from_draft))
     sys.stdout.flush()
