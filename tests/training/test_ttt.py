@@ -129,19 +129,6 @@ def test_ttt_loss_matches_manual_recomputation(target_and_draft):
     assert math.isfinite(result.loss.item())
 
 
-def test_path_ranks_are_zero_on_the_drafts_own_chain(target_and_draft):
-    from eaglespec.training.ttt import path_ranks
-
-    _, draft = target_and_draft
-    ids = torch.randint(3, 128, (2, 4))
-    hidden = torch.randn(2, 4, draft.config.hidden_size)
-    chain = chain_predictions(draft, ids, hidden, 3)
-    assert path_ranks(draft, ids, hidden, chain).eq(0).all()
-    other = chain.clone()
-    other[..., 1] = torch.where(draft.t2d[(chain[..., 1] + 1) % 128], (chain[..., 1] + 1) % 128, (chain[..., 1] + 2) % 128)
-    assert path_ranks(draft, ids, hidden, other)[..., 1].gt(0).all()
-
-
 def test_target_greedy_continuations_match_generate(target_and_draft):
     from eaglespec.training.metrics import target_greedy_continuations
 
@@ -151,3 +138,87 @@ def test_target_greedy_continuations_match_generate(target_and_draft):
     for s in (0, 3, 5):
         generated = target.model.generate(ids[:, : s + 1], max_new_tokens=4, do_sample=False, min_new_tokens=4)
         assert cont[0, s].tolist() == generated[0, s + 1 :].tolist()
+
+
+def test_accepted_depth_on_a_hand_built_tree():
+    from eaglespec.decoding.tree import DraftTree
+    from eaglespec.training.methods import _accepted_depth
+
+    #        0 (root)
+    #      /   \
+    #    1:7    2:8
+    #    |       |
+    #    3:9    4:5
+    tree = DraftTree.from_parents(torch.tensor([0, 7, 8, 9, 5]), torch.tensor([-1, 0, 0, 1, 2]))
+    assert _accepted_depth(tree, torch.tensor([7, 9, 4])) == 2
+    assert _accepted_depth(tree, torch.tensor([8, 5, 1])) == 2
+    assert _accepted_depth(tree, torch.tensor([8, 9, 1])) == 1  # 9 hangs under 7, not under 8
+    assert _accepted_depth(tree, torch.tensor([3, 7, 9])) == 0
+
+
+class _PartialOracleDraft(torch.nn.Module):
+    """Test draft: proposes the target's greedy continuation `sequence` as its top token, except at positions
+    with (37 p) mod 11 < 3 (so accepted runs have varied lengths); other proposals are fixed pseudo-random logits of
+    (position, token), so identical decoding states give identical trees in any call order."""
+
+    def __init__(self, target, sequence: list[int]):
+        super().__init__()
+        from eaglespec.models import draft_config_for
+
+        self.config = draft_config_for(target, "eagle1")
+        self.vocab = target.vocab_size
+        self.sequence = torch.tensor(sequence)
+        self.dummy = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def project_target_features(self, features):
+        return torch.zeros(*features.shape[:2], self.vocab)
+
+    def forward(self, input_ids, hidden_states, position_ids=None, attention_mask=None, cache=None):
+        B, T = input_ids.shape
+        pos = position_ids.expand(B, T)
+        seq, V = self.sequence, self.vocab
+        noise = torch.sin((pos[..., None] * 7.1 + input_ids[..., None] * 3.3) * torch.arange(1, V + 1) * 0.37)
+        on_path = (pos + 2 < len(seq)) & (input_ids == seq[(pos + 1).clamp(max=len(seq) - 1)]) & ((pos * 37) % 11 >= 3)
+        hit = torch.zeros(B, T, V).scatter_(-1, seq[(pos + 2).clamp(max=len(seq) - 1)][..., None], 20.0)
+        return noise + hit * on_path[..., None]
+
+    def compute_logits(self, hidden):
+        return hidden
+
+    def draft_to_target_ids(self, ids):
+        return ids
+
+
+def test_simulated_tree_acceptance_equals_the_decoder_step_by_step():
+    """From every decoding state SpeculativeGenerator goes through, the simulation accepts exactly what
+    the decoder's verification accepted (same draft, same default dynamic tree)."""
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.models import TargetModel
+    from eaglespec.training.methods import SIM_DEPTH, simulated_tree_acceptance
+    from eaglespec.training.metrics import target_greedy_continuations
+    from eaglespec.training.ttt import shift_left
+    from fixtures import stories260k, stories260k_tokenizer
+
+    target = TargetModel(stories260k())
+    tok = stories260k_tokenizer()
+    ids = tok("Tom had a big red ball. He", return_tensors="pt").input_ids
+    n = ids.shape[1]
+    greedy_out = target.model.generate(ids, do_sample=False, max_new_tokens=48)[0].tolist()
+    draft = _PartialOracleDraft(target, greedy_out)
+    out = SpeculativeGenerator(target, draft, tok).generate(ids, max_new_tokens=40)
+    assert out.token_ids == greedy_out[n:n + 40]
+    decoded = out.stats.accept_lengths
+    assert len(set(decoded)) >= 3, decoded  # the oracle's misses make runs of different lengths
+    # the decoding state of step k: P_k tokens in the target cache, P_0 = n, P_{k+1} = P_k + accept_k + 1
+    states, length = [], n
+    for accept in decoded:
+        states.append(length - 1)  # draft position t = P - 1 holds the root x_P
+        length += accept + 1
+    seq = torch.tensor([greedy_out])
+    feats = target(seq).features("eagle1")
+    greedy = shift_left(target_greedy_continuations(target, seq, SIM_DEPTH["eagle1"]), 1)
+    simulated = simulated_tree_acceptance(draft, shift_left(seq, 1, 0), feats, greedy, [states])
+    # the last steps may have been cut by the end of the 48-token oracle sequence; compare where it holds
+    keep = [i for i, t in enumerate(states) if t + 2 + SIM_DEPTH["eagle1"] < len(greedy_out)]
+    assert len(keep) >= 5
+    assert [simulated[i] for i in keep] == [decoded[i] for i in keep]

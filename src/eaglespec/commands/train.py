@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from eaglespec.training.config import Eagle1TrainConfig, Eagle3TrainConfig
+    from eaglespec.training.distributed import current_rank
     from eaglespec.training.run import train_eagle1, train_eagle3
 
     if args.method == "eagle1":
@@ -110,6 +111,7 @@ def _train(args: argparse.Namespace) -> int:
             gradient_checkpointing=args.gradient_checkpointing, full_save_every=args.full_save_every,
         )
         result = train_eagle3(cfg)
-    print(f"done: {result.state.step} optimizer steps, {result.state.epoch} epochs; "
-          f"latest draft: {result.last_checkpoint}")
+    if current_rank() == 0:
+        print(f"done: {result.state.step} optimizer steps, {result.state.epoch} epochs; "
+              f"latest draft: {result.last_checkpoint}")
     return 0

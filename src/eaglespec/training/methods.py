@@ -16,14 +16,13 @@ from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.data import PAD_ID, TargetBatch
 from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_step_loss, ttt_total_loss
 from eaglespec.training.noise import add_feature_noise
-from eaglespec.training.ttt import chain_predictions, path_ranks, shift_left, ttt_forward
+from eaglespec.training.ttt import chain_predictions, shift_left, ttt_forward
 
 # Simulated acceptance length: depth = the decoder's default tree depth per method (EAGLE_NOTES section 3).
 SIM_DEPTH = {"eagle1": 5, "eagle3": 7}
-# Tree estimate: a branch is accepted while the target's greedy token is within the draft's top-k at each
-# depth. k = 5 matched the measured default dynamic tree (top_k 10, 60 nodes) within 2% (EAGLE-1) and 6%
-# (EAGLE-3) on stories260K drafts; a chain (k = 1) underestimates tree decoding by ~40% there.
-SIM_TREE_TOPK = 5
+# Tree estimate: decoding states simulated per test sequence (evenly spaced over its trainable positions).
+# Each costs one dynamic-tree build (depth - 1 small draft forwards), so evaluation stays cheap.
+SIM_TREE_STATES_PER_SEQUENCE = 4
 
 
 @dataclass
@@ -68,23 +67,74 @@ def align(batch: TargetBatch) -> Aligned:
 def simulated_acceptance(
     draft: EagleDraftModel,
     input_ids: torch.Tensor,  # [B, T] x_{t+1}
-    hidden: torch.Tensor,  # [B, T, H] projected step-0 hidden
+    features: torch.Tensor,  # [B, T, F] target features f_t
     greedy: torch.Tensor,  # [B, T, D] target greedy continuation after prefix x_0..x_s (row s)
     sim_mask: torch.Tensor,  # [B, T]
 ) -> dict[str, torch.Tensor]:
-    """Estimates of tau from every `sim_mask` position, as sums: 1 (bonus token) + leading accepted tokens.
+    """Estimates of tau as sums of 1 (bonus token) + accepted draft tokens:
 
-    chain: the draft rolled forward on its own greedy tokens vs the target's greedy continuation;
-    tree: the draft fed the target's greedy path, accepted while that token is in its top SIM_TREE_TOPK.
+    chain (every `sim_mask` position): the draft rolled forward on its own greedy tokens, compared with
+        the target's greedy continuation (the issue's definition; it estimates chain decoding);
+    tree (SIM_TREE_STATES_PER_SEQUENCE positions per sequence): the decoder's own default dynamic tree
+        (`decoding.Drafter`) built from that decoding state; accepted = the longest root path that
+        spells the target's greedy continuation, exactly what greedy verification would accept there.
     """
     depth = greedy.shape[-1]
     target = shift_left(greedy, 1)  # draft position t continues the prefix ending at x_{t+1}
+    hidden = draft.project_target_features(features)
     chain = (chain_predictions(draft, input_ids, hidden, depth) == target).long().cumprod(-1).sum(-1)  # [B, T]
-    ranks = path_ranks(draft, input_ids, hidden, target)  # [B, T, D]
-    tree = (ranks < SIM_TREE_TOPK).long().cumprod(-1).sum(-1)
     m = sim_mask.float()
-    return {"sim_chain_sum": ((chain + 1).float() * m).sum(), "sim_tree_sum": ((tree + 1).float() * m).sum(),
-            "sim_positions": m.sum()}
+    accepted = simulated_tree_acceptance(draft, input_ids, features, target, _tree_states(sim_mask))
+    return {"sim_chain_sum": ((chain + 1).float() * m).sum(), "sim_positions": m.sum(),
+            "sim_tree_sum": torch.tensor(float(sum(1 + a for a in accepted))),
+            "sim_tree_states": torch.tensor(float(len(accepted)))}
+
+
+def _tree_states(sim_mask: torch.Tensor) -> list[list[int]]:
+    """Per sequence, up to SIM_TREE_STATES_PER_SEQUENCE evenly spaced positions where sim_mask holds."""
+    states = []
+    for row in sim_mask:
+        positions = row.nonzero().flatten()
+        n = min(SIM_TREE_STATES_PER_SEQUENCE, positions.numel())
+        pick = torch.linspace(0, positions.numel() - 1, n).round().long() if n else positions[:0]
+        states.append(positions[pick].tolist())
+    return states
+
+
+@torch.no_grad()
+def simulated_tree_acceptance(
+    draft: EagleDraftModel,
+    input_ids: torch.Tensor,  # [B, T] x_{t+1}
+    features: torch.Tensor,  # [B, T, F] target features f_t
+    target: torch.Tensor,  # [B, T, D] target greedy tokens after x_{t+1}
+    states: list[list[int]],  # per sequence: draft positions t to simulate
+) -> list[int]:
+    """Accepted draft tokens from each decoding state, with the default dynamic tree of the decoder.
+
+    The state at draft position t is the one `SpeculativeGenerator` is in with t + 1 tokens in the target
+    cache and root x_{t+1}: the draft has caught up on x_1..x_{t+1} with the target's features f_0..f_t.
+    """
+    from eaglespec.decoding.drafter import Drafter
+    from eaglespec.decoding.tree import TreeConfig
+
+    drafter = Drafter(draft, TreeConfig())
+    accepted = []
+    for b, positions in enumerate(states):
+        for t in positions:
+            drafter.reset()
+            drafter.catch_up(input_ids[b:b + 1, : t + 1], features[b:b + 1, : t + 1])
+            tree = drafter.propose(int(input_ids[b, t]), max_depth=target.shape[-1])
+            accepted.append(_accepted_depth(tree, target[b, t]))
+    return accepted
+
+
+def _accepted_depth(tree, path: torch.Tensor) -> int:
+    """Depth of the deepest tree node whose root path spells `path` [D] (greedy verification's accept length)."""
+    depths = tree.depths
+    expected = path[(depths - 1).clamp(min=0, max=path.numel() - 1)].to(tree.tokens.device)
+    matches = (tree.tokens == expected) | (depths == 0)
+    on_path = (matches[None, :] | ~tree.mask).all(dim=-1)  # every node on the root path matches
+    return int(depths[on_path].max())
 
 
 class Eagle1Method:
@@ -154,8 +204,7 @@ class Eagle3Method:
     @torch.no_grad()
     def eval_step(self, model, draft, batch: TargetBatch, greedy: torch.Tensor | None) -> dict[str, torch.Tensor]:
         a = align(batch)
-        hidden = draft.project_target_features(a.features)
-        sums = self._sums(self._step_losses(model, draft, a, hidden))
+        sums = self._sums(self._step_losses(model, draft, a, draft.project_target_features(a.features)))
         if greedy is not None:
-            sums.update(simulated_acceptance(draft, a.input_ids, hidden, greedy, a.sim_mask))
+            sums.update(simulated_acceptance(draft, a.input_ids, a.features, greedy, a.sim_mask))
         return sums

@@ -1,13 +1,15 @@
 """Training metrics: exact aggregation over batches/ranks, the target's greedy continuations for
 the simulated acceptance length, the tutorial's log lines, metrics.jsonl and TensorBoard / W&B.
 
-Simulated acceptance length: from every test position, compare the draft with the target's greedy
-continuation of the same prefix (computed exactly by the target, once per test batch, depth =
-the decoder's default tree depth). Two estimates (training.methods.simulated_acceptance), each
-1 (bonus token) + the number of leading accepted tokens:
-- chain: the draft rolled forward on its own greedy tokens; estimates tau of chain decoding;
-- tree: the draft fed the target's greedy path, accepted while that token is in its top-5;
-  estimates tau of the default dynamic tree (the number to compare with `eaglespec generate`).
+Simulated acceptance length: compare the draft with the target's greedy continuation of the same
+prefix (computed exactly by the target, once per test batch, depth = the decoder's default tree
+depth). Two estimates (training.methods.simulated_acceptance), each 1 (bonus token) + the number of
+leading accepted tokens:
+- chain, from every test position: the draft rolled forward on its own greedy tokens; estimates tau
+  of chain decoding;
+- tree, from a few decoding states per test sequence: the decoder's own default dynamic tree, built
+  from that state; accepted = what greedy verification would accept (the number to compare with
+  `eaglespec generate`, which uses that tree).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class EpochMetrics:
     positions_trained: list[int]
     vloss: float | None = None  # EAGLE-1
     topk_acc: dict[str, float] = field(default_factory=dict)  # EAGLE-1: {"top2": .., "top3": ..} percent
-    sim_accept_length: float | None = None  # tree estimate (compare with measured dynamic-tree tau)
+    sim_accept_length: float | None = None  # tree simulation (compare with measured dynamic-tree tau)
     sim_accept_length_chain: float | None = None
     lr: float | None = None
 
@@ -101,7 +103,7 @@ def epoch_metrics(split: str, epoch: int, num_epochs: int, step: int, sums: dict
         m.vloss = ratio("vloss_sum", "count_0")
         m.topk_acc = {f"top{k}": ratio(f"top{k}_correct", "count_0", 100.0) for k in (2, 3)}
     if sums.get("sim_positions", 0) > 0:
-        m.sim_accept_length = ratio("sim_tree_sum", "sim_positions")
+        m.sim_accept_length = ratio("sim_tree_sum", "sim_tree_states")
         m.sim_accept_length_chain = ratio("sim_chain_sum", "sim_positions")
     return m
 
@@ -117,7 +119,7 @@ def format_lines(m: EpochMetrics) -> list[str]:
         lines.append(f"{head}, vLoss: {m.vloss:.4f}")
         lines.extend(f"{head}, position 0, {k.capitalize()} Acc: {v:.2f}" for k, v in m.topk_acc.items())
     if m.sim_accept_length is not None:
-        lines.append(f"{head}, simulated acceptance length: {m.sim_accept_length:.2f} (tree estimate), "
+        lines.append(f"{head}, simulated acceptance length: {m.sim_accept_length:.2f} (dynamic tree), "
                      f"{m.sim_accept_length_chain:.2f} (chain)")
     return lines
 

@@ -31,7 +31,7 @@ from eaglespec.training.data import (
     split_indices,
     trained_token_count,
 )
-from eaglespec.training.distributed import detect_launch, init_distributed
+from eaglespec.training.distributed import barrier, current_rank, detect_launch, init_distributed
 from eaglespec.training.engine import launch_world_size, load_ds_config, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
 from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, align
@@ -185,7 +185,9 @@ def _prepare_raw(cfg: Eagle3TrainConfig, path: Path, split: str):
 
     out = cfg.common.output_dir / "prepared" / split
     tokenizer = cfg.tokenizer or resolve_model_path(cfg.common.basepath)
-    prepare_dataset(path, tokenizer, out, data_format=cfg.data_format, max_len=cfg.common.max_len, overwrite=True)
+    if current_rank() == 0:  # one writer; the other ranks wait, then read the same directory
+        prepare_dataset(path, tokenizer, out, data_format=cfg.data_format, max_len=cfg.common.max_len, overwrite=True)
+    barrier()
     return load_prepared_dataset(out)
 
 

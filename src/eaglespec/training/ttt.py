@@ -135,30 +135,3 @@ def chain_predictions(
     outputs = rollout(draft, input_ids, hidden, num_steps, next_ids, position_ids)
     predicted.append(greedy(outputs[-1]))
     return torch.stack(predicted, dim=-1)
-
-
-@torch.no_grad()
-def path_ranks(
-    draft: EagleDraftModel,
-    input_ids: torch.Tensor,  # [B, T]
-    hidden: torch.Tensor,  # [B, T, H]
-    path: torch.Tensor,  # [B, T, D] target ids: the path to follow from each position (target greedy tokens)
-    position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[B, T, D] rank of path token j in the draft's step-j distribution, the draft being fed the path
-    tokens (the branch a draft tree must contain to be accepted); tokens outside the draft vocabulary
-    get rank Vd."""
-    D = path.shape[-1]
-    outputs = rollout(draft, input_ids, hidden, D, lambda j, _prev: path[..., j - 1], position_ids)
-    ranks = []
-    for j, out in enumerate(outputs):
-        logits = draft.compute_logits(out).float()  # [B, T, Vd]
-        if draft.method == "eagle3":
-            in_vocab = draft.t2d[path[..., j]]
-            draft_ids = (torch.cumsum(draft.t2d.long(), 0) - 1)[path[..., j]].clamp(min=0)
-        else:
-            in_vocab, draft_ids = torch.ones_like(path[..., j], dtype=torch.bool), path[..., j]
-        chosen = logits.gather(-1, draft_ids[..., None])  # [B, T, 1]
-        rank = (logits > chosen).sum(-1)
-        ranks.append(torch.where(in_vocab, rank, torch.full_like(rank, logits.shape[-1])))
-    return torch.stack(ranks, dim=-1)
