@@ -16,7 +16,7 @@ from eaglespec.models import EagleDraftModel, TargetModel
 from eaglespec import bundled_model_path
 from eaglespec.training.checkpoint import MARKER, find_latest_complete, read_marker
 
-EPOCHS = 4
+EPOCHS = 8
 
 
 def _command(method: str, data: Path, out: Path, resume: bool) -> list[str]:
@@ -55,17 +55,19 @@ def test_sigkill_then_resume(method, tiny_prepared, tmp_path):
         assert _final_step(reference) == expected_steps
 
     out = tmp_path / "killed"
-    rng = random.Random()
-    seed = rng.randrange(10**6)
-    delay = random.Random(seed).uniform(0.0, 3.0)
+    seed = random.Random().randrange(10**6)
+    rng = random.Random(seed)
+    kill_after_epoch, delay = rng.randint(1, EPOCHS - 3), rng.uniform(0.0, 0.2)
     proc = subprocess.Popen(_command(method, tiny_prepared, out, False), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob("state_*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # wait for the first checkpoint, then kill at a random later moment
+    while not (out / f"state_{kill_after_epoch}").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # wait for a random epoch's checkpoint, then kill at a random moment of the next
     time.sleep(delay)
+    assert proc.poll() is None, f"kill delay seed {seed}: the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert find_latest_complete(out) is None or _final_step(out) < expected_steps  # it really was cut short
     _check_no_acceptable_incomplete_state(out)
 
     resumed = subprocess.run(_command(method, tiny_prepared, out, True), env=env, capture_output=True, text=True)

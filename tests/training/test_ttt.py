@@ -217,7 +217,7 @@ def test_simulated_tree_acceptance_equals_the_decoder_step_by_step():
     seq = torch.tensor([greedy_out])
     feats = target(seq).features("eagle1")
     greedy = shift_left(target_greedy_continuations(target, seq, SIM_DEPTH["eagle1"]), 1)
-    simulated = simulated_tree_acceptance(draft, shift_left(seq, 1, 0), feats, greedy, [states])
+    simulated = simulated_tree_acceptance(draft, shift_left(seq, 1, 0), feats, greedy, [(0, t) for t in states])
     # the last steps may have been cut by the end of the 48-token oracle sequence; compare where it holds
     keep = [i for i, t in enumerate(states) if t + 2 + SIM_DEPTH["eagle1"] < len(greedy_out)]
     assert len(keep) >= 5

@@ -195,7 +195,7 @@ class SpeculativeGenerator:
             raise ValueError("empty prompt: give at least one token (e.g. BOS)")
         if ids.shape[1] >= self.context_length:
             raise ValueError(f"prompt has {ids.shape[1]} tokens; the model's context holds {self.context_length}, "
-                             "so at most {} prompt tokens leave room to generate".format(self.context_length - 1))
+                             f"so at most {self.context_length - 1} prompt tokens leave room to generate")
         return ids.to(self.target.device)
 
     def _request(self, prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed) -> _Request:

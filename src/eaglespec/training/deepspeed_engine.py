@@ -174,9 +174,11 @@ class DeepSpeedEngine:
     runs DeepSpeed's backward (no second division by the accumulation steps) and DeepSpeed's
     `step`, which updates (clip, optimizer, scheduler, zero_grad) every `gradient_accumulation_steps`
     micro-batches. `step()` returns the gradient norm of the update made since the previous call,
-    or None. When an epoch's batch count is not a multiple of the accumulation steps, DeepSpeed's
-    group simply continues into the next epoch (the loop's short last group is not stepped early).
+    or None. DeepSpeed's boundary cannot be moved, so the loop runs whole groups only
+    (`whole_accumulation_groups`): a trailing partial group of an epoch is dropped, not carried over.
     """
+
+    whole_accumulation_groups = True
 
     def __init__(self, model: nn.Module, ds_config: dict, optim: OptimizerConfig, launch: LaunchInfo,
                  module: nn.Module | None = None):

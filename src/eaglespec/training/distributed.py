@@ -133,18 +133,23 @@ def barrier() -> None:
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """The mean of `t` over all ranks (a new tensor; `t` itself unchanged). Single process: a copy."""
-    out = t.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    out = all_reduce_sum(t)
+    if dist.is_available() and dist.is_initialized():
         out /= dist.get_world_size()
     return out
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of `t` over all ranks (a new tensor). Use for exact sums/counts of metrics."""
+    """The sum of `t` over all ranks (a new tensor on t's device). Use for exact sums/counts of metrics.
+    NCCL reduces GPU tensors only: CPU tensors (metric sums, flags) travel through this rank's GPU."""
     out = t.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return out
+    if dist.get_backend() == dist.Backend.NCCL and out.device.type != "cuda":
+        on_gpu = out.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return on_gpu.to(t.device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
@@ -234,6 +239,8 @@ class DDPEngine:
     after a shorter group (end of an epoch), `step` averages the local gradients itself, so ranks
     never diverge.
     """
+
+    whole_accumulation_groups = False  # a short last group is stepped (after averaging, see above)
 
     def __init__(self, plain, grad_accum: int, launch: LaunchInfo, module: nn.Module | None = None):
         """plain: a PlainEngine over the draft (already on this rank's device). module: what the

@@ -31,6 +31,8 @@ class Engine(Protocol):
     model: nn.Module  # the draft (unwrapped)
     rank: int
     world_size: int
+    # True when the engine owns the accumulation boundary (DeepSpeed): the loop then runs whole groups only.
+    whole_accumulation_groups: bool
 
     @property
     def is_main(self) -> bool: ...
@@ -82,6 +84,7 @@ class PlainEngine:
     """One process, one device: AdamW + warmup/decay schedule, optional fp16 loss scaling."""
 
     rank, world_size = 0, 1
+    whole_accumulation_groups = False  # a short last group of an epoch is stepped on its own
 
     def __init__(self, model: nn.Module, cfg: OptimizerConfig, precision: str = "fp32"):
         self.model, self.cfg = model, cfg

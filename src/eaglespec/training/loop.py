@@ -69,8 +69,12 @@ class TrainData:
     target: TargetModel  # for the greedy continuations of the simulated acceptance length
 
 
-def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int, rank: int = 0, world_size: int = 1) -> int:
-    return math.ceil(num_batches(n_train, batch_size, rank, world_size) / grad_accum)
+def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int, rank: int = 0, world_size: int = 1,
+                    whole_groups: bool = False) -> int:
+    """Optimizer steps per epoch. whole_groups (DeepSpeed): a trailing partial accumulation group is
+    dropped, since DeepSpeed would carry it into the next epoch; otherwise it is stepped on its own."""
+    batches = num_batches(n_train, batch_size, rank, world_size)
+    return batches // grad_accum if whole_groups else math.ceil(batches / grad_accum)
 
 
 class Trainer:
@@ -94,8 +98,10 @@ class Trainer:
             self._report("test", epoch, state, self._evaluate())
             self._save(epoch, state, final=stopped or epoch == cfg.num_epochs)
             if stopped:
-                self._log_main(f"stopped at step {state.step} ({self._stop_reason(state)}); "
-                               f"resume with --resume to continue")
+                reason = self._stop_reason(state)
+                resumable = self.cfg.max_steps is None or state.step < self.cfg.max_steps  # not the planned end
+                hint = "; resume with --resume to continue" if resumable else ""
+                self._log_main(f"stopped at step {state.step} ({reason}){hint}")
                 break
         return state
 
@@ -105,15 +111,24 @@ class Trainer:
     def _stop_reason(self, state: TrainState) -> str | None:
         if self.cfg.max_steps is not None and state.step >= self.cfg.max_steps:
             return f"--max-steps {self.cfg.max_steps}"
-        if self.cfg.time_budget_s is not None and time.monotonic() - self.started >= self.cfg.time_budget_s:
+        if self.cfg.time_budget_s is not None and self._any_rank(time.monotonic() - self.started >= self.cfg.time_budget_s):
             return f"time budget of {self.cfg.time_budget_s / 60:g} minutes"
         return None
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` holds on any rank. Decisions that lead to different collective
+        calls (stop now, raise now) must agree: rank clocks differ, and one rank may see a NaN alone."""
+        if self.engine.world_size == 1:
+            return flag
+        return bool(self.engine.all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
 
     # ----------------------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, state: TrainState) -> tuple[MetricSums, bool]:
         cfg, engine = self.cfg, self.engine
         order = epoch_order(self.data.train_indices, epoch, cfg.seed, shuffle=True)
         n = num_batches(len(order), cfg.batch_size, engine.rank, engine.world_size)
+        if engine.whole_accumulation_groups:  # DeepSpeed counts micro-batches itself: no short last group
+            n -= n % cfg.grad_accum
         sums = MetricSums()
         model = engine.forward_module()
         model.train()
@@ -123,6 +138,8 @@ class Trainer:
         batches = iterate_batches(self.data.train_dataset, order, cfg.batch_size, cfg.max_len,
                                   engine.rank, engine.world_size, skip_batches=state.batches_done)
         for b, batch in enumerate(batches, start=state.batches_done):
+            if b >= n:  # the trimmed partial accumulation group
+                break
             group_size = min(cfg.grad_accum, n - (b - b % cfg.grad_accum))  # the last group may be short
             target_batch = self.data.source(batch)
             with engine.autocast():
@@ -152,8 +169,9 @@ class Trainer:
         return sums, self._should_stop(state) and epoch < cfg.num_epochs
 
     def _check_finite(self, loss: torch.Tensor, what: str, epoch: int, batch: int, state: TrainState) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            self._diverged(f"{what} is {loss.item()}", epoch, batch, state)
+        if self._any_rank(not bool(torch.isfinite(loss.detach()).all())):
+            self._diverged(f"{what} is {loss.item()} (on rank {self.engine.rank}; non-finite on at least one rank)",
+                           epoch, batch, state)
 
     def _diverged(self, what: str, epoch: int, batch: int, state: TrainState) -> None:
         last = find_latest_complete(self.cfg.output_dir, resumable=True)
@@ -172,6 +190,10 @@ class Trainer:
         model.eval()
         batches = iterate_batches(self.data.test_dataset, self.data.test_indices, cfg.batch_size, cfg.max_len,
                                   engine.rank, engine.world_size)
+        # Ranks run equally many batches (a forward may be a collective), so the last round repeats early
+        # batches; those repeats are evaluated but counted as zeros (every rank must hold the same metric
+        # keys: _report's all-reduce is a collective, and a rank with nothing to reduce would hang the others).
+        real_batches = math.ceil(len(self.data.test_indices) / cfg.batch_size)
         for i, batch in enumerate(batches):
             target_batch = self.data.source(batch)
             if i not in self.greedy_cache:
@@ -179,7 +201,10 @@ class Trainer:
                                                                    cfg.sim_depth).cpu()
             greedy = self.greedy_cache[i].to(target_batch.input_ids.device)
             with engine.autocast():
-                sums.add(self.method.eval_step(model, self.draft, target_batch, greedy))
+                batch_sums = self.method.eval_step(model, self.draft, target_batch, greedy)
+            if i * engine.world_size + engine.rank >= real_batches:
+                batch_sums = {k: torch.zeros_like(v) for k, v in batch_sums.items()}
+            sums.add(batch_sums)
         return sums
 
     def _report(self, split: str, epoch: int, state: TrainState, sums: MetricSums) -> None:

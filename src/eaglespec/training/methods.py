@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from eaglespec.decoding.drafter import Drafter
+from eaglespec.decoding.tree import DEFAULT_DEPTH, TreeConfig, dynamic_capacity
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.data import PAD_ID, TargetBatch
 from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_step_loss, ttt_total_loss
@@ -19,10 +21,12 @@ from eaglespec.training.noise import add_feature_noise
 from eaglespec.training.ttt import chain_predictions, shift_left, ttt_forward
 
 # Simulated acceptance length: depth = the decoder's default tree depth per method (EAGLE_NOTES section 3).
-SIM_DEPTH = {"eagle1": 5, "eagle3": 7}
-# Tree estimate: decoding states simulated per test sequence (evenly spaced over its trainable positions).
-# Each costs one dynamic-tree build (depth - 1 small draft forwards), so evaluation stays cheap.
-SIM_TREE_STATES_PER_SEQUENCE = 4
+SIM_DEPTH = DEFAULT_DEPTH
+# Tree estimate: decoding states simulated per test batch (evenly spaced over its trainable positions).
+# Each costs one catch-up and one dynamic-tree build (depth - 1 small draft forwards). The count is the same
+# for every batch (padded with discarded repeats) because under ZeRO-3 every draft forward is a collective:
+# all ranks must run the same number of them.
+SIM_TREE_STATES_PER_BATCH = 32
 
 
 @dataclass
@@ -75,7 +79,7 @@ def simulated_acceptance(
 
     chain (every `sim_mask` position): the draft rolled forward on its own greedy tokens, compared with
         the target's greedy continuation (the issue's definition; it estimates chain decoding);
-    tree (SIM_TREE_STATES_PER_SEQUENCE positions per sequence): the decoder's own default dynamic tree
+    tree (SIM_TREE_STATES_PER_BATCH positions per batch): the decoder's own default dynamic tree
         (`decoding.Drafter`) built from that decoding state; accepted = the longest root path that
         spells the target's greedy continuation, exactly what greedy verification would accept there.
     """
@@ -84,21 +88,24 @@ def simulated_acceptance(
     hidden = draft.project_target_features(features)
     chain = (chain_predictions(draft, input_ids, hidden, depth) == target).long().cumprod(-1).sum(-1)  # [B, T]
     m = sim_mask.float()
-    accepted = simulated_tree_acceptance(draft, input_ids, features, target, _tree_states(sim_mask))
+    states, real = _tree_states(sim_mask)
+    accepted = simulated_tree_acceptance(draft, input_ids, features, target, states)[:real]
     return {"sim_chain_sum": ((chain + 1).float() * m).sum(), "sim_positions": m.sum(),
             "sim_tree_sum": torch.tensor(float(sum(1 + a for a in accepted))),
             "sim_tree_states": torch.tensor(float(len(accepted)))}
 
 
-def _tree_states(sim_mask: torch.Tensor) -> list[list[int]]:
-    """Per sequence, up to SIM_TREE_STATES_PER_SEQUENCE evenly spaced positions where sim_mask holds."""
-    states = []
-    for row in sim_mask:
-        positions = row.nonzero().flatten()
-        n = min(SIM_TREE_STATES_PER_SEQUENCE, positions.numel())
-        pick = torch.linspace(0, positions.numel() - 1, n).round().long() if n else positions[:0]
-        states.append(positions[pick].tolist())
-    return states
+def _tree_states(sim_mask: torch.Tensor) -> tuple[list[tuple[int, int]], int]:
+    """SIM_TREE_STATES_PER_BATCH (sequence, position) pairs where sim_mask holds, evenly spaced, and how
+    many are real: when the batch has fewer, the list is padded with repeats whose results are dropped."""
+    valid = sim_mask.nonzero().tolist()  # row-major: sequence by sequence
+    n = SIM_TREE_STATES_PER_BATCH
+    if not valid:
+        return [(0, 0)] * n, 0
+    real = min(n, len(valid))
+    pick = torch.linspace(0, len(valid) - 1, real).round().long().tolist()
+    states = [tuple(valid[i]) for i in pick]
+    return states + [states[0]] * (n - real), real
 
 
 @torch.no_grad()
@@ -107,24 +114,25 @@ def simulated_tree_acceptance(
     input_ids: torch.Tensor,  # [B, T] x_{t+1}
     features: torch.Tensor,  # [B, T, F] target features f_t
     target: torch.Tensor,  # [B, T, D] target greedy tokens after x_{t+1}
-    states: list[list[int]],  # per sequence: draft positions t to simulate
+    states: list[tuple[int, int]],  # (sequence b, draft position t) to simulate
 ) -> list[int]:
     """Accepted draft tokens from each decoding state, with the default dynamic tree of the decoder.
 
     The state at draft position t is the one `SpeculativeGenerator` is in with t + 1 tokens in the target
     cache and root x_{t+1}: the draft has caught up on x_1..x_{t+1} with the target's features f_0..f_t.
     """
-    from eaglespec.decoding.drafter import Drafter
-    from eaglespec.decoding.tree import TreeConfig
-
-    drafter = Drafter(draft, TreeConfig())
+    # The decoder's default tree; with a tiny draft vocabulary (top_k clamped to it) the tree holds fewer nodes.
+    tree = TreeConfig()
+    top_k = min(tree.top_k, draft.config.draft_vocab_size)
+    depth = tree.resolved_depth(draft.config.method)
+    tree = TreeConfig(total_tokens=min(tree.total_tokens, dynamic_capacity(top_k, depth) + 1))
+    drafter = Drafter(draft, tree)
     accepted = []
-    for b, positions in enumerate(states):
-        for t in positions:
-            drafter.reset()
-            drafter.catch_up(input_ids[b:b + 1, : t + 1], features[b:b + 1, : t + 1])
-            tree = drafter.propose(int(input_ids[b, t]), max_depth=target.shape[-1])
-            accepted.append(_accepted_depth(tree, target[b, t]))
+    for b, t in states:
+        drafter.reset()
+        drafter.catch_up(input_ids[b:b + 1, : t + 1], features[b:b + 1, : t + 1])
+        tree = drafter.propose(int(input_ids[b, t]), max_depth=target.shape[-1])
+        accepted.append(_accepted_depth(tree, target[b, t]))
     return accepted
 
 

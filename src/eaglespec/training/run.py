@@ -31,7 +31,7 @@ from eaglespec.training.data import (
     split_indices,
     trained_token_count,
 )
-from eaglespec.training.distributed import barrier, current_rank, detect_launch, init_distributed
+from eaglespec.training.distributed import broadcast_object, current_rank, detect_launch, init_distributed
 from eaglespec.training.engine import launch_world_size, load_ds_config, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
 from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, align
@@ -97,8 +97,13 @@ def _check_fresh_output(common: CommonTrainConfig) -> None:
                               "or choose another output directory")
 
 
-def _optimizer_config(common: CommonTrainConfig, n_train: int, world_size: int, default_warmup: int) -> OptimizerConfig:
-    per_epoch = steps_per_epoch(n_train, common.batch_size, common.grad_accum, 0, world_size)
+def _optimizer_config(common: CommonTrainConfig, n_train: int, world_size: int, default_warmup: int,
+                      whole_groups: bool = False) -> OptimizerConfig:
+    per_epoch = steps_per_epoch(n_train, common.batch_size, common.grad_accum, 0, world_size, whole_groups)
+    if per_epoch == 0:
+        raise ValueError(f"{n_train} training samples give each of the {world_size} process(es) fewer micro-batches "
+                         f"of --bs {common.batch_size} per epoch than --grad-accum {common.grad_accum}, so DeepSpeed "
+                         "would never step; use more data, a smaller --bs or a smaller --grad-accum")
     total = per_epoch * common.num_epochs
     if common.max_steps is not None:
         total = min(total, common.max_steps)
@@ -111,6 +116,10 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
          schedule_keys: tuple[str, ...], resumable_every: int, per_epoch_dtype: torch.dtype | None) -> TrainResult:
     out = common.output_dir
     out.mkdir(parents=True, exist_ok=True)
+    # The data order and the lr schedule also depend on the process count and the data: a resume with
+    # either changed would silently train a different schedule, so they are checked like the flags.
+    run_config = {**run_config, "world_size": engine.world_size, "train_samples": len(data.train_indices)}
+    schedule_keys = (*schedule_keys, "world_size", "train_samples")
     state = TrainState()
     if common.resume:
         latest = find_latest_complete(out, resumable=True)
@@ -185,9 +194,16 @@ def _prepare_raw(cfg: Eagle3TrainConfig, path: Path, split: str):
 
     out = cfg.common.output_dir / "prepared" / split
     tokenizer = cfg.tokenizer or resolve_model_path(cfg.common.basepath)
+    error = None
     if current_rank() == 0:  # one writer; the other ranks wait, then read the same directory
-        prepare_dataset(path, tokenizer, out, data_format=cfg.data_format, max_len=cfg.common.max_len, overwrite=True)
-    barrier()
+        try:
+            prepare_dataset(path, tokenizer, out, data_format=cfg.data_format, max_len=cfg.common.max_len,
+                            overwrite=True)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            error = f"{type(e).__name__}: {e}"
+    error = broadcast_object(error)  # every rank fails with rank 0's message instead of waiting forever
+    if error is not None:
+        raise ValueError(f"preparing {path} failed on rank 0: {error}")
     return load_prepared_dataset(out)
 
 
@@ -245,9 +261,11 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
         source.aux_layer_ids = draft.config.aux_layer_ids
     data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
     _check_draft_vocab_trainable(data, draft, common)
-    per_epoch = steps_per_epoch(len(train_idx), common.batch_size, common.grad_accum, 0, world_size)
+    whole_groups = ds is not None  # DeepSpeed owns the accumulation boundary (see DeepSpeedEngine)
+    per_epoch = steps_per_epoch(len(train_idx), common.batch_size, common.grad_accum, 0, world_size, whole_groups)
     opt = _optimizer_config(common, len(train_idx), world_size,
-                            default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs))
+                            default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs),
+                            whole_groups=whole_groups)
     engine = make_engine(draft, opt, ds, precision, common.grad_accum)
     method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing)
     sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
