@@ -1,6 +1,7 @@
 """Training-time test: the attention pattern, and that every step equals the draft run as decoding runs
 it (a KV-cached chain per position), plus the TTT loss recomputed by hand from those chains."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from fixtures import tiny_model
-from eaglespec.models import TargetModel, build_draft
+from eaglespec.models import TargetModel, build_draft, set_draft_vocab
 from eaglespec.training.data import TargetBatch
 from eaglespec.training.methods import Eagle3Method
 from eaglespec.training.ttt import chain_predictions, shift_left, ttt_attention_mask, ttt_forward
@@ -92,17 +93,28 @@ def test_chain_predictions_feed_own_tokens(target_and_draft):
         out = draft(token, out, position_ids=torch.tensor([[t + j + 1]]), cache=cache)
 
 
-def test_ttt_loss_matches_manual_recomputation(target_and_draft):
+@pytest.mark.parametrize("vocab", ["first_100", "even_ids"])
+def test_ttt_loss_matches_manual_recomputation(target_and_draft, vocab):
     """T = 4, TTT length 2: loss = sum_j 0.8^j * mean over masked positions of soft-CE, where the mask is
-    loss_mask[t+2+j] AND target argmax (row t+1+j) in the draft vocabulary."""
+    loss_mask[t+2+j] AND target argmax (row t+1+j) in the draft vocabulary. With the even ids as the draft
+    vocabulary, draft row i is target id 2i: a wrong d2t / t2d mapping changes the loss."""
     target, draft = target_and_draft
+    kept = torch.arange(100) if vocab == "first_100" else torch.arange(0, 128, 2)
+    if vocab == "even_ids":
+        draft = copy.deepcopy(draft)
+        draft.config.draft_vocab_size = 64
+        draft.lm_head = torch.nn.Linear(draft.config.hidden_size, 64, bias=False)
+        draft.d2t = torch.zeros(64, dtype=torch.long)
+        set_draft_vocab(draft, kept, target.lm_head)
+    in_vocab = torch.zeros(128, dtype=torch.bool)
+    in_vocab[kept] = True
     torch.manual_seed(1)
     T, steps, V = 5, 2, 128
     ids = torch.randint(3, 100, (1, T))
     out = target(ids, aux_layer_ids=draft.config.aux_layer_ids)
     logits = out.logits.clone()
-    logits[..., 100:] -= 50.0  # target argmax inside the draft vocabulary (ids < 100) ...
-    logits[0, 2, 120] = 1e3  # ... except row 2: target argmax outside the draft vocabulary (ids >= 100)
+    logits[..., ~in_vocab] -= 50.0  # target argmax inside the draft vocabulary ...
+    logits[0, 2, 121] = 1e3  # ... except row 2: target argmax outside the draft vocabulary (121 is in neither)
     loss_mask = torch.tensor([[0, 1, 1, 1, 1]])
     batch = TargetBatch(ids, loss_mask, torch.ones(1, T, dtype=torch.bool), out.aux_hidden, out.last_hidden, logits)
     result = Eagle3Method(steps, 0.8).train_step(draft, draft, batch)
@@ -114,11 +126,11 @@ def test_ttt_loss_matches_manual_recomputation(target_and_draft):
         ces = []
         for t in range(T):
             row, label = t + 1 + j, t + 2 + j
-            if label >= T or not loss_mask[0, label] or logits[0, row].argmax() >= 100:
+            if label >= T or not loss_mask[0, label] or not in_vocab[logits[0, row].argmax()]:
                 continue
             h = _decoding_chain(draft, draft_ids, hidden, t, steps)[j]
-            q = torch.log_softmax(draft.compute_logits(h)[0], -1)
-            p = torch.softmax(logits[0, row, :100], -1)
+            q = torch.log_softmax(draft.compute_logits(h)[0], -1)  # draft row i = target id kept[i]
+            p = torch.softmax(logits[0, row, kept], -1)
             ces.append(-(p * q).sum())
         counts.append(len(ces))
         expected = expected + 0.8**j * sum(ces) / len(ces)
