@@ -20,13 +20,7 @@ from eaglespec.models import TargetModel
 LENGTHS = (5, 17, 9, 12, 3, 17, 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared by parallel test runs: one thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
