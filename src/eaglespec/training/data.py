@@ -121,11 +121,15 @@ def collate(items: list[dict], max_len: int, pad_id: int = PAD_ID) -> TokenBatch
     return batch
 
 
+# Seeds of (seed, epoch) pairs never collide while epochs < this prime.
+EPOCH_SEED_STRIDE = 1_000_003
+
+
 def epoch_order(indices: list[int], epoch: int, seed: int, shuffle: bool) -> list[int]:
     """The item order of an epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
     order = list(indices)
     if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        random.Random(seed * EPOCH_SEED_STRIDE + epoch).shuffle(order)
     return order
 
 

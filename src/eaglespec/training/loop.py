@@ -134,7 +134,7 @@ class Trainer:
         model.train()
         bar = tqdm(total=n, initial=state.batches_done, desc=f"epoch {epoch}/{cfg.num_epochs}",
                    disable=not (cfg.progress and engine.is_main), dynamic_ncols=True, leave=False)
-        tokens, t0 = 0, time.monotonic()
+        tokens, t0, group_loss = 0, time.monotonic(), 0.0
         batches = iterate_batches(self.data.train_dataset, order, cfg.batch_size, cfg.max_len,
                                   engine.rank, engine.world_size, skip_batches=state.batches_done)
         for b, batch in enumerate(batches, start=state.batches_done):
@@ -146,6 +146,7 @@ class Trainer:
                 out = self.method.train_step(model, self.draft, target_batch)
             self._check_finite(out.loss, "loss", epoch, b, state)
             engine.backward(out.loss / group_size)
+            group_loss += out.loss.item() / group_size  # the mean over the group, for logging
             sums.add(out.sums)
             tokens += batch.num_tokens
             bar.update(1)
@@ -159,8 +160,9 @@ class Trainer:
                 self._diverged(str(e), epoch, b, state)
             state.step += 1
             state.batches_done = b + 1
-            self.metrics_logger.log({"train/loss": out.loss.item(), "train/lr": engine.lr(),
+            self.metrics_logger.log({"train/loss": group_loss, "train/lr": engine.lr(),
                                      **({"train/grad_norm": grad_norm} if grad_norm is not None else {})}, state.step)
+            group_loss = 0.0
             if self._should_stop(state) and b + 1 < n:
                 bar.close()
                 return sums, True
