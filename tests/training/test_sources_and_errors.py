@@ -10,7 +10,7 @@ import torch
 from eaglespec import bundled_model_path
 from eaglespec.models import EagleDraftModel, TargetModel
 from eaglespec.training import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig, train_eagle1, train_eagle3
-from eaglespec.training.engine import load_ds_config
+from eaglespec.training.engine import load_ds_settings
 from eaglespec.training.loop import TrainingDiverged
 
 
@@ -118,14 +118,14 @@ def test_ds_config_mismatch_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,
                                 "fp16": {"enabled": True}, "zero_optimization": {"stage": 2},
                                 "gradient_clipping": 0.5}))
-    ok = load_ds_config(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
+    ok = load_ds_settings(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
     assert ok.config["train_batch_size"] == 4
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu.*--bs 2"):
-        load_ds_config(path, batch_size=2, grad_accum=2, world_size=1, grad_clip=0.5)
+        load_ds_settings(path, batch_size=2, grad_accum=2, world_size=1, grad_clip=0.5)
     path.write_text(json.dumps({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1,
                                 "gradient_accumulation_steps": 2}))
     with pytest.raises(ValueError, match="train_batch_size"):
-        load_ds_config(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
+        load_ds_settings(path, batch_size=1, grad_accum=2, world_size=2, grad_clip=0.5)
 
 
 def test_cli_reports_bad_config_before_training(tmp_path, capsys):

@@ -32,7 +32,7 @@ import torch
 
 from eaglespec._io import TMP_PREFIX, atomic_write_text
 from eaglespec.models import TargetModel, default_aux_layer_ids
-from eaglespec.models.config import METHODS, validate_aux_layer_ids
+from eaglespec.models.config import METHODS, TargetInfo, validate_aux_layer_ids
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +50,9 @@ def shard_name(index: int) -> str:
 
 
 @dataclass
-class TargetIdentity:
-    """Who produced the features: `TargetInfo` fields plus hashes that change when the model does."""
+class TargetIdentity(TargetInfo):
+    """Who produced the features: the `TargetInfo` fields plus hashes that change when the model does."""
 
-    name_or_path: str
-    model_type: str
-    architectures: list[str]
-    hidden_size: int
-    vocab_size: int
-    num_hidden_layers: int
     config_sha256: str  # of config.json (or of the in-memory config when the model has no directory)
     weights_sha256: str  # of weight file names + sizes (or parameter names + shapes for in-memory models)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -174,16 +173,18 @@ class DeepSpeedSettings:
 
 def launch_world_size() -> int:
     """World size set by torchrun / the deepspeed launcher (1 when run as a plain process)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    from eaglespec.training.distributed import detect_launch
+
+    return detect_launch().world_size
 
 
-def load_ds_config(path: str | Path, batch_size: int, grad_accum: int, world_size: int, grad_clip: float,
+def load_ds_settings(path: str | Path, batch_size: int, grad_accum: int, world_size: int, grad_clip: float,
                    lr: float | None = None) -> DeepSpeedSettings:
     """Read a DeepSpeed JSON config and check it agrees with --bs / --grad-accum / the world size, before
     anything is loaded ("auto" filled from the flags; on CPU fp16 -> bf16). Rules: `training.deepspeed_engine`."""
-    from eaglespec.training.deepspeed_engine import ds_config_precision, load_ds_config as resolve
+    from eaglespec.training.deepspeed_engine import ds_config_precision, load_ds_config
 
-    cfg = resolve(path, batch_size, grad_accum, world_size, grad_clip, lr)
+    cfg = load_ds_config(path, batch_size, grad_accum, world_size, grad_clip, lr)
     return DeepSpeedSettings(cfg, Path(path), ds_config_precision(cfg))
 
 

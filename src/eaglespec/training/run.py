@@ -32,7 +32,7 @@ from eaglespec.training.data import (
     trained_token_count,
 )
 from eaglespec.training.distributed import broadcast_object, current_rank, detect_launch, init_distributed
-from eaglespec.training.engine import launch_world_size, load_ds_config, make_engine
+from eaglespec.training.engine import launch_world_size, load_ds_settings, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
 from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, align
 from eaglespec.training.metrics import make_logger
@@ -247,7 +247,7 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     world_size = launch_world_size()
     ds = None
     if cfg.deepspeed_config is not None:
-        ds = load_ds_config(cfg.deepspeed_config, common.batch_size, common.grad_accum, world_size, common.grad_clip,
+        ds = load_ds_settings(cfg.deepspeed_config, common.batch_size, common.grad_accum, world_size, common.grad_clip,
                             common.lr)
     device = _device(require_group=ds is not None)
     precision = _precision(common, device) if ds is None else ds.precision
