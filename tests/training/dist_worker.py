@@ -41,20 +41,23 @@ def _weights_hash(model: torch.nn.Module) -> str:
 
 def run(out_dir: Path, argv: list[str]) -> int:
     record: dict = {"rank": int(os.environ.get("RANK", "0"))}
-    built = []
+    # Keep the draft, not the engine: a DDP / DeepSpeed engine alive after the run would keep the process
+    # group alive past destroy_process_group (see training.distributed.destroy_distributed).
+    drafts = []
     make_engine = run_module.make_engine
 
     def recording_make_engine(*args, **kwargs):
         engine = make_engine(*args, **kwargs)
-        built.append(engine)
         record["shares"] = _shares(engine)
+        if not getattr(engine, "zero3", False):  # ZeRO-3 weights are partitioned: not hashable locally
+            drafts.append(engine.model)
         return engine
 
     run_module.make_engine = recording_make_engine
     rc = main(argv)
     record["rc"] = rc
-    if built and not getattr(built[0], "zero3", False):  # ZeRO-3 weights are partitioned: not hashable locally
-        record["weights_sha256"] = _weights_hash(built[0].model)
+    if drafts:
+        record["weights_sha256"] = _weights_hash(drafts[0])
     (out_dir / f"rank{record['rank']}.json").write_text(json.dumps(record))
     return rc
 

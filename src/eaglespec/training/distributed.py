@@ -13,6 +13,7 @@ Backends: NCCL when CUDA is available (each process takes the GPU `LOCAL_RANK`),
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -111,8 +112,13 @@ def init_distributed(launch: LaunchInfo, require_group: bool = False) -> torch.d
 
 
 def destroy_distributed() -> None:
-    """Leave the process group (no-op when none was started)."""
+    """Leave the process group (no-op when none was started).
+
+    Engines that are garbage but still referenced from cycles (DDP's reducer holds the group) are
+    collected first: a gloo group that outlives destroy_process_group is torn down at interpreter exit
+    instead, where its worker threads can abort the process (SIGABRT after a finished run)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
