@@ -11,6 +11,7 @@ Batch size 1: every tensor carries a leading batch dimension of 1 so batching ca
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterator
@@ -264,7 +265,8 @@ class SpeculativeGenerator:
     def _speculative_steps(self, request: _Request, stats: GenerationStats
                            ) -> Iterator[tuple[list[int], list[bool]]]:
         """Prefill, then draft -> verify -> accept -> update caches until the consumer stops or context fills."""
-        cache, device, drafter = new_cache(), self.target.device, self.drafter
+        cache, device = new_cache(), self.target.device
+        drafter = copy.copy(self.drafter)  # per-stream draft cache, so interleaved streams keep their own state
         method = self.draft.config.method
         clock = time.perf_counter()
         root, features = self._prefill(request, cache)
