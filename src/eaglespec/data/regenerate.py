@@ -5,6 +5,8 @@ completion is regenerated with `model.generate` (batched, LEFT padded; greedy at
 seeded sampling otherwise). `regenerate_from_bos` samples unconditional texts from a base model.
 
 Output is JSON Lines, one complete record per finished input record, in the input's format (ids kept).
+Records are batched by prompt length within windows of a few batches (less padding), so the output
+follows the input order window by window, not record by record.
 Resumable: each batch is appended with ONE write of complete lines and fsync'ed, so the file is valid
 JSONL at every moment except, after a crash mid-write, a partial last line; a rerun truncates that
 partial line, skips the ids already written and continues.
@@ -421,14 +423,28 @@ def run_plan(
     if batch_size < 1:
         raise ValueError(f"batch size: expected >= 1, got {batch_size}")
     generator.hit_max_new_tokens = 0
-    for start in range(0, len(plan.todo), batch_size):
-        group = plan.todo[start:start + batch_size]
+    for group in _length_sorted_groups(plan.todo, batch_size):
         _complete_group(group, generator)
         append_records(plan.output, [job.record() for job in group])
         if progress is not None:
             progress(len(group))
     return RegenerateSummary(total=plan.total, already_done=plan.already_done, generated=len(plan.todo),
                              hit_max_new_tokens=generator.hit_max_new_tokens)
+
+
+SORT_WINDOW_BATCHES = 8  # groups are formed by prompt length within windows of this many batches
+
+
+def _length_sorted_groups(jobs: list[RegenerationJob], batch_size: int) -> list[list[RegenerationJob]]:
+    """Batches of jobs with similar first-prompt lengths, so left padding wastes little of each forward.
+    Sorting happens within windows of SORT_WINDOW_BATCHES batches, so the output still follows the input
+    order window by window (a run stopped early has regenerated a prefix of the input, give or take a window)."""
+    window = batch_size * SORT_WINDOW_BATCHES
+    groups = []
+    for start in range(0, len(jobs), window):
+        chunk = sorted(jobs[start:start + window], key=lambda job: len(job.next_prompt() or ()))
+        groups += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return groups
 
 
 def _complete_group(group: list[RegenerationJob], generator: Generator) -> None:
