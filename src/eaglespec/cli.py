@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regenerate": ("eaglespec.commands.regenerate", "Self-distil: regenerate a dataset's answers (or sample texts from BOS) with the target"),
     "dump-features": ("eaglespec.commands.dump_features", "Run the target once over a prepared dataset and store its hidden states for offline training"),
     "train": ("eaglespec.commands.train", "Train an EAGLE-1 or EAGLE-3 draft head (single process, torchrun or DeepSpeed)"),
+    "serve": ("eaglespec.commands.serve", "Serve a target + draft behind an OpenAI-compatible API with a web chat page"),
 }
 
 
