@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dump-features": ("eaglespec.commands.dump_features", "Run the target once over a prepared dataset and store its hidden states for offline training"),
     "train": ("eaglespec.commands.train", "Train an EAGLE-1 or EAGLE-3 draft head (single process, torchrun or DeepSpeed)"),
     "serve": ("eaglespec.commands.serve", "Serve a target + draft behind an OpenAI-compatible API with a web chat page"),
+    "export": ("eaglespec.commands.export", "Export a draft for SGLang, vLLM, speculators or the reference EAGLE (strictly checked)"),
+    "import": ("eaglespec.commands.import_", "Import a reference EAGLE or speculators checkpoint as an eaglespec draft"),
 }
 
 

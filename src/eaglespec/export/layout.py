@@ -1,0 +1,127 @@
+"""Tensor layouts of the draft formats other tools load, and the strict check every export and import runs.
+
+Engines load draft weights by name and skip names they do not know, so a misnamed tensor loads "fine" and the
+draft never accepts a token. Here every file is checked against the exact list of tensors its format expects:
+each one present, with the right shape and dtype, and nothing else.
+
+Our names (`eaglespec.models.draft`) are already those of SGLang / vLLM / the reference EAGLE:
+    EAGLE-1: embed_tokens, fc (+bias), layers.0.* (no input_layernorm)
+    EAGLE-3: embed_tokens, fc, midlayer.*, norm, lm_head, d2t, t2d
+Formats differ only in a prefix rename (speculators: midlayer. -> layers.0.), in fc.bias (SGLang's EAGLE-1 fc
+always has a bias, vLLM's never has one) and in d2t / t2d (speculators stores none for a full draft vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eaglespec.models.config import DraftConfig
+
+FORMATS = ("sglang", "vllm", "speculators", "eagle")
+IMPORT_FORMATS = ("eagle", "speculators")
+FC_BIAS = "fc.bias"
+VOCAB_MAPS = ("d2t", "t2d")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{self.name} {list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How our state dict is written in one format: prefix renames, fc.bias policy, dropped tensors."""
+
+    renames: tuple[tuple[str, str], ...] = ()  # (our prefix, their prefix)
+    fc_bias: str = "as_trained"  # "as_trained" | "always" (zero when trained without) | "never"
+    drop: tuple[str, ...] = ()  # our tensors the format does not store
+
+    def their_name(self, ours: str) -> str:
+        for old, new in self.renames:
+            if ours.startswith(old):
+                return new + ours[len(old):]
+        return ours
+
+    def our_name(self, theirs: str) -> str:
+        for old, new in self.renames:
+            if theirs.startswith(new):
+                return old + theirs[len(new):]
+        return theirs
+
+
+def layout_for(fmt: str, config: DraftConfig) -> Layout:
+    """The layout of `fmt` for a draft of `config` (refusing combinations no tool loads)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if fmt == "speculators":
+        if config.method != "eagle3":
+            raise ValueError("the speculators format holds EAGLE-3 drafts only; export EAGLE-1 as sglang, vllm or eagle")
+        full_vocab = config.draft_vocab_size == config.vocab_size
+        return Layout(renames=(("midlayer.", "layers.0."),), drop=VOCAB_MAPS if full_vocab else ())
+    if config.method == "eagle1" and fmt == "sglang":
+        return Layout(fc_bias="always")  # SGLang's LlamaForCausalLMEagle builds fc with a bias
+    if config.method == "eagle1" and fmt == "vllm":
+        return Layout(fc_bias="never")  # vLLM's EagleLlamaForCausalLM builds fc without one
+    return Layout()
+
+
+def our_tensor_specs(config: DraftConfig, float_dtype: torch.dtype) -> dict[str, TensorSpec]:
+    """Every tensor of our draft for `config` (our names), floating ones in `float_dtype`."""
+    from eaglespec.models.draft import EagleDraftModel
+
+    with torch.device("meta"):
+        model = EagleDraftModel(config)
+    specs = {}
+    for name, t in model.state_dict().items():
+        specs[name] = TensorSpec(name, tuple(t.shape), float_dtype if t.is_floating_point() else t.dtype)
+    return specs
+
+
+def expected_tensors(fmt: str, config: DraftConfig, float_dtype: torch.dtype) -> dict[str, TensorSpec]:
+    """The exact tensors a `fmt` checkpoint of this draft holds, in the format's names."""
+    layout = layout_for(fmt, config)
+    specs = {}
+    for name, spec in our_tensor_specs(config, float_dtype).items():
+        if name in layout.drop or (name == FC_BIAS and layout.fc_bias == "never"):
+            continue
+        theirs = layout.their_name(name)
+        specs[theirs] = TensorSpec(theirs, spec.shape, spec.dtype)
+    if config.method == "eagle1" and layout.fc_bias == "always" and FC_BIAS not in specs:
+        specs[FC_BIAS] = TensorSpec(FC_BIAS, (config.hidden_size,), float_dtype)
+    return specs
+
+
+def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, TensorSpec], source: str,
+                  optional: frozenset[str] = frozenset()) -> None:
+    """Raise ValueError naming every missing (unless `optional`), unexpected, misshapen or mistyped tensor."""
+    problems = []
+    missing = sorted(set(expected) - set(state) - set(optional))
+    extra = sorted(set(state) - set(expected))
+    if missing:
+        problems.append("missing tensors: " + ", ".join(expected[n].describe() for n in missing))
+    if extra:
+        problems.append("unexpected tensors: " + ", ".join(
+            f"{n} {list(state[n].shape)}" for n in extra) + " (engines would silently skip them)")
+    for name in sorted(set(state) & set(expected)):
+        t, spec = state[name], expected[name]
+        if tuple(t.shape) != spec.shape:
+            problems.append(f"{name}: shape {list(t.shape)}, expected {list(spec.shape)}")
+        elif t.dtype != spec.dtype:
+            problems.append(f"{name}: dtype {t.dtype}, expected {spec.dtype}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+
+
+def floating_dtype(state: dict[str, torch.Tensor], source: str) -> torch.dtype:
+    """The one floating dtype of a checkpoint (mixed floating dtypes are an error)."""
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) != 1:
+        raise ValueError(f"{source}: expected one floating dtype for all weights, found {sorted(map(str, dtypes))}")
+    return next(iter(dtypes))
