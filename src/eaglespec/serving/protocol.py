@@ -4,6 +4,7 @@ JSON of responses and stream chunks. No model here: `service.py` turns a validat
 from __future__ import annotations
 
 import time
+import typing
 import uuid
 from typing import Literal
 
@@ -136,17 +137,46 @@ def parse_request(model: type[BaseModel], payload: object) -> BaseModel:
     try:
         request = model.model_validate(payload)
     except ValidationError as e:
-        raise validation_error(e) from None
+        raise validation_error(e, model) from None
     request.check_supported()
     return request
 
 
-def validation_error(e: ValidationError) -> APIError:
-    first = e.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    extra = f" ({len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
+def validation_error(e: ValidationError, model: type[BaseModel]) -> APIError:
+    """The first problem, named by its field path (`messages.0.role`); union alternatives count once."""
+    errors = e.errors()
+    params = list(dict.fromkeys(_field_path(model, err) for err in errors))
+    first = errors[0]
+    value = "" if first["type"] in ("missing", "extra_forbidden") else f", got {first['input']!r}"[:120]
     kind = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-    return APIError(400, f"{param}: {kind}{extra}", param=param)
+    extra = f" ({len(params) - 1} more fields with problems)" if len(params) > 1 else ""
+    return APIError(400, f"{params[0] or 'body'}: {kind}{value}{extra}", param=params[0] or None)
+
+
+def _field_path(model: type[BaseModel] | None, error: dict) -> str:
+    """loc ('prompt', 'list[int]', 1) -> 'prompt': keep field names and list indices, drop union member tags."""
+    if error["type"] == "extra_forbidden":
+        return ".".join(str(part) for part in error["loc"])
+    path = []
+    for part in error["loc"]:
+        if isinstance(part, int):
+            path.append(str(part))
+        elif model is not None and part in model.model_fields:
+            path.append(part)
+            model = _model_in(model.model_fields[part].annotation)
+        else:
+            break
+    return ".".join(path)
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like list[ChatMessage] or StreamOptions | None, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------
