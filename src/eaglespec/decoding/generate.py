@@ -78,6 +78,7 @@ class GenerationOutput:
     text: str
     stats: GenerationStats
     from_draft: list[bool]
+    error: str | None = None  # batched decoding: why this prompt was not decoded (stats.finish_reason "error")
 
 
 @dataclass
@@ -126,7 +127,8 @@ class SpeculativeGenerator:
     def from_pretrained(cls, base: str | os.PathLike, draft: str | os.PathLike | None,
                         dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
                         **tree_kwargs) -> "SpeculativeGenerator":
-        """base: HF model dir (or 'stories260K'); draft: an eaglespec draft dir (None: vanilla only)."""
+        """base: HF model dir (or 'stories260K'); draft: an eaglespec draft dir (None: vanilla only).
+        tree_kwargs (TreeConfig fields) override the draft's tuned tree (`eaglespec tune`), if it has one."""
         from transformers import AutoTokenizer
 
         from eaglespec import resolve_model_path
@@ -138,7 +140,8 @@ class SpeculativeGenerator:
         if draft is not None:
             model = EagleDraftModel.from_pretrained(draft, target=target, dtype=target.dtype, device=target.device)
         tokenizer = AutoTokenizer.from_pretrained(base)
-        return cls(target, model, tokenizer, TreeConfig(**tree_kwargs))
+        tuned = (model.config.decoding or {}).get("tree") if model is not None else None
+        return cls(target, model, tokenizer, TreeConfig.merged(tuned, tree_kwargs))
 
     # ------------------------------------------------------------------------------------------------
     def generate(self, prompt: Prompt, max_new_tokens: int = 128, **kwargs) -> GenerationOutput:
@@ -150,6 +153,25 @@ class SpeculativeGenerator:
         """Plain target decoding with the KV cache, same interface and stats (the baseline)."""
         stats = GenerationStats()
         return self._collect(self.stream(prompt, max_new_tokens, vanilla=True, stats=stats, **kwargs), stats)
+
+    def generate_batch(self, prompts, max_new_tokens: int = 128, **kwargs):
+        """Several prompts in one batched loop -> `decoding.batch.BatchResult` (outputs in prompt order, wall
+        time). kwargs: vanilla, max_batch_size, temperature, top_p, top_k, eos_token_id, stop, seed."""
+        from eaglespec.decoding.batch import generate_batch
+
+        return generate_batch(self, prompts, max_new_tokens, **kwargs)
+
+    def stream_batch(self, prompts, max_new_tokens: int = 128, **kwargs):
+        """`generate_batch` as an iterator of `decoding.batch.StepEvent`s (request_id = prompt index)."""
+        from eaglespec.decoding.batch import stream_batch
+
+        return stream_batch(self, prompts, max_new_tokens, **kwargs)
+
+    def running_batch(self, vanilla: bool = False, max_batch_size: int | None = None):
+        """A `decoding.batch.RunningBatch` for continuous batching: add() requests, step() until empty."""
+        from eaglespec.decoding.batch import RunningBatch
+
+        return RunningBatch(self, vanilla=vanilla, max_batch_size=max_batch_size)
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, eos_token_id: int | list[int] | None = None, stop: list[str] | str | None = None,
@@ -199,12 +221,20 @@ class SpeculativeGenerator:
                              f"so at most {self.context_length - 1} prompt tokens leave room to generate")
         return ids.to(self.target.device)
 
-    def _request(self, prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed) -> _Request:
-        sampling = SamplingConfig(float(temperature), float(top_p), int(top_k))
+    def eos_token_ids(self, eos_token_id: int | list[int] | None = None) -> frozenset[int]:
+        """`eos_token_id` as a set; None = the model's generation_config EOS ids (else its config's)."""
         if eos_token_id is None:
             eos_token_id = self.target.model.generation_config.eos_token_id
             eos_token_id = self.target.config.eos_token_id if eos_token_id is None else eos_token_id
-        eos = frozenset([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        return frozenset([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+
+    def with_tree(self, tree: TreeConfig) -> "SpeculativeGenerator":
+        """The same target, draft and tokenizer with another draft tree (nothing is copied or reloaded)."""
+        return SpeculativeGenerator(self.target, self.draft, self.tokenizer, tree)
+
+    def _request(self, prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed) -> _Request:
+        sampling = SamplingConfig(float(temperature), float(top_p), int(top_k))
+        eos = self.eos_token_ids(eos_token_id)
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
         decode = self._decode if self.tokenizer is not None else None
         rule = StopRule(int(max_new_tokens), eos, stop, decode)

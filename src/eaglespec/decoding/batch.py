@@ -1,0 +1,407 @@
+"""Batched exact tree speculative decoding (batch size > 1) and a running batch for continuous batching.
+
+One step of a `RunningBatch` over its B running sequences reads like the batch-size-1 step:
+    trees = drafter.propose(roots, lengths)          # draft: one draft forward per tree depth for ALL rows
+    logits = target(padded trees, one 4D mask)        # verify: ONE target forward over every row's tree
+    results = [verify(tree_b, logits_b) for b]       # accept: per row, greedy or lossless sampling, own RNG
+    keep_row_positions(target cache, paths)          # update caches: each row keeps exactly its accepted path
+    drafter.catch_up(accepted tokens, features)      # one draft forward appends every row's accepted tokens
+Requests join between steps (each is prefilled alone, then its caches become a new batch row) and leave as
+soon as they finish (EOS, stop string, max_new_tokens, full context), without stopping the others.
+
+Layout: padded caches with per-row lengths and right-hand holes (`_batch_cache.py`). Row b's cache slots
+[0, L_b) hold exactly its accepted sequence at positions 0..L_b-1; slots [L_b, S) (S = max_b L_b) are holes
+that every mask excludes. The verification forward appends T = max_b T_b slots to every row: row b's tree
+nodes take position ids L_b + depth, its queries see its own prefix and tree ancestors; padding queries (rows
+with smaller trees) see their prefix and themselves, so no query row is ever fully masked (no NaN in sdpa
+or eager softmax, bool or additive masks alike) and their outputs are discarded. Positions are per row, so
+rotary embeddings are exactly those of the row decoded alone; greedy outputs are therefore the batch-size-1
+ones up to fp32 rounding of batched matmuls (the tests count ties as at batch size 1). After verification
+the accepted slots are moved into place with one indexed copy per layer and the slot axis is cropped.
+
+Memory: target cache = B * S * (2 * layers * kv_heads * head_dim * bytes per element), i.e. the holes cost
+sum_b (S - L_b) slots -- the length spread of the batch (a long row keeps S high until it leaves; rows that
+leave shrink S to the longest remaining row). A step transiently adds B * T slots (the trees) and, as at batch
+size 1, DynamicCache copies the cache once per forward when it concatenates. The draft cache has the same
+layout with one layer. Compaction (no holes) would need a full gather per step; a paged layout would need
+an attention kernel transformers' sdpa/eager paths do not have. Sliding-window models decode exactly up to
+their window per row (`context_length`), as at batch size 1, because the masks are full-causal per row.
+
+Prefill runs per request (batch size 1) when it joins: the same numerics as batch size 1, and a joining
+request does not need a padded prefill over the running rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from eaglespec.decoding._batch_cache import append_row, keep_row_positions, prefix_mask, select_rows
+from eaglespec.decoding._batch_draft import BatchDrafter, root_only_tree
+from eaglespec.decoding.cache import new_cache
+from eaglespec.decoding.generate import (
+    GenerationOutput,
+    GenerationStats,
+    Prompt,
+    SpeculativeGenerator,
+    StreamChunk,
+    _Request,
+    _sync,
+)
+from eaglespec.decoding.sampling import SamplingConfig
+from eaglespec.decoding.stopping import StopRule, StopState
+from eaglespec.decoding.tree import DraftTree
+from eaglespec.decoding.verify import VerifyResult, verify
+from eaglespec.models.target import TargetOutput
+
+INCOMPLETE_UTF8 = "\ufffd"  # the tokenizer's replacement character: a multi-byte character is not complete yet
+
+
+@dataclass
+class RequestTiming:
+    """Wall-clock seconds of one request, measured from `RunningBatch.add`."""
+
+    queued: float  # until it was admitted (prefill start)
+    time_to_first_token: float
+    latency: float  # until its last token
+
+
+@dataclass
+class StepEvent:
+    """What one request got from one `RunningBatch.step`. `output` and `timing` are set on its last event."""
+
+    request_id: int
+    chunk: StreamChunk
+    output: GenerationOutput | None = None
+    timing: RequestTiming | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.output is not None
+
+
+@dataclass
+class BatchResult:
+    """`generate_batch`'s result: per-prompt outputs (same order as the prompts) and batch-level figures."""
+
+    outputs: list[GenerationOutput]
+    timings: list[RequestTiming | None]  # None for a prompt that failed before decoding (output.error)
+    wall_time: float  # seconds for the whole batch
+    batch_forwards: int  # target forwards run: one per prefill plus one per batched step
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(o.stats.new_tokens for o in self.outputs)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+
+class _Progress:
+    """One request's stopping rules and incremental text: the per-chunk logic of batch size 1."""
+
+    def __init__(self, rule: StopRule, decode):
+        self.state = StopState(rule)
+        self.decode = decode
+        self.text = ""
+        self.from_draft: list[bool] = []
+
+    def add(self, tokens: list[int], from_draft: list[bool]) -> StreamChunk:
+        kept = self.state.add(tokens)
+        self.from_draft += from_draft[:kept]
+        full = self.decode(self.state.tokens)
+        if full.endswith(INCOMPLETE_UTF8) and self.state.finish_reason is None:
+            new_text = ""
+        else:
+            new_text, self.text = full[len(self.text):], full
+        return StreamChunk(tokens[:kept], new_text, from_draft[:kept])
+
+    def flush(self) -> str:
+        """Text still held back (an incomplete character at the end), once generation has ended."""
+        full = self.decode(self.state.tokens)
+        rest, self.text = full[len(self.text):], full
+        return rest
+
+
+@dataclass
+class _Row:
+    request_id: int
+    request: _Request
+    progress: _Progress
+    added: float  # perf_counter() at add()
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    length: int = 0  # tokens in the target cache; `root` sits at position `length`
+    root: int = -1
+    admitted: float = 0.0
+    first_token: float = 0.0
+
+
+class RunningBatch:
+    """Continuous batching: `add` requests at any time, call `step` until it is empty.
+
+    Each `step` runs one batched speculative (or vanilla) step for the running requests, then admits waiting
+    requests while fewer than `max_batch_size` run (each admission is that request's prefill and first token).
+    """
+
+    def __init__(self, generator: SpeculativeGenerator, vanilla: bool = False, max_batch_size: int | None = None):
+        if not vanilla and generator.drafter is None:
+            raise ValueError("speculative decoding needs a draft model; use vanilla=True without one")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
+        self.generator = generator
+        self.vanilla = vanilla
+        self.max_batch_size = max_batch_size
+        self.drafter = None if vanilla else BatchDrafter(generator.drafter)
+        self.aux_layer_ids = None if vanilla else generator.aux_layer_ids
+        self.cache: DynamicCache | None = None  # target cache, one row per running request
+        self.rows: list[_Row] = []  # running requests in cache-row order
+        self.waiting: deque[_Row] = deque()
+        self.batch_forwards = 0
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        """Requests running or waiting."""
+        return len(self.rows) + len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.rows)
+
+    def add(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+            top_k: int = 0, eos_token_id: int | list[int] | None = None, stop: list[str] | str | None = None,
+            seed: int | None = None) -> int:
+        """Queue a request (same arguments as `SpeculativeGenerator.stream`) -> its id. Bad input (an empty or
+        too long prompt, bad sampling settings) raises ValueError here and leaves the batch as it was."""
+        gen = self.generator
+        request = gen._request(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed)
+        row = _Row(self._next_id, request, _Progress(request.stop, gen._decode), time.perf_counter())
+        self._next_id += 1
+        self.waiting.append(row)
+        return row.request_id
+
+    def cancel(self, request_id: int) -> bool:
+        """Drop a waiting or running request (e.g. its client went away). False if it is not in the batch."""
+        for row in self.waiting:
+            if row.request_id == request_id:
+                self.waiting.remove(row)
+                return True
+        index = next((i for i, r in enumerate(self.rows) if r.request_id == request_id), None)
+        if index is None:
+            return False
+        self._drop({index}, draft_lengths=[r.length for r in self.rows])
+        return True
+
+    @torch.no_grad()
+    def step(self) -> list[StepEvent]:
+        """One batched step for the running requests, then admissions; at most one event per request."""
+        events = self._decode_step() if self.rows else []
+        while self.waiting and (self.max_batch_size is None or len(self.rows) < self.max_batch_size):
+            events.append(self._admit(self.waiting.popleft()))
+        return events
+
+    # ------------------------------------------------------------------------------------------------
+    def _admit(self, row: _Row) -> StepEvent:
+        """Prefill the request alone, emit its first token, and add it as the last batch row if it continues."""
+        gen = self.generator
+        row.admitted = clock = time.perf_counter()
+        cache = new_cache()
+        root, features = gen._prefill(row.request, cache)
+        _sync(gen.target.device)
+        self.batch_forwards += 1
+        row.stats.verify_time += time.perf_counter() - clock
+        row.length, row.root = row.request.input_ids.shape[1], root
+        event = self._emit(row, [root], [False])
+        if self._finished(row):
+            return self._finish(row, event)
+        clock = time.perf_counter()
+        self.cache = append_row(self.cache, cache)
+        self.rows.append(row)
+        if self.drafter is not None:
+            next_ids = torch.cat([row.request.input_ids[:, 1:], torch.tensor([[root]], device=gen.target.device)], 1)
+            self.drafter.admit(next_ids, features)
+        row.stats.draft_time += time.perf_counter() - clock
+        return event
+
+    def _decode_step(self) -> list[StepEvent]:
+        """Draft -> verify (one target forward) -> accept per row -> update caches -> finished rows leave."""
+        rows, device = self.rows, self.generator.target.device
+        lengths = [r.length for r in rows]
+        clock = time.perf_counter()
+        trees = self._propose(rows)
+        _sync(device)
+        draft_time, clock = time.perf_counter() - clock, time.perf_counter()
+        slots = self.cache.get_seq_length()
+        out = self._verify_forward(trees, lengths)
+        results = [verify(tree, out.logits[b, : tree.size], r.request.sampling, r.request.generator)
+                   for b, (tree, r) in enumerate(zip(trees, rows))]
+        _sync(device)
+        verify_time = time.perf_counter() - clock
+        self.batch_forwards += 1
+        keep_row_positions(self.cache, lengths, [res.path for res in results], base=slots)
+        events, finished = [], set()
+        for b, (row, tree, result) in enumerate(zip(rows, trees, results)):
+            row.stats.draft_time += draft_time
+            row.stats.verify_time += verify_time
+            events.append(self._accept(row, tree, result))
+            if events[-1].finished:
+                finished.add(b)
+        clock = time.perf_counter()
+        self._drop(finished, draft_lengths=lengths)
+        if self.drafter is not None and self.rows:
+            kept = [b for b in range(len(rows)) if b not in finished]
+            self._draft_catch_up(out, kept, trees, results, lengths)
+        _sync(device)
+        for row in self.rows:
+            row.stats.draft_time += time.perf_counter() - clock
+        return events
+
+    def _propose(self, rows: list[_Row]) -> list[DraftTree]:
+        device = self.generator.target.device
+        if self.drafter is None:
+            return [root_only_tree(r.root, device) for r in rows]
+        depths = [self.generator.context_length - r.length - 2 for r in rows]  # room for the bonus token
+        return self.drafter.propose([r.root for r in rows], [r.length for r in rows], depths)
+
+    def _verify_forward(self, trees: list[DraftTree], lengths: list[int]) -> TargetOutput:
+        """One target forward over every row's tree, padded to the largest tree (see the module docstring)."""
+        device = self.generator.target.device
+        B, T = len(trees), max(t.size for t in trees)
+        slots = self.cache.get_seq_length()
+        tokens = torch.zeros(B, T, dtype=torch.long, device=device)
+        positions = torch.tensor(lengths, device=device)[:, None].repeat(1, T)
+        tree_mask = torch.eye(T, dtype=torch.bool, device=device).repeat(B, 1, 1)  # padding: itself only
+        for b, tree in enumerate(trees):
+            tokens[b, : tree.size] = tree.tokens
+            positions[b, : tree.size] += tree.depths
+            tree_mask[b, : tree.size, : tree.size] = tree.mask
+        prefix = prefix_mask(torch.tensor(lengths, device=device), slots)[:, None, :].expand(B, T, slots)
+        mask = torch.cat([prefix, tree_mask], dim=2)[:, None]  # [B, 1, T, slots + T]
+        return self.generator.target(tokens, position_ids=positions, attention_mask=mask, cache=self.cache,
+                                     aux_layer_ids=self.aux_layer_ids)
+
+    def _draft_catch_up(self, out: TargetOutput, kept: list[int], trees: list[DraftTree],
+                        results: list[VerifyResult], lengths: list[int]) -> None:
+        """The draft cache follows each running row's accepted path: x_{t+1} and f_t for the path positions t.
+        kept: the step's batch indices of the rows still running (in their new order); trees, results,
+        lengths: per batch index of the step."""
+        features = out.features(self.generator.draft.config.method)  # [B_step, T, F]
+        counts = [results[b].path.numel() for b in kept]
+        ids = torch.zeros(len(kept), max(counts), dtype=torch.long, device=features.device)
+        feats = features.new_zeros(len(kept), max(counts), features.shape[-1])
+        for i, b in enumerate(kept):
+            path, n = results[b].path, counts[i]
+            ids[i, : n - 1] = trees[b].tokens[path[1:]]
+            ids[i, n - 1] = results[b].bonus_token
+            feats[i, :n] = features[b, path]
+        self.drafter.catch_up(ids, feats, counts, [lengths[b] for b in kept])
+
+    def _accept(self, row: _Row, tree: DraftTree, result: VerifyResult) -> StepEvent:
+        if self.drafter is not None:
+            row.stats.record_step(result.accept_length, tree.depth)
+        accepted = tree.tokens[result.path[1:]].tolist()
+        row.length += result.path.numel()
+        row.root = result.bonus_token
+        event = self._emit(row, accepted + [result.bonus_token], [True] * len(accepted) + [False])
+        return self._finish(row, event) if self._finished(row) else event
+
+    def _emit(self, row: _Row, tokens: list[int], from_draft: list[bool]) -> StepEvent:
+        row.stats.target_forwards += 1
+        chunk = row.progress.add(tokens, from_draft)
+        row.stats.new_tokens = len(row.progress.state.tokens)
+        if not row.first_token:
+            row.first_token = time.perf_counter()
+        return StepEvent(row.request_id, chunk)
+
+    def _finished(self, row: _Row) -> bool:
+        """A stopping rule fired, or the context has no room for the root and a bonus token."""
+        return row.progress.state.finish_reason is not None or row.length + 2 > self.generator.context_length
+
+    def _finish(self, row: _Row, event: StepEvent) -> StepEvent:
+        now = time.perf_counter()
+        event.chunk.text += row.progress.flush()
+        stats = row.stats
+        stats.finish_reason = row.progress.state.finish_reason or "length"  # no stop rule: the context is full
+        stats.other_time = max(0.0, now - row.admitted - stats.draft_time - stats.verify_time)
+        tokens = list(row.progress.state.tokens)
+        event.output = GenerationOutput(tokens, self.generator._decode(tokens), stats, row.progress.from_draft)
+        event.timing = RequestTiming(row.admitted - row.added, row.first_token - row.added, now - row.added)
+        return event
+
+    def _drop(self, indices: set[int], draft_lengths: list[int]) -> None:
+        """Remove the batch rows `indices` from both caches. draft_lengths: draft entries per current row."""
+        if not indices:
+            return
+        keep = [b for b in range(len(self.rows)) if b not in indices]
+        self.rows = [self.rows[b] for b in keep]
+        if not keep:
+            self.cache = None
+            if self.drafter is not None:
+                self.drafter.select_rows(torch.zeros(0, dtype=torch.long), 0)
+            return
+        rows = torch.tensor(keep, device=self.generator.target.device)
+        select_rows(self.cache, rows, max(r.length for r in self.rows))
+        if self.drafter is not None:
+            self.drafter.select_rows(rows, max(draft_lengths[b] for b in keep))
+
+
+# ----------------------------------------------------------------------------------------------------
+def _row_seeds(seed: int | list[int | None] | None, count: int) -> list[int | None]:
+    """int: row i uses seed + i (distinct, reproducible streams); a list: one seed per prompt; None: random."""
+    if seed is None or isinstance(seed, int):
+        return [None if seed is None else seed + i for i in range(count)]
+    seeds = list(seed)
+    if len(seeds) != count:
+        raise ValueError(f"seed: got {len(seeds)} seeds for {count} prompts (give one per prompt, or an int)")
+    return seeds
+
+
+def _error_output(message: str) -> GenerationOutput:
+    return GenerationOutput([], "", GenerationStats(finish_reason="error"), [], error=message)
+
+
+def stream_batch(generator: SpeculativeGenerator, prompts: Iterable[Prompt], max_new_tokens: int = 128,
+                 vanilla: bool = False, max_batch_size: int | None = None, **kwargs) -> Iterator[StepEvent]:
+    """Decode all prompts in one running batch of at most `max_batch_size` rows (None: all at once); events
+    carry request_id = the prompt's index. kwargs: temperature, top_p, top_k, eos_token_id, stop (shared by
+    all prompts) and seed (see `_row_seeds`). A prompt that cannot be decoded (too long for the context, a
+    chat prompt without a chat template, ...) gets one event whose output has finish_reason "error" and the
+    message in `error`; the others decode normally."""
+    batch = RunningBatch(generator, vanilla=vanilla, max_batch_size=max_batch_size)
+    return _run(batch, list(prompts), max_new_tokens, **kwargs)
+
+
+def _run(batch: RunningBatch, prompts: list[Prompt], max_new_tokens: int, temperature: float = 0.0,
+         top_p: float = 1.0, top_k: int = 0, eos_token_id: int | list[int] | None = None,
+         stop: list[str] | str | None = None, seed: int | list[int | None] | None = None) -> Iterator[StepEvent]:
+    SamplingConfig(float(temperature), float(top_p), int(top_k))  # shared settings: bad ones fail the call
+    StopRule(int(max_new_tokens))
+    index_of = {}
+    for i, (prompt, row_seed) in enumerate(zip(prompts, _row_seeds(seed, len(prompts)))):
+        try:
+            index_of[batch.add(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, row_seed)] = i
+        except ValueError as e:
+            yield StepEvent(i, StreamChunk([], "", []), output=_error_output(f"prompt {i}: {e}"))
+    while len(batch):
+        for event in batch.step():
+            event.request_id = index_of[event.request_id]
+            yield event
+
+
+def generate_batch(generator: SpeculativeGenerator, prompts: Iterable[Prompt], max_new_tokens: int = 128,
+                   vanilla: bool = False, max_batch_size: int | None = None, **kwargs) -> BatchResult:
+    """`stream_batch` collected: one GenerationOutput per prompt (same order), timings, total wall time."""
+    prompts = list(prompts)
+    outputs: list[GenerationOutput | None] = [None] * len(prompts)
+    timings: list[RequestTiming | None] = [None] * len(prompts)
+    started = time.perf_counter()
+    batch = RunningBatch(generator, vanilla=vanilla, max_batch_size=max_batch_size)
+    for event in _run(batch, prompts, max_new_tokens, **kwargs):
+        if event.finished:
+            outputs[event.request_id], timings[event.request_id] = event.output, event.timing
+    return BatchResult(outputs, timings, time.perf_counter() - started, batch.batch_forwards)
