@@ -8,6 +8,7 @@ into OpenAI text, with OpenAI's stop semantics (the answer ends before the stop 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,14 +132,21 @@ class RequestHandle:
         Scheduler.cancel(self.job)
 
     async def events(self, disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[Event]:
-        """Events until Finished / Failed; with `disconnected`, stop (and cancel) once the client is gone."""
+        """Events until Finished / Failed; with `disconnected`, checked every DISCONNECT_POLL_SECONDS, stop (and
+        cancel the job) once the client is gone."""
+        poll = DISCONNECT_POLL_SECONDS if disconnected else None
+        checked = time.monotonic()
         while True:
             try:
-                event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_SECONDS if disconnected else None)
+                event = await asyncio.wait_for(self.queue.get(), poll)
             except asyncio.TimeoutError:
+                event = None
+            if poll is not None and time.monotonic() - checked >= poll:
+                checked = time.monotonic()
                 if await disconnected():
                     self.cancel()
                     return
+            if event is None:
                 continue
             yield event
             if isinstance(event, (Finished, Failed)):

@@ -1,0 +1,201 @@
+"""Acceptance 3: a bounded load test on loopback (50 concurrent streams, 10 clients leave early, the queue
+overflows on purpose), plus: a disconnect frees its slot, the per-request timeout, fair round-robin."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from serving_helpers import MODEL, assert_error, http_request, metric_value, read_sse
+
+PROMPTS = ["Once upon a time", "The sun was shining and", "Tim found a shiny rock.", "Sam was sad."]
+STAYER_TOKENS = 16
+LEAVER_TOKENS = 400  # far more than a leaver waits for: its generation cannot finish before it leaves
+LEAVERS, STAYERS = 10, 40
+MAX_CONCURRENCY, QUEUE_SIZE = 4, 26  # room for 30 of the 50: the stayers' burst overflows
+
+
+def _open_stream(url: str, prompt: str, max_tokens: int, timeout: float = 60):
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    return conn, conn.getresponse()
+
+
+def _first_tokens(response) -> bool:
+    """Read events until one carries tokens."""
+    for line in response:
+        if line.startswith(b"data: {") and json.loads(line[6:]).get("eaglespec", {}).get("token_ids"):
+            return True
+    return False
+
+
+def _leave(conn) -> None:
+    """Drop the connection like a client that goes away (no more reads, socket closed)."""
+    conn.sock.shutdown(2)
+    conn.close()
+
+
+def _wait_idle(url: str, seconds: float = 20) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        _, health = http_request(url, "GET", "/health")
+        if health["active"] == 0 and health["waiting"] == 0 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def _stayer(url, prompt, barrier, results, index):
+    barrier.wait()
+    conn, response = _open_stream(url, prompt, STAYER_TOKENS)
+    try:
+        if response.status != 200:
+            results[index] = (response.status, json.loads(response.read()), None)
+            return
+        events = read_sse(response)
+        results[index] = (200, events, prompt)
+    finally:
+        conn.close()
+
+
+def _leaver(url, prompt, admitted, results, index):
+    conn, response = _open_stream(url, prompt, LEAVER_TOKENS)
+    results[index] = response.status
+    admitted.release()
+    if response.status == 200 and _first_tokens(response):
+        results[index] = "left"
+    _leave(conn)
+
+
+@pytest.fixture(scope="module")
+def references(generator) -> dict[str, str]:
+    """Single-request greedy outputs, computed before any server decodes."""
+    return {p: generator.generate(p, max_new_tokens=STAYER_TOKENS).text for p in PROMPTS}
+
+
+def test_fifty_streams_with_leavers_and_overflow(start_server, references):
+    url = start_server(max_concurrency=MAX_CONCURRENCY, queue_size=QUEUE_SIZE)
+    started = time.monotonic()
+    leaver_results: list = [None] * LEAVERS
+    admitted = threading.Semaphore(0)
+    leavers = [threading.Thread(target=_leaver, args=(url, PROMPTS[i % 4], admitted, leaver_results, i))
+               for i in range(LEAVERS)]
+    for t in leavers:
+        t.start()
+    for _ in range(LEAVERS):  # every leaver holds a slot or a queue place before the burst
+        assert admitted.acquire(timeout=30)
+    results: list = [None] * STAYERS
+    barrier = threading.Barrier(STAYERS)
+    stayers = [threading.Thread(target=_stayer, args=(url, PROMPTS[i % 4], barrier, results, i))
+               for i in range(STAYERS)]
+    for t in [*stayers]:
+        t.start()
+    for t in [*leavers, *stayers]:
+        t.join(60)
+    assert not any(t.is_alive() for t in [*leavers, *stayers])
+
+    assert leaver_results == ["left"] * LEAVERS
+    statuses = [r[0] for r in results]
+    assert set(statuses) <= {200, 429}, statuses
+    completed = [r for r in results if r[0] == 200]
+    rejected = [r for r in results if r[0] == 429]
+    print(f"{len(completed)} completed, {len(rejected)} rejected with 429, {LEAVERS} left early")
+    assert rejected, "the burst should overflow the queue"
+    assert len(completed) >= QUEUE_SIZE + MAX_CONCURRENCY - LEAVERS  # at least the places the leavers left free
+    for _, events, prompt in completed:
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        assert "".join(c["choices"][0]["text"] for c in chunks) == references[prompt]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    for _, body, _ in rejected:
+        assert body["error"]["code"] == "queue_full" and body["error"]["type"] == "rate_limit_error"
+
+    health = _wait_idle(url)
+    assert health == {"status": "ok", "waiting": 0, "active": 0}
+    _, metrics = http_request(url, "GET", "/metrics")
+    count = lambda name, **labels: metric_value(metrics, name, labels)  # noqa: E731
+    n_ok = len(completed) + LEAVERS
+    assert count("eaglespec_requests_total", endpoint="/v1/completions", status="200") == n_ok
+    assert count("eaglespec_requests_total", endpoint="/v1/completions", status="429") == len(rejected)
+    assert count("eaglespec_generations_total", outcome="cancelled") == LEAVERS
+    assert count("eaglespec_generations_total", outcome="length") == len(completed)
+    assert count("eaglespec_tau_count") == len(completed)
+    assert count("eaglespec_time_to_first_token_seconds_count") == n_ok
+    assert count("eaglespec_request_latency_seconds_count") == n_ok
+    tokens = count("eaglespec_generation_tokens_total")
+    assert len(completed) * STAYER_TOKENS + LEAVERS <= tokens < len(completed) * STAYER_TOKENS + LEAVERS * LEAVER_TOKENS
+    assert count("eaglespec_queue_depth") == 0 and count("eaglespec_active_streams") == 0
+    for status in ("500", "502", "503", "504"):
+        assert count("eaglespec_requests_total", status=status) == 0
+    assert http_request(url, "POST", "/v1/completions", {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 3})[0] == 200
+    assert time.monotonic() - started < 60
+
+
+def test_a_disconnect_frees_its_slot(start_server):
+    url = start_server(max_concurrency=1, queue_size=0)
+    conn, response = _open_stream(url, PROMPTS[0], LEAVER_TOKENS)
+    assert response.status == 200 and _first_tokens(response)
+    busy = {"model": MODEL, "prompt": PROMPTS[1], "max_tokens": 4, "temperature": 0}
+    error = assert_error(http_request(url, "POST", "/v1/completions", busy), 429, None)
+    assert error["code"] == "queue_full"
+    _leave(conn)
+    deadline = time.monotonic() + 10
+    while (status := http_request(url, "POST", "/v1/completions", busy)[0]) == 429 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert status == 200
+    _, metrics = http_request(url, "GET", "/metrics")
+    assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "cancelled"}) == 1
+    tokens = metric_value(metrics, "eaglespec_generation_tokens_total")
+    assert tokens < LEAVER_TOKENS  # it stopped soon after the client left
+
+
+def test_a_non_streaming_client_that_leaves_is_cancelled(start_server):
+    url = start_server(max_concurrency=1, queue_size=0)
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": LEAVER_TOKENS, "temperature": 0}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    deadline = time.monotonic() + 10
+    while http_request(url, "GET", "/health")[1]["active"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _leave(conn)
+    assert _wait_idle(url)["active"] == 0
+    _, metrics = http_request(url, "GET", "/metrics")
+    assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "cancelled"}) == 1
+    assert metric_value(metrics, "eaglespec_generation_tokens_total") < LEAVER_TOKENS
+
+
+def test_request_timeout(start_server):
+    url = start_server(request_timeout=0.2)
+    slow = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 450, "temperature": 0}  # ~450 forwards: > 0.2 s
+    error = assert_error(http_request(url, "POST", "/v1/completions", slow), 504, None)
+    assert error["type"] == "timeout_error" and "timed out" in error["message"]
+    conn, response = _open_stream(url, PROMPTS[0], 450)
+    events = read_sse(response)
+    conn.close()
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
+    quick = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 2, "temperature": 0}
+    assert http_request(url, "POST", "/v1/completions", quick)[0] == 200
+    _, metrics = http_request(url, "GET", "/metrics")
+    assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "timeout"}) == 2
+
+
+def test_round_robin_is_fair(start_server, generator):
+    """A short request sent while a long one streams finishes long before it: steps alternate."""
+    url = start_server(max_concurrency=2, queue_size=0)
+    conn, response = _open_stream(url, PROMPTS[0], 150)
+    assert response.status == 200 and _first_tokens(response)
+    short = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 8, "temperature": 0}
+    status, body = http_request(url, "POST", "/v1/completions", short)
+    assert status == 200
+    assert body["choices"][0]["text"] == generator.generate(PROMPTS[2], max_new_tokens=8).text
+    _, health = http_request(url, "GET", "/health")
+    assert health["active"] == 1  # the long stream is still going
+    events = read_sse(response)
+    conn.close()
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
