@@ -74,8 +74,11 @@ def test_chat_validation_is_400(small_server, body, param):
 
 
 def test_invalid_json_and_non_object_bodies(small_server):
-    for raw in (b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'"text"', b"null"):
+    for raw in (b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'"text"', b"null", b"[" * 3000,
+                b'{"model": "stories-chat", "prompt": "\\ud800 lone surrogate", "max_tokens": 3}'):
         assert_error(post(small_server, raw), 400, None)
+    chat = b'{"model": "stories-chat", "messages": [{"role": "user", "content": "\\udfff"}], "max_tokens": 3}'
+    assert_error(post(small_server, chat, "/v1/chat/completions"), 400, None)
 
 
 def test_unknown_model_is_404(small_server):

@@ -155,9 +155,16 @@ def _install_error_handlers(app) -> None:
 async def _json_body(request) -> object:
     raw = await request.body()
     try:
-        return json.loads(raw)
+        payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
+    try:  # JSON escapes can spell lone UTF-16 surrogates ("\ud800"), which no tokenizer can encode
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"the request body has a string that is not valid Unicode: {e.reason}") from None
+    return payload
 
 
 def _add_routes(app, service: GenerationService, metrics: ServerMetrics) -> None:
