@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -173,3 +174,28 @@ def test_api_key_with_the_openai_client(keyed_server):
         good.completions.create(**{**GOOD, "n": 3})
     with pytest.raises(openai.NotFoundError):
         good.completions.create(**{**GOOD, "model": "other"})
+
+
+def _random_value(rng):
+    choices = [None, True, False, 0, -1, 3, 2**70, 0.5, -2.5, float("inf"), "", "x", "stories-chat", [], [1, 2],
+               ["a"], [[1]], {}, {"a": 1}, [{"role": "user", "content": "hi"}], [{"role": "user", "content": 5}]]
+    return rng.choice(choices)
+
+
+def test_random_bodies_never_get_a_5xx(small_server):
+    """Fuzz: every field of both endpoints (and unknown ones) with values of random types; all answers < 500."""
+    import random
+
+    rng = random.Random(0)
+    fields = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+              "n", "stream", "stream_options", "stop", "seed", "user", "echo", "logprobs", "presence_penalty",
+              "logit_bias", "suffix", "best_of", "tools"]
+    for i in range(120):
+        body = {"model": MODEL, "prompt": "Once", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        for name in rng.sample(fields, rng.randint(1, 4)):
+            body[name] = _random_value(rng)
+        if rng.random() < 0.5:
+            body.pop(rng.choice(["prompt", "messages"]))
+        path = rng.choice(["/v1/completions", "/v1/chat/completions"])
+        status, answer = http_request(small_server, "POST", path, json.dumps(body, allow_nan=True).encode())
+        assert status < 500, (body, answer)
