@@ -184,11 +184,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
 def completion_body(rid: str, model: str, text: str, finish_reason: str, usage_: dict, extra: dict) -> dict:
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
