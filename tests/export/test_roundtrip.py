@@ -62,6 +62,15 @@ def _export(tmp_path, target_dir, method, fmt, **kwargs):
     return ours, cfg, load_file(str(tmp_path / fmt / "model.safetensors"))
 
 
+@pytest.mark.parametrize("fmt", ["sglang", "vllm", "speculators"])
+def test_full_vocabulary_exports_carry_no_vocab_maps(tmp_path, stories_dir, fmt):
+    """vLLM has no d2t parameter for a full draft vocabulary and fails to load one (found running vLLM)."""
+    _, _, weights = _export(tmp_path, stories_dir, "eagle3", fmt)
+    assert "d2t" not in weights and "t2d" not in weights
+    _, _, weights = _export(tmp_path / "reduced", stories_dir, "eagle3", fmt, draft_vocab_size=100)
+    assert weights["d2t"].shape == (100,) and weights["t2d"].shape == (512,)
+
+
 def test_default_aux_ids_are_omitted_so_each_engine_uses_its_own_default(tmp_path, llama_dir):
     _, cfg, _ = _export(tmp_path, llama_dir, "eagle3", "sglang")  # 8 layers: ours [2, 4, 5] = engines' default
     assert "eagle_aux_hidden_state_layer_ids" not in cfg and "eagle_config" not in cfg
@@ -123,7 +132,7 @@ def test_speculators_config(tmp_path, stories_dir):
 
 
 def test_bfloat16_export(tmp_path, stories_dir):
-    ours = make_draft(stories_dir, "eagle3", tmp_path / "ours")
+    ours = make_draft(stories_dir, "eagle3", tmp_path / "ours", draft_vocab_size=100)
     report = export_draft(ours, "sglang", tmp_path / "bf16", target=stories_dir, dtype="bfloat16")
     weights = load_file(str(tmp_path / "bf16" / "model.safetensors"))
     assert weights["fc.weight"].dtype == torch.bfloat16 and weights["d2t"].dtype == torch.int64

