@@ -64,6 +64,29 @@ def test_fixture_architectures_batched_equals_alone_and_hf(arch):
     assert ties <= 1, f"{ties} numerical ties: too many to be ties"
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fixture_architectures_oracle_deep_runs(arch):
+    """Deep accepted runs through every family's attention (sdpa / eager, GQA, MoE, sliding layers) at batch
+    size 8: rows stop at their own max_new_tokens or EOS, mostly inside accepted runs."""
+    model = tiny_model(arch)
+    target = TargetModel(model)
+    offset = ARCHITECTURES.index(arch)
+    prompts = random_prompts(target.vocab_size, PROMPT_LENGTHS, seed=100 + offset)
+    continuations = [greedy_reference(model, x, 40, eos_token_id=-1) for x in prompts]
+    oracle = BatchOracleDraft(target, [x[0].tolist() + c for x, c in zip(prompts, continuations)], seed=offset)
+    tree = TREES[offset % len(TREES)]
+    gen = SpeculativeGenerator(target, oracle, tree=tree)
+    eos = [-1 if r % 2 == 0 else next((t for i, t in enumerate(c) if i >= 6 + r and t not in c[:i]), -1)
+           for r, c in enumerate(continuations)]
+    max_news = [13 + 3 * r if r % 2 == 0 else 40 for r in range(len(prompts))]
+    outputs = _run_batch(gen, prompts, max_news, eos=eos)
+    ties = 0
+    for x, c, e, m, out in zip(prompts, continuations, eos, max_news, outputs):
+        ties += count_tie_or_fail(model, x, greedy_reference(model, x, m, eos_token_id=e), out.token_ids)
+        assert out.stats.tau > 1.5, (tree, out.stats)
+    assert ties <= 1
+
+
 @pytest.fixture(scope="module")
 def stories():
     model = stories260k()
@@ -177,3 +200,21 @@ def test_sliding_window_rows_stop_at_the_window_as_alone(arch):
         assert out.token_ids == gen.generate(ids, 40, eos_token_id=[]).token_ids
         assert count_tie_or_fail(model, ids, greedy_reference(model, ids, 24 - n, eos_token_id=-1),
                                  out.token_ids) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sweep_every_combo_and_batch_size(arch):
+    """The long sweep: every (draft, tree) combo at every batch size on one family."""
+    model = tiny_model(arch)
+    target = TargetModel(model)
+    prompts = random_prompts(target.vocab_size, PROMPT_LENGTHS, seed=200)
+    max_news = [MAX_NEW + 4 - 3 * i for i in range(len(prompts))]
+    references = [greedy_reference(model, ids, m) for ids, m in zip(prompts, max_news)]
+    drafts = {(m, vd): build_draft(target, m, draft_vocab_size=vd, seed=11) for m, vd in DRAFTS}
+    ties = 0
+    for ((method, vd), tree), size in itertools.product(COMBOS, BATCH_SIZES):
+        gen = SpeculativeGenerator(target, drafts[(method, vd)], tree=tree)
+        for ids, ref, out in zip(prompts, references, _run_batch(gen, prompts[:size], max_news[:size])):
+            ties += count_tie_or_fail(model, ids, ref, out.token_ids)
+    assert ties <= 3
