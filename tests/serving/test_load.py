@@ -199,3 +199,47 @@ def test_round_robin_is_fair(start_server, generator):
     events = read_sse(response)
     conn.close()
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_failing_generation_is_a_500_error_object_and_the_worker_lives_on(generator):
+    """A bug inside decoding (simulated) answers 500 with an error object, counted, and later requests still work."""
+    import copy
+
+    from eaglespec.serving import ServeConfig, ServerThread
+
+    faulty = copy.copy(generator)
+
+    def stream(input_ids, **options):
+        if options["max_new_tokens"] == 13:
+            raise RuntimeError("simulated decoding bug")
+        return generator.stream(input_ids, **options)
+
+    class Tokenizer:  # raises inside the request handler, outside any generation
+        def __call__(self, text, **kwargs):
+            if text == "explode":
+                raise RuntimeError("simulated handler bug")
+            return generator.tokenizer(text, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(generator.tokenizer, name)
+
+    faulty.stream, faulty.tokenizer = stream, Tokenizer()
+    with ServerThread(faulty, ServeConfig(port=0, served_model_name=MODEL)) as url:
+        bad = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 13, "temperature": 0}
+        error = assert_error(http_request(url, "POST", "/v1/completions", bad), 500, None)
+        assert error["type"] == "server_error" and "simulated decoding bug" in error["message"]
+        conn, response = _open_stream(url, PROMPTS[0], 13)
+        events = read_sse(response)
+        conn.close()
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal"
+        good = {**bad, "max_tokens": 5}
+        status, body = http_request(url, "POST", "/v1/completions", good)
+        assert status == 200 and body["choices"][0]["text"] == generator.generate(PROMPTS[0], max_new_tokens=5).text
+        _, metrics = http_request(url, "GET", "/metrics")
+        assert metric_value(metrics, "eaglespec_requests_total", {"status": "500"}) == 1
+        error = assert_error(http_request(url, "POST", "/v1/completions", {**good, "prompt": "explode"}), 500, None)
+        assert error["type"] == "server_error"
+        _, metrics = http_request(url, "GET", "/metrics")
+        assert metric_value(metrics, "eaglespec_requests_total", {"status": "500"}) == 2
+        assert http_request(url, "POST", "/v1/completions", good)[0] == 200
+        assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "internal"}) == 2

@@ -38,7 +38,7 @@ PUBLIC_PATHS = frozenset({"/health", "/"})  # "/" is the static page from the pa
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def create_app(generator: SpeculativeGenerator, config: ServeConfig):
+def create_app(generator: SpeculativeGenerator, config: ServeConfig) -> GuardMiddleware:
     """The ASGI app serving `generator`; the model thread starts and stops with the app's lifespan."""
     metrics = ServerMetrics()
     service = GenerationService(generator, config, metrics)
@@ -50,11 +50,10 @@ def create_app(generator: SpeculativeGenerator, config: ServeConfig):
         service.scheduler.stop()
 
     app = FastAPI(title="eaglespec", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.service, app.state.metrics = service, metrics
     _install_error_handlers(app)
     _add_routes(app, service, metrics)
-    app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
-    return app
+    # outside FastAPI's own middleware, so it also counts the 500s that FastAPI's outermost layer answers
+    return GuardMiddleware(app, config=config, metrics=metrics)
 
 
 # -- guard ---------------------------------------------------------------------------------------------------------
