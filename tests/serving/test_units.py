@@ -105,3 +105,15 @@ def test_eaglespec_serve_command_serves(model_dirs, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err  # stopped by Ctrl-C after a clean uvicorn shutdown (the usual exit code)
     assert f"http://127.0.0.1:{port}/" in err and "warning" not in err.lower()
+
+
+def test_api_key_from_the_environment(monkeypatch):
+    import argparse
+
+    from eaglespec.commands import serve
+
+    monkeypatch.setenv(serve.API_KEY_ENV, "from-env")
+    parser = argparse.ArgumentParser()
+    serve.configure_parser(parser)
+    assert serve.config_of(parser.parse_args(["--base", "b", "--draft", "d"])).api_key == "from-env"
+    assert serve.config_of(parser.parse_args(["--base", "b", "--draft", "d", "--api-key", "k"])).api_key == "k"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from eaglespec.serving.config import ServeConfig
 
 DEFAULTS = ServeConfig()
+API_KEY_ENV = "EAGLESPEC_API_KEY"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -15,8 +17,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", required=True, help="draft directory (eaglespec init-draft / train)")
     p.add_argument("--host", default=DEFAULTS.host, help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=DEFAULTS.port)
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (and the static page)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (and the static page); "
+                        f"default: ${API_KEY_ENV}, which keeps the key out of the process list")
     p.add_argument("--served-model-name", default=DEFAULTS.served_model_name,
                    help="the model name clients send (default: the base directory's name)")
     p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,

@@ -172,6 +172,10 @@ class GenerationService:
         if generator.tokenizer is None:
             raise ValueError("serve needs the target's tokenizer")
         self.generator, self.config, self.tokenizer = generator, config, generator.tokenizer
+        # Prompts are encoded on the event loop while the model thread decodes. A fast tokenizer mutates its Rust
+        # state only when its truncation/padding settings change, which a first plain encode may do (tokenizer.json
+        # files that enable truncation): do that once here, before the model thread exists.
+        self.tokenizer("warm-up")
         self.model_name = config.served_model_name or default_model_name(generator)
         self.scheduler = Scheduler(generator, config.max_concurrency, config.queue_size, observer)
 
