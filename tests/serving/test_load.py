@@ -243,3 +243,21 @@ def test_a_failing_generation_is_a_500_error_object_and_the_worker_lives_on(gene
         assert metric_value(metrics, "eaglespec_requests_total", {"status": "500"}) == 2
         assert http_request(url, "POST", "/v1/completions", good)[0] == 200
         assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "internal"}) == 2
+
+
+def test_a_client_that_leaves_while_queued_frees_its_queue_place(start_server):
+    url = start_server(max_concurrency=1, queue_size=1)
+    active_conn, active = _open_stream(url, PROMPTS[0], LEAVER_TOKENS)
+    assert active.status == 200 and _first_tokens(active)
+    queued_conn, queued = _open_stream(url, PROMPTS[1], 8)
+    assert queued.status == 200 and http_request(url, "GET", "/health")[1]["waiting"] == 1
+    _leave(queued_conn)
+    deadline = time.monotonic() + 10
+    while http_request(url, "GET", "/health")[1]["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert http_request(url, "GET", "/health")[1] == {"status": "ok", "waiting": 0, "active": 1}
+    _leave(active_conn)
+    assert _wait_idle(url)["active"] == 0
+    _, metrics = http_request(url, "GET", "/metrics")
+    assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "cancelled"}) == 2
+    assert metric_value(metrics, "eaglespec_time_to_first_token_seconds_count") == 1  # the queued one never started
