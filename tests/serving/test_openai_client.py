@@ -151,3 +151,30 @@ def test_seeded_sampling_is_reproducible_and_equals_generate(client, generator):
 
 def test_health(server):
     assert http_request(server, "GET", "/health") == (200, {"status": "ok", "waiting": 0, "active": 0})
+
+
+def test_eos_ends_the_answer_with_finish_reason_stop(generator, model_dirs, tmp_path):
+    """A target whose generation_config names the token of '.' as a second EOS: the answer ends at the first one."""
+    import shutil
+
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.serving import ServeConfig, ServerThread
+
+    full = generator.generate(PROMPTS[1], max_new_tokens=40)
+    dot = next(t for t in full.token_ids if generator.tokenizer.decode([t]).strip() == ".")
+    target = tmp_path / "eos-model"
+    shutil.copytree(model_dirs[0], target)
+    config = json.loads((target / "generation_config.json").read_text())
+    (target / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [2, dot]}))
+    eos_generator = SpeculativeGenerator.from_pretrained(target, model_dirs[1])
+    expected = eos_generator.generate(PROMPTS[1], max_new_tokens=40)
+    assert expected.stats.finish_reason == "stop" and expected.token_ids[-1] == dot
+    with ServerThread(eos_generator, ServeConfig(port=0, served_model_name=MODEL)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        response = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=40, temperature=0)
+        assert response.choices[0].finish_reason == "stop" and response.choices[0].text == expected.text
+        assert response.usage.completion_tokens == len(expected.token_ids) < 40
+        chunks = list(client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=40, temperature=0,
+                                                stream=True))
+        assert "".join(c.choices[0].text for c in chunks) == expected.text
+        assert chunks[-1].choices[0].finish_reason == "stop"
