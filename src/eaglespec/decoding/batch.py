@@ -54,13 +54,10 @@ from eaglespec.decoding.generate import (
     _sync,
 )
 from eaglespec.decoding.sampling import SamplingConfig
-from eaglespec.decoding.stopping import StopRule, StopState
+from eaglespec.decoding.stopping import StopRule, StreamProgress
 from eaglespec.decoding.tree import DraftTree
 from eaglespec.decoding.verify import VerifyResult, verify
 from eaglespec.models.target import TargetOutput
-
-INCOMPLETE_UTF8 = "\ufffd"  # the tokenizer's replacement character: a multi-byte character is not complete yet
-
 
 @dataclass
 class RequestTiming:
@@ -103,37 +100,11 @@ class BatchResult:
         return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
 
 
-class _Progress:
-    """One request's stopping rules and incremental text: the per-chunk logic of batch size 1."""
-
-    def __init__(self, rule: StopRule, decode):
-        self.state = StopState(rule)
-        self.decode = decode
-        self.text = ""
-        self.from_draft: list[bool] = []
-
-    def add(self, tokens: list[int], from_draft: list[bool]) -> StreamChunk:
-        kept = self.state.add(tokens)
-        self.from_draft += from_draft[:kept]
-        full = self.decode(self.state.tokens)
-        if full.endswith(INCOMPLETE_UTF8) and self.state.finish_reason is None:
-            new_text = ""
-        else:
-            new_text, self.text = full[len(self.text):], full
-        return StreamChunk(tokens[:kept], new_text, from_draft[:kept])
-
-    def flush(self) -> str:
-        """Text still held back (an incomplete character at the end), once generation has ended."""
-        full = self.decode(self.state.tokens)
-        rest, self.text = full[len(self.text):], full
-        return rest
-
-
 @dataclass
 class _Row:
     request_id: int
     request: _Request
-    progress: _Progress
+    progress: StreamProgress
     added: float  # perf_counter() at add()
     stats: GenerationStats = field(default_factory=GenerationStats)
     length: int = 0  # tokens in the target cache; `root` sits at position `length`
@@ -180,7 +151,7 @@ class RunningBatch:
         too long prompt, bad sampling settings) raises ValueError here and leaves the batch as it was."""
         gen = self.generator
         request = gen._request(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed)
-        row = _Row(self._next_id, request, _Progress(request.stop, gen._decode), time.perf_counter())
+        row = _Row(self._next_id, request, StreamProgress(request.stop, gen._decode), time.perf_counter())
         self._next_id += 1
         self.waiting.append(row)
         return row.request_id
@@ -312,11 +283,11 @@ class RunningBatch:
 
     def _emit(self, row: _Row, tokens: list[int], from_draft: list[bool]) -> StepEvent:
         row.stats.target_forwards += 1
-        chunk = row.progress.add(tokens, from_draft)
+        kept, new_text = row.progress.add(tokens, from_draft)
         row.stats.new_tokens = len(row.progress.state.tokens)
         if not row.first_token:
             row.first_token = time.perf_counter()
-        return StepEvent(row.request_id, chunk)
+        return StepEvent(row.request_id, StreamChunk(tokens[:kept], new_text, from_draft[:kept]))
 
     def _finished(self, row: _Row) -> bool:
         """A stopping rule fired, or the context has no room for the root and a bonus token."""
@@ -324,7 +295,7 @@ class RunningBatch:
 
     def _finish(self, row: _Row, event: StepEvent) -> StepEvent:
         now = time.perf_counter()
-        event.chunk.text += row.progress.flush()
+        event.chunk.text += row.progress.flush() or ""
         stats = row.stats
         stats.finish_reason = row.progress.state.finish_reason or "length"  # no stop rule: the context is full
         stats.other_time = max(0.0, now - row.admitted - stats.draft_time - stats.verify_time)

@@ -22,7 +22,7 @@ import torch
 from eaglespec.decoding.cache import keep_positions, new_cache
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.sampling import SamplingConfig, next_token
-from eaglespec.decoding.stopping import StopRule, StopState
+from eaglespec.decoding.stopping import StopRule, StreamProgress
 from eaglespec.decoding.tree import TreeConfig
 from eaglespec.decoding.verify import verify
 from eaglespec.models import EagleDraftModel, TargetModel, check_draft_matches_target
@@ -245,25 +245,20 @@ class SpeculativeGenerator:
     def _apply_stopping(self, steps: Iterator[tuple[list[int], list[bool]]], request: _Request,
                         stats: GenerationStats) -> Iterator[StreamChunk]:
         """Cut the raw per-forward chunks at max_new_tokens / EOS / stop strings and turn them into text."""
-        state = StopState(request.stop)
-        text = ""
+        progress = StreamProgress(request.stop, self._decode)
         started = time.perf_counter()
         for tokens, from_draft in steps:
             stats.target_forwards += 1
-            kept = state.add(tokens)
-            stats.new_tokens = len(state.tokens)
-            full = self._decode(state.tokens)
-            if full.endswith("\ufffd") and state.finish_reason is None:  # an incomplete UTF-8 sequence: wait
-                new_text = ""
-            else:
-                new_text, text = full[len(text):], full
+            kept, new_text = progress.add(tokens, from_draft)
+            stats.new_tokens = len(progress.state.tokens)
             yield StreamChunk(tokens[:kept], new_text, from_draft[:kept])
-            if state.finish_reason is not None:
+            if progress.state.finish_reason is not None:
                 break
-        stats.finish_reason = state.finish_reason or "length"  # steps ran out: the context is full
+        stats.finish_reason = progress.state.finish_reason or "length"  # steps ran out: the context is full
         stats.other_time = max(0.0, time.perf_counter() - started - stats.draft_time - stats.verify_time)
-        if text != self._decode(state.tokens):
-            yield StreamChunk([], self._decode(state.tokens)[len(text):], [])
+        rest = progress.flush()
+        if rest is not None:
+            yield StreamChunk([], rest, [])
 
     # ------------------------------------------------------------------------------------------------
     def _prefill(self, request: _Request, cache) -> tuple[int, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Stopping rules applied token by token, so no output ever runs past max_new_tokens, an EOS or a stop string."""
+"""Stopping rules applied token by token, so no output ever runs past max_new_tokens, an EOS or a stop string;
+and the incremental text of a stream (`StreamProgress`)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,36 @@ class StopState:
                 del self.tokens[end:]
                 self.finish_reason = "stop"
                 return
+
+
+INCOMPLETE_UTF8 = "\ufffd"  # the tokenizer's replacement character: a multi-byte character is not complete yet
+
+
+class StreamProgress:
+    """One request's stopping rules and incremental text: raw per-forward chunks of tokens in, the kept
+    tokens and the text they add out. Text ending in an incomplete UTF-8 sequence is held back until the
+    next chunk completes it (or generation ends: `flush`)."""
+
+    def __init__(self, rule: StopRule, decode):
+        self.state = StopState(rule)
+        self.decode = decode  # token ids -> text
+        self.text = ""  # text handed out so far
+        self.from_draft: list[bool] = []  # per kept token
+
+    def add(self, tokens: list[int], from_draft: list[bool]) -> tuple[int, str]:
+        """-> (number of `tokens` kept, new text)."""
+        kept = self.state.add(tokens)
+        self.from_draft += from_draft[:kept]
+        full = self.decode(self.state.tokens)
+        if full.endswith(INCOMPLETE_UTF8) and self.state.finish_reason is None:
+            return kept, ""
+        new_text, self.text = full[len(self.text):], full
+        return kept, new_text
+
+    def flush(self) -> str | None:
+        """Once generation has ended: the text still held back, or None if everything was handed out."""
+        full = self.decode(self.state.tokens)
+        if full == self.text:
+            return None
+        rest, self.text = full[len(self.text):], full
+        return rest
