@@ -60,14 +60,18 @@ def test_chat_and_plain_prompts_mixed(generator):
     assert result.outputs[1].token_ids == gen.generate(STORY_PROMPTS[2], 16).token_ids
 
 
-def test_stream_stop_strings_and_full_context(generator):
-    """Streamed chunks add up to each output; a stop string cuts one row as alone; a row whose context fills
-    stops with "length" while the others go on."""
+@pytest.mark.parametrize("kind", ["dynamic", "static", "chain"])
+def test_stream_stop_strings_and_full_context(generator, kind):
+    """Streamed chunks add up to each output; a stop string cuts one row as alone; rows whose context fills
+    (trees cut to the room left) stop with "length" while the others go on."""
+    generator = SpeculativeGenerator(generator.target, generator.draft, tokenizer=generator.tokenizer,
+                                     tree=TreeConfig(kind=kind, depth=4) if kind == "chain" else TreeConfig(kind=kind))
     ctx = generator.context_length
     full = generator.generate(STORY_PROMPTS[0], 40, eos_token_id=[])
     word = full.text.split()[5]
     long_prompt = torch.cat([torch.tensor([1]), torch.randint(3, 500, (ctx - 21,))])  # ctx - 20 tokens
-    prompts = [STORY_PROMPTS[0], long_prompt, STORY_PROMPTS[4]]
+    longest = torch.cat([torch.tensor([1]), torch.randint(3, 500, (ctx - 2,))])  # room for one token only
+    prompts = [STORY_PROMPTS[0], long_prompt, STORY_PROMPTS[4], longest]
     tokens, texts, outputs = {}, {}, {}
     for event in generator.stream_batch(prompts, 40, eos_token_id=[], stop=[word]):
         tokens[event.request_id] = tokens.get(event.request_id, []) + event.chunk.token_ids
@@ -80,6 +84,7 @@ def test_stream_stop_strings_and_full_context(generator):
     assert outputs[0].token_ids == alone.token_ids and outputs[0].stats.finish_reason == "stop"
     assert len(outputs[1].token_ids) == 20 and outputs[1].stats.finish_reason == "length"
     assert outputs[1].token_ids == generator.generate(long_prompt, 40, eos_token_id=[]).token_ids
+    assert len(outputs[3].token_ids) == 1 and outputs[3].stats.finish_reason == "length"
 
 
 def test_stats_and_timings(generator):

@@ -59,6 +59,7 @@ from eaglespec.decoding.tree import DraftTree
 from eaglespec.decoding.verify import VerifyResult, verify
 from eaglespec.models.target import TargetOutput
 
+
 @dataclass
 class RequestTiming:
     """Wall-clock seconds of one request, measured from `RunningBatch.add`."""
