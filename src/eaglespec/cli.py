@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "draft-vocab": ("eaglespec.commands.draft_vocab", "Build the EAGLE-3 draft vocabulary of a prepared dataset and print its coverage"),
     "regenerate": ("eaglespec.commands.regenerate", "Self-distil: regenerate a dataset's answers (or sample texts from BOS) with the target"),
     "dump-features": ("eaglespec.commands.dump_features", "Run the target once over a prepared dataset and store its hidden states for offline training"),
+    "bench": ("eaglespec.commands.bench", "Benchmark decoding methods: tau, acceptance by depth, speedup, exactness, reports"),
+    "tune": ("eaglespec.commands.tune", "Measure this hardware and store the fastest draft tree in the draft's config"),
     "train": ("eaglespec.commands.train", "Train an EAGLE-1 or EAGLE-3 draft head (single process, torchrun or DeepSpeed)"),
     "serve": ("eaglespec.commands.serve", "Serve a target + draft behind an OpenAI-compatible API with a web chat page"),
     "export": ("eaglespec.commands.export", "Export a draft for SGLang, vLLM, speculators or the reference EAGLE (strictly checked)"),

@@ -18,7 +18,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--tree", choices=("dynamic", "static", "chain"), default="dynamic")
+    p.add_argument("--tree", choices=("dynamic", "static", "chain"), default=None,
+                   help="draft tree (default: the draft's tuned tree from `eaglespec tune`, else dynamic)")
     p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
     p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
     p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
@@ -64,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.draft is None and not args.vanilla:
         raise ValueError("--draft is required (or pass --vanilla for plain decoding)")
-    tree = {"kind": args.tree}
-    for key, value in (("depth", args.depth), ("top_k", args.draft_top_k), ("total_tokens", args.total_tokens)):
-        if value is not None:
-            tree[key] = value
+    tree = {key: value for key, value in (("kind", args.tree), ("depth", args.depth), ("top_k", args.draft_top_k),
+                                          ("total_tokens", args.total_tokens)) if value is not None}
     gen = SpeculativeGenerator.from_pretrained(args.base, None if args.vanilla else args.draft,
                                                dtype=args.dtype, device=args.device, **tree)
     sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)

@@ -98,6 +98,24 @@ class TreeConfig:
         if self.paths is not None and self.kind != "static":
             raise ValueError("tree paths apply to kind='static' only")
 
+    @classmethod
+    def merged(cls, tuned: dict | None, explicit: dict) -> "TreeConfig":
+        """A tuned tree (`eaglespec tune`) overridden by explicitly given fields; an explicit other kind
+        replaces the tuned tree entirely (a tuned dynamic top_k means nothing to a chain)."""
+        tuned = dict(tuned or {})
+        if "kind" in explicit and explicit["kind"] != tuned.get("kind", explicit["kind"]):
+            tuned = {}
+        return cls(**{**tuned, **{k: v for k, v in explicit.items() if v is not None}})
+
+    def summary(self, method: str) -> dict:
+        """The fields that define this tree for `method` (depth resolved), as stored by `eaglespec tune`."""
+        if self.kind == "chain":
+            return {"kind": "chain", "depth": self.resolved_depth(method)}
+        if self.kind == "static":
+            return {"kind": "static"} if self.paths is None else {"kind": "static", "paths": [list(p) for p in self.paths]}
+        return {"kind": "dynamic", "depth": self.resolved_depth(method), "top_k": self.top_k,
+                "total_tokens": self.total_tokens}
+
     def resolved_depth(self, method: str) -> int:
         return DEFAULT_DEPTH[method] if self.depth is None else self.depth
 

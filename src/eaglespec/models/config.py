@@ -79,6 +79,9 @@ class DraftConfig:
     aux_layer_convention: str = AUX_CONVENTION
     target: TargetInfo | None = None
     format_version: int = 1
+    # the tree `eaglespec tune` chose on some hardware: {"tree": {kind, depth, top_k, total_tokens}, "tuned_on": ...};
+    # `generate`, `serve` and `SpeculativeGenerator.from_pretrained` use it unless a tree is given explicitly
+    decoding: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.target, dict):

@@ -1,0 +1,30 @@
+"""`eaglespec tune --base M --draft D`: measure this hardware and write the best tree into the draft's config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="target model directory (or stories260K / smollm2-135m)")
+    p.add_argument("--draft", required=True, help="draft directory; its config.json gets the chosen tree")
+    p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the choice, do not write it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.evaluation.tune import tune_tree, write_tuned_tree
+
+    gen = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device)
+    result = tune_tree(gen)
+    for c in result.candidates[:5]:
+        print(f"  {c.tree}: predicted {c.predicted_tokens_per_s:.1f} tokens/s (tau {c.predicted_tau:.2f}, "
+              f"propose {c.propose_ms:.1f} ms, forward of {c.size} tokens {c.forward_ms:.1f} ms)")
+    print(f"chosen: {result.choice}: predicted {result.predicted_tokens_per_s:.1f} tokens/s, vanilla "
+          f"{result.vanilla_predicted_tokens_per_s:.1f} ({result.predicted_tokens_per_s / result.vanilla_predicted_tokens_per_s:.2f}x)")
+    if not args.dry_run:
+        path = write_tuned_tree(args.draft, result, gen)
+        print(f"wrote the tree into {path}; generate / serve / bench use it unless a tree flag is given")
+    return 0

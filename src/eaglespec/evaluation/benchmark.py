@@ -1,0 +1,110 @@
+"""`eaglespec bench` as a Python API: load, (tune), run the interleaved rounds, classify, write the reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eaglespec.evaluation.bench import BenchSetup, check_exactness, mismatches, run_rounds
+from eaglespec.evaluation.methods import DEFAULT_CHAIN_DEPTH, DEFAULT_METHODS, OUR_METHODS, Sampling, build_methods
+from eaglespec.evaluation.questions import load_question_set
+
+EXIT_MISMATCH = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class BenchOptions:
+    base: str
+    questions: list[str]
+    draft: str | None = None
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    max_new_tokens: int = 256
+    repeats: int = 3
+    temperature: float = 0.0
+    top_p: float = 1.0
+    tree: str | None = None  # dynamic | static | chain | auto; None = the draft's tuned tree, else dynamic
+    depth: int | None = None
+    draft_top_k: int | None = None
+    total_tokens: int | None = None
+    chain_depth: int = DEFAULT_CHAIN_DEPTH
+    dtype: str | None = None
+    device: str | None = None
+    limit: int | None = None  # first N questions of each file
+    every: int = 1  # every n-th question of each file
+    first_turn_only: bool = False
+    seed: int = 0
+    output: str = "bench"
+
+
+def _explicit_tree(opts: BenchOptions) -> dict:
+    tree = {"kind": None if opts.tree == "auto" else opts.tree, "depth": opts.depth, "top_k": opts.draft_top_k,
+            "total_tokens": opts.total_tokens}
+    return {k: v for k, v in tree.items() if v is not None}
+
+
+def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.evaluation.tune import tune_tree
+
+    needs_draft = [m for m in opts.methods if m in OUR_METHODS and m != "vanilla"]
+    if needs_draft and opts.draft is None:
+        raise ValueError(f"methods {needs_draft} need --draft")
+    questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
+    gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device,
+                                               **_explicit_tree(opts))
+    tune = None
+    if opts.tree == "auto":
+        result = tune_tree(gen, log=log)
+        gen = gen.with_tree(result.tree_config())
+        tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
+        tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
+        log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
+            f"(tau {result.predicted_tau:.2f}; vanilla predicted {result.vanilla_predicted_tokens_per_s:.1f})")
+    fim = None
+    if any(q.kind == "fim" for q in questions.questions):
+        from eaglespec.data.fim import detect_fim_tokens
+
+        fim = detect_fim_tokens(gen.tokenizer)
+    methods = build_methods(opts.methods, gen, opts.chain_depth)
+    sampling = Sampling(opts.temperature, opts.top_p)
+    return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
+
+
+def run_benchmark(opts: BenchOptions, log=print) -> int:
+    """Run, write results.json / report.md / plots into opts.output, print the summary; the exit code says
+    whether a MISMATCH was found (1) or the run was interrupted (130)."""
+    from tqdm import tqdm
+
+    from eaglespec.evaluation.report import console_summary, machine_info, results_dict, write_outputs
+
+    setup, tune = load_setup(opts, log)
+    if not setup.questions.questions:
+        raise ValueError("no questions to run")
+    if any(q.kind == "chat" for q in setup.questions.questions) and setup.generator.tokenizer.chat_template is None:
+        log("note: the tokenizer has no chat template; chat questions are given as plain text")
+    total = len(setup.questions.questions) * len(setup.methods) * setup.repeats
+    with tqdm(total=total, unit="answer", desc="bench") as bar:
+        result = run_rounds(setup, progress=bar.update)
+    check_exactness(setup, result)
+    names = [m.name for m in setup.methods]
+    tree = setup.generator.tree.summary(setup.generator.draft.config.method) if setup.generator.draft else None
+    data = results_dict(result, names, asdict(opts), machine_info(setup.generator.target.device,
+                                                                 setup.generator.target.dtype),
+                        {"tree": tree, "tune": tune})
+    paths = write_outputs(Path(opts.output), data, result, names)
+    log(console_summary(data, result, names))
+    if tune and "eagle" in data["overall"]:
+        measured = data["overall"]["eagle"]["tokens_per_s"]
+        log(f"tuned tree: predicted {tune['predicted_tokens_per_s']:.1f} tokens/s, measured {measured:.1f} "
+            f"({100 * (measured / tune['predicted_tokens_per_s'] - 1):+.1f}%)")
+    log("wrote " + ", ".join(str(p) for p in paths))
+    bad = mismatches(result)
+    for method, qid, e in bad:
+        log(f"!!! MISMATCH: {method} on {qid}: turn {e.turn}, token {e.position}: vanilla {e.expected}, got {e.got}"
+            + (f", fp32 logit gap {e.gap:.4f} > near-tie threshold {e.threshold:.4f}" if e.gap is not None else ""))
+    if not result.complete:
+        log("interrupted: the outputs hold what was measured so far and are marked incomplete")
+        return EXIT_INTERRUPTED
+    return EXIT_MISMATCH if bad else 0

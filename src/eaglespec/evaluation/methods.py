@@ -1,0 +1,155 @@
+"""The decoding methods a benchmark compares, all on the same target, process and dtype.
+
+- `vanilla`: our one-token-per-forward loop (the baseline every speedup is relative to);
+- `eagle`: tree speculative decoding with the configured (or tuned) tree; `eagle-chain`: a chain of the
+  chain depth; `eagle-default`: the reference EAGLE-2 tree (60 tokens, depth 7/5, top-k 10);
+- `hf`: transformers `generate` (greedy or sampling: the baseline users know);
+- `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
+- `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer).
+
+Every method returns the new token ids and a `GenerationStats`; for transformers' methods the target
+forwards are counted by a forward hook on the target, and the draft/verify split is not known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from eaglespec.decoding import GenerationStats, SpeculativeGenerator, TreeConfig
+
+OUR_METHODS = ("vanilla", "eagle", "eagle-chain", "eagle-default")
+HF_METHODS = ("hf", "pld")
+DEFAULT_METHODS = ("vanilla", "hf", "eagle", "eagle-chain", "pld")
+DEFAULT_CHAIN_DEPTH = 4
+PLD_NUM_TOKENS = 10  # transformers' documented example value for prompt_lookup_num_tokens
+PLD_MAX_MATCHING_NGRAM = 2  # transformers' default n-gram size
+ASSISTED_NUM_TOKENS = 5  # draft tokens per assisted step (transformers' default)
+
+
+@dataclass
+class MethodRun:
+    token_ids: list[int]
+    stats: GenerationStats
+    split_known: bool = True  # draft / verify / other times measured (our methods) or not (transformers')
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class OurMethod:
+    """vanilla / eagle / eagle-chain / eagle-default through `SpeculativeGenerator`."""
+
+    name: str
+    generator: SpeculativeGenerator
+    vanilla: bool = False
+    tree: TreeConfig | None = None
+
+    def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
+        stats = GenerationStats()
+        tokens = []
+        for chunk in self.generator.stream(ids, max_new_tokens, temperature=sampling.temperature,
+                                           top_p=sampling.top_p, top_k=sampling.top_k, seed=seed,
+                                           vanilla=self.vanilla, stats=stats):
+            tokens += chunk.token_ids
+        return MethodRun(tokens, stats)
+
+
+class ForwardCounter:
+    """Counts calls of a module's forward (one per target forward of transformers' generate)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.count = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.count += 1
+
+
+@dataclass
+class HFMethod:
+    """transformers `generate` with extra keyword arguments (prompt lookup, an assistant model)."""
+
+    name: str
+    generator: SpeculativeGenerator  # for its target, EOS ids and device
+    counter: ForwardCounter
+    extra: dict = field(default_factory=dict)
+
+    def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
+        model = self.generator.target.model
+        eos = sorted(self.generator.eos_token_ids())
+        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0] if eos else None,
+                      do_sample=not sampling.greedy, **self.extra)
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+            torch.manual_seed(seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        input_ids = torch.tensor([ids], device=self.generator.target.device)
+        self.counter.count = 0
+        with torch.no_grad():
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        tokens = _cut_at_eos(out[0, len(ids):].tolist(), set(eos))
+        stats = GenerationStats(new_tokens=len(tokens), target_forwards=self.counter.count)
+        stats.finish_reason = "stop" if tokens and tokens[-1] in eos else "length"
+        return MethodRun(tokens, stats, split_known=False)
+
+
+def _cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]  # kept, as our stopping rules keep it
+    return tokens
+
+
+def load_assistant(path: str, generator: SpeculativeGenerator):
+    """The assistant model for `assisted=PATH`; a different tokenizer is an error before the run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eaglespec import resolve_model_path
+
+    path = resolve_model_path(path)
+    theirs = AutoTokenizer.from_pretrained(path).get_vocab()
+    if theirs != generator.tokenizer.get_vocab():
+        raise ValueError(f"assisted={path}: its tokenizer differs from the target's ({len(theirs)} vs "
+                         f"{len(generator.tokenizer.get_vocab())} tokens, or other ids); assisted generation "
+                         "needs the same tokenizer")
+    assistant = AutoModelForCausalLM.from_pretrained(path, dtype=generator.target.dtype).to(generator.target.device)
+    assistant.generation_config.num_assistant_tokens = ASSISTED_NUM_TOKENS
+    return assistant.eval()
+
+
+def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth: int = DEFAULT_CHAIN_DEPTH) -> list:
+    """Method objects by name; `generator` carries the configured tree for `eagle`."""
+    methods, counter = [], None
+    for name in names:
+        if name in HF_METHODS or name.startswith("assisted="):
+            counter = counter or ForwardCounter(generator.target.model)
+        if name == "vanilla":
+            methods.append(OurMethod(name, generator, vanilla=True))
+        elif name == "eagle":
+            methods.append(OurMethod(name, generator, tree=generator.tree))
+        elif name in ("eagle-chain", "eagle-default"):
+            tree = TreeConfig(kind="chain", depth=chain_depth) if name == "eagle-chain" else TreeConfig()
+            methods.append(OurMethod(name, generator.with_tree(tree), tree=tree))
+        elif name == "hf":
+            methods.append(HFMethod(name, generator, counter))
+        elif name == "pld":
+            methods.append(HFMethod(name, generator, counter, {"prompt_lookup_num_tokens": PLD_NUM_TOKENS,
+                                                              "max_matching_ngram_size": PLD_MAX_MATCHING_NGRAM}))
+        elif name.startswith("assisted="):
+            methods.append(HFMethod(name, generator, counter,
+                                    {"assistant_model": load_assistant(name.split("=", 1)[1], generator)}))
+        else:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(OUR_METHODS + HF_METHODS)}, assisted=PATH")
+    return methods

@@ -1,0 +1,182 @@
+"""Benchmark outputs: results.json (everything), report.md (tables), PNG plots, a one-screen summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from eaglespec._io import atomic_write_text
+from eaglespec.evaluation.bench import BenchResult, MethodSummary, complete_questions, summarise_all
+from eaglespec.evaluation.exactness import EXACT, MISMATCH, NEAR_TIE
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info(device: torch.device, dtype: torch.dtype) -> dict:
+    import transformers
+
+    import eaglespec
+
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "dtype": str(dtype).replace("torch.", ""), "python": sys.version.split()[0],
+            "torch": torch.__version__, "transformers": transformers.__version__, "eaglespec": eaglespec.__version__,
+            "commit": git_commit()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _summaries(result: BenchResult, methods: list[str], category: str | None = None) -> dict[str, MethodSummary]:
+    done = complete_questions(result.runs, methods, result.rounds)
+    runs = [r for r in result.runs if r.question_id in done and (category is None or r.category == category)]
+    return summarise_all(runs, methods, result.rounds)
+
+
+def exactness_counts(result: BenchResult, method: str) -> dict[str, int]:
+    statuses = [e.status for e in result.exactness.get(method, {}).values()]
+    return {s: statuses.count(s) for s in (EXACT, NEAR_TIE, MISMATCH)}
+
+
+def results_dict(result: BenchResult, methods: list[str], config: dict, machine: dict, extra: dict) -> dict:
+    categories = sorted({r.category for r in result.runs})
+    return {
+        "complete": result.complete, "config": config, "machine": machine, **extra,
+        "overall": {m: asdict(s) for m, s in _summaries(result, methods).items()},
+        "categories": {c: {m: asdict(s) for m, s in _summaries(result, methods, c).items()} for c in categories},
+        "exactness": {m: {"counts": exactness_counts(result, m), "per_question": {q: e.to_dict() for q, e in per.items()}}
+                      for m, per in result.exactness.items()},
+        "runs": [{"question_id": r.question_id, "category": r.category, "method": r.method, "round": r.round,
+                  "seconds": r.seconds, "turns": r.turns, "stats": r.stats.to_dict()} for r in result.runs],
+    }
+
+
+def _fmt(x, spec=".2f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None = None) -> list[str]:
+    head = "| method | tokens/s | speedup vs vanilla | vs hf | tau | draft / verify / other ms per forward | exactness |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for m, s in summaries.items():
+        split = "/".join(f"{s.ms_per_forward[k]:.1f}" for k in ("draft", "verify", "other")) if s.ms_per_forward else "-"
+        exact = "-"
+        if result is not None and m in result.exactness:
+            c = exactness_counts(result, m)
+            exact = f"{c[EXACT]} exact, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
+        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_fmt(s.speedup)}x | {_fmt(s.speedup_vs_hf)}x | {s.tau:.2f} "
+                     f"| {split} | {exact} |")
+    return lines
+
+
+def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
+    m = data["machine"]
+    lines = ["# eaglespec bench", ""]
+    if not result.complete:
+        lines += ["**INCOMPLETE: interrupted; figures cover the questions every method finished.**", ""]
+    lines += [f"Machine: {m['cpu']} ({m['torch_threads']} torch threads), device {m['device']}, dtype {m['dtype']}; "
+              f"torch {m['torch']}, transformers {m['transformers']}, eaglespec {m['eaglespec']} ({m['commit']}).",
+              f"Config: {json.dumps({k: data['config'][k] for k in ('base', 'draft', 'max_new_tokens', 'repeats', 'temperature') if k in data['config']})}",
+              f"Tree: {json.dumps(data.get('tree'))}", ""]
+    if data.get("tune"):
+        t = data["tune"]
+        lines += [f"Tuned tree predicted {t['predicted_tokens_per_s']:.1f} tokens/s; measured "
+                  f"{data['overall'].get('eagle', {}).get('tokens_per_s', float('nan')):.1f}.", ""]
+    lines += ["## Overall", "", *method_table(_summaries(result, methods), result), ""]
+    for c in sorted(data["categories"]):
+        lines += [f"## {c}", "", *method_table(_summaries(result, methods, c)), ""]
+    bad = [(meth, q, e) for meth, per in result.exactness.items() for q, e in per.items() if e.status != EXACT]
+    if bad:
+        lines += ["## Differences from vanilla", "", "| method | question | status | turn | position | fp32 gap | threshold |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {meth} | {q} | {e.status} | {e.turn} | {e.position} | {_fmt(e.gap, '.4f')} | {_fmt(e.threshold, '.4f')} |"
+                  for meth, q, e in bad]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(data: dict, output: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall, paths = data["overall"], []
+    names = list(overall)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(names, [overall[n]["tokens_per_s"] for n in names], color="tab:blue")
+    for bar, n in zip(bars, names):
+        sp = overall[n].get("speedup")
+        ax.annotate(f"{sp:.2f}x" if sp else "", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("tokens/s (median of rounds)")
+    ax.set_title(f"tokens/s and speedup vs vanilla ({data['machine']['dtype']})")
+    paths.append(_save(fig, output / "tokens_per_s.png"))
+
+    cats = sorted(data["categories"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / max(1, len(names))
+    for i, n in enumerate(names):
+        ax.bar([c + i * width for c in range(len(cats))], [data["categories"][c][n]["tau"] for c in cats], width, label=n)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("tau (tokens per target forward)")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, output / "tau_per_category.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for n in names:
+        rates = overall[n]["acceptance_by_depth"]
+        if rates:
+            ax.plot(range(1, len(rates) + 1), rates, marker="o", label=n)
+    ax.set_xlabel("draft depth")
+    ax.set_ylabel("acceptance rate | earlier depths accepted")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, output / "acceptance_by_depth.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write_outputs(output: Path, data: dict, result: BenchResult, methods: list[str]) -> list[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "results.json", json.dumps(data, indent=1) + "\n")
+    atomic_write_text(output / "report.md", report_markdown(data, result, methods))
+    return [output / "results.json", output / "report.md", *write_plots(data, output)]
+
+
+def console_summary(data: dict, result: BenchResult, methods: list[str]) -> str:
+    m = data["machine"]
+    lines = [f"{'INCOMPLETE ' if not result.complete else ''}bench on {m['cpu']}, {m['dtype']}, "
+             f"{m['torch_threads']} threads: {len(complete_questions(result.runs, methods, result.rounds))} questions "
+             f"x {result.rounds} rounds"]
+    lines += method_table(_summaries(result, methods), result)
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""`eaglespec bench` arithmetic on a fake engine with known acceptances, the interleaving order, question
+schemas and the near-tie classifier."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from eaglespec.decoding import GenerationStats
+from eaglespec.evaluation.bench import BenchSetup, QuestionRun, run_rounds, summarise_all
+from eaglespec.evaluation.exactness import EXACT, MISMATCH, NEAR_TIE, classify, near_tie_threshold
+from eaglespec.evaluation.methods import MethodRun, Sampling
+from eaglespec.evaluation.questions import QuestionSet, load_question_set, prompt_ids, read_questions
+
+
+def stats_with(accepts: list[int], depth: int) -> GenerationStats:
+    """A speculative run whose steps accepted `accepts` draft tokens (plus the bonus) in a tree of `depth`."""
+    s = GenerationStats()
+    for a in accepts:
+        s.record_step(a, depth)
+    s.new_tokens = 1 + sum(a + 1 for a in accepts)  # the prefill's token, then accepted + bonus per step
+    s.target_forwards = 1 + len(accepts)
+    return s
+
+
+def run(method, qid, round_, seconds, stats, category="c"):
+    return QuestionRun(qid, category, method, round_, [[1]], [[0] * stats.new_tokens], seconds, stats, True)
+
+
+def test_tau_acceptance_by_depth_and_speedup_from_known_acceptances():
+    spec = stats_with([2, 0, 3, 1], depth=3)  # 4 steps
+    # tokens: 1 + 3 + 1 + 4 + 2 = 11 over 5 forwards
+    assert spec.new_tokens == 11 and spec.tau == pytest.approx(11 / 5)
+    # depth 1 attempted 4x accepted 3x; depth 2 attempted 3x (steps with a>=1) accepted 2x (a>=2);
+    # depth 3 attempted 2x (a>=2) accepted 1x (a=3; a capped at depth)
+    assert spec.acceptance_rate_per_depth == pytest.approx([3 / 4, 2 / 3, 1 / 2])
+    vanilla = GenerationStats(new_tokens=11, target_forwards=11)
+    runs = [run("vanilla", "q", r, s, vanilla) for r, s in enumerate((2.0, 1.0, 4.0))]  # medians: 11/2 tok/s
+    runs += [run("eagle", "q", r, s, spec) for r, s in enumerate((0.5, 1.0, 2.0))]  # median 11/1
+    out = summarise_all(runs, ["vanilla", "eagle"], rounds=3)
+    assert out["vanilla"].tokens_per_s == pytest.approx(5.5) and out["vanilla"].tau == pytest.approx(1.0)
+    assert out["eagle"].tokens_per_s == pytest.approx(11.0)
+    assert out["eagle"].speedup == pytest.approx(2.0) and out["vanilla"].speedup == pytest.approx(1.0)
+    assert out["eagle"].tau == pytest.approx(11 / 5)  # three identical rounds
+    assert out["eagle"].acceptance_by_depth == pytest.approx([3 / 4, 2 / 3, 1 / 2])
+
+
+def test_tokens_per_s_of_a_round_is_total_tokens_over_total_seconds():
+    a, b = GenerationStats(new_tokens=10, target_forwards=10), GenerationStats(new_tokens=30, target_forwards=30)
+    runs = [run("vanilla", "q1", 0, 1.0, a), run("vanilla", "q2", 0, 3.0, b)]
+    assert summarise_all(runs, ["vanilla"], 1)["vanilla"].tokens_per_s == pytest.approx(40 / 4.0)
+
+
+class FakeTokenizer:
+    chat_template = None
+
+    def __call__(self, text):
+        return {"input_ids": [len(text)]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "x" * len(ids)
+
+
+class FakeMethod:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def run(self, ids, max_new_tokens, sampling, seed):
+        self.log.append(self.name)
+        return MethodRun([7] * 3, GenerationStats(new_tokens=3, target_forwards=3))
+
+
+def test_rounds_are_interleaved_and_reversed_after_a_warm_up():
+    from types import SimpleNamespace
+
+    from eaglespec.evaluation.questions import Question
+
+    log = []
+    methods = [FakeMethod(n, log) for n in "ABC"]
+    gen = SimpleNamespace(tokenizer=FakeTokenizer(), target=SimpleNamespace(device=torch.device("cpu")))
+    qs = QuestionSet([Question("q0", "c", "completion", ["p"]), Question("q1", "c", "completion", ["p"])])
+    result = run_rounds(BenchSetup(gen, qs, methods, 8, 2, Sampling()))
+    assert "".join(log) == "ABC" + "ABC" + "CBA" + "CBA" + "ABC"  # warm-up, q0 r0, q0 r1, q1 r0, q1 r1
+    assert result.complete and len(result.runs) == 12
+
+
+# ------------------------------------------------------------------------------------------------
+# Question schemas
+# ------------------------------------------------------------------------------------------------
+
+def write(path, lines):
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_mt_bench_schema_and_categories(tmp_path):
+    from paths import SHARED
+
+    qs = read_questions(SHARED / "data" / "eval" / "eagle_mt_bench_question.jsonl")
+    assert len(qs) == 80 and all(q.kind == "chat" and q.num_turns == 2 for q in qs)
+    assert len({q.category for q in qs}) == 8
+    every_second = load_question_set([str(SHARED / "data" / "eval" / "eagle_mt_bench_question.jsonl")], every=2)
+    assert len(every_second.questions) == 40 and len(every_second.categories) == 8
+
+
+def test_spec_bench_humaneval_infilling_and_plain_text(tmp_path):
+    from paths import SHARED
+
+    spec = read_questions(write(tmp_path / "s.jsonl", [{"category": "translation", "turns": ["Translate: hola"]}]))
+    assert spec[0].kind == "chat" and spec[0].category == "translation"
+    he = read_questions(SHARED / "data" / "eval" / "HumanEval.jsonl.gz")
+    assert len(he) == 164 and he[0].kind == "completion" and he[0].category == "humaneval"
+    assert he[0].id == "HumanEval/0" and he[0].turns[0].startswith("from typing import List")
+    fim = read_questions(SHARED / "data" / "fim" / "HumanEval-SingleLineInfilling.jsonl.gz")
+    assert fim[0].kind == "fim" and fim[0].suffix
+    (tmp_path / "plain.txt").write_text("Once upon a time\n\nThe cat\n")
+    plain = read_questions(tmp_path / "plain.txt")
+    assert [q.turns for q in plain] == [["Once upon a time"], ["The cat"]] and plain[1].source.endswith(":3")
+
+
+def test_unknown_schema_names_the_file_line_and_fields(tmp_path):
+    path = write(tmp_path / "q.jsonl", [{"turns": ["ok"]}, {"question": "what?", "answer": 1}])
+    with pytest.raises(ValueError, match=r"q.jsonl:2: unknown question schema: fields found \['answer', 'question'\]"):
+        read_questions(path)
+    gz = tmp_path / "bad.jsonl.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl.gz:1: invalid JSON"):
+        read_questions(gz)
+
+
+def test_second_turn_is_conditioned_on_the_methods_own_first_answer():
+    from transformers import AutoTokenizer
+
+    from eaglespec.evaluation.questions import Question
+    from paths import shared_path
+
+    tok = AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen2.5"))
+    q = Question("q", "writing", "chat", ["First question?", "Second question?"])
+    ids = prompt_ids(q, 1, ["MY OWN ANSWER"], tok)
+    messages = [{"role": "user", "content": "First question?"}, {"role": "assistant", "content": "MY OWN ANSWER"},
+                {"role": "user", "content": "Second question?"}]
+    assert ids == list(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    assert prompt_ids(q, 0, [], tok) == list(tok.apply_chat_template(messages[:1], add_generation_prompt=True,
+                                                                     return_dict=True)["input_ids"])
+
+
+def test_chat_questions_on_a_tokenizer_without_template_are_plain_text():
+    from eaglespec.evaluation.questions import Question
+    from fixtures import stories260k_tokenizer
+
+    tok = stories260k_tokenizer()
+    q = Question("q", "writing", "chat", ["Once upon a time", "The end"])
+    assert prompt_ids(q, 1, ["there was a cat."], tok) == tok("Once upon a time\n\nthere was a cat.\n\nThe end")["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Near-tie classifier
+# ------------------------------------------------------------------------------------------------
+
+def fake_logits(values: dict[int, float], vocab: int = 8):
+    def next_logits(ids):
+        logits = torch.full((vocab,), -5.0)
+        for t, v in values.items():
+            logits[t] = v
+        return logits
+
+    return next_logits
+
+
+def test_planted_near_tie_and_real_mismatch():
+    prompts, vanilla = [[1, 2]], [[3, 4, 5]]
+    tie = fake_logits({4: 10.0, 6: 10.0 - 0.05})  # 0.05 < 4 * 2^-7 * 10 = 0.3125
+    e = classify(prompts, vanilla, [[3, 6, 6]], torch.bfloat16, tie)
+    assert e.status == NEAR_TIE and e.position == 1 and e.expected == 4 and e.got == 6
+    assert e.gap == pytest.approx(0.05, abs=1e-6) and e.threshold == pytest.approx(near_tie_threshold(torch.bfloat16, 10.0))
+    clear = fake_logits({4: 10.0, 6: 7.0})  # 3 logits apart: no rounding flips that
+    assert classify(prompts, vanilla, [[3, 6, 6]], torch.bfloat16, clear).status == MISMATCH
+    # the same 0.05 gap is far beyond fp32's resolution
+    assert classify(prompts, vanilla, [[3, 6, 6]], torch.float32, tie).status == MISMATCH
+    assert classify(prompts, vanilla, [[3, 4, 5]], torch.bfloat16, clear).status == EXACT
+    # an output that stops early where vanilla goes on is not a rounding flip
+    assert classify(prompts, vanilla, [[3, 4]], torch.bfloat16, tie).status == MISMATCH
+
+
+def test_a_difference_in_turn_two_is_classified_at_turn_two():
+    seen = []
+
+    def logits(ids):
+        seen.append(list(ids))
+        return fake_logits({8: 1.0, 9: 1.0}, vocab=10)(ids)
+
+    e = classify([[1], [1, 2, 3]], [[2], [8, 8]], [[2], [8, 9]], torch.bfloat16, logits)
+    assert e.status == NEAR_TIE and e.turn == 1 and e.position == 1
+    assert seen == [[1, 2, 3, 8]]  # turn two's prompt plus the common prefix
