@@ -29,6 +29,18 @@ their window per row (`context_length`), as at batch size 1, because the masks a
 
 Prefill runs per request (batch size 1) when it joins: the same numerics as batch size 1, and a joining
 request does not need a padded prefill over the running rows.
+
+API (entry points on `SpeculativeGenerator`):
+    result = gen.generate_batch(prompts, max_new_tokens, max_batch_size=8, temperature=.., seed=..)
+    result.outputs[i]        # GenerationOutput of prompts[i] (stats per sequence; error set if it failed)
+    result.timings[i]        # RequestTiming: queued, time_to_first_token, latency (seconds)
+    result.wall_time, result.tokens_per_second, result.batch_forwards
+    gen.stream_batch(prompts, ...)            # the same as StepEvents (request_id = prompt index)
+    batch = gen.running_batch(max_batch_size=8)   # continuous batching (the server)
+    request_id = batch.add(prompt, max_new_tokens, ...)   # ValueError on bad input
+    for event in batch.step(): ...            # StepEvent(request_id, chunk, output/timing on the last one)
+    batch.cancel(request_id)
+vanilla=True gives the batched vanilla baseline (a root-only tree per row) through the same API.
 """
 
 from __future__ import annotations
@@ -144,6 +156,10 @@ class RunningBatch:
     @property
     def num_running(self) -> int:
         return len(self.rows)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
 
     def add(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
             top_k: int = 0, eos_token_id: int | list[int] | None = None, stop: list[str] | str | None = None,
