@@ -85,7 +85,7 @@ def test_broken_acceptance_rule_inside_a_batch_is_detected(generator, logit_tabl
 
 def test_seeded_rows_reproduce_and_differ(generator):
     """A row's samples depend on its own seed only: the same seeds give the same outputs whatever else is in
-    the batch; an int seed gives row i the seed + i."""
+    the batch, and the same as decoding it alone with that seed; an int seed gives row i the seed + i."""
     prompts = [torch.tensor(PROMPT)] * 4
     first = generator.generate_batch(prompts, 6, seed=[3, 4, 5, 6], eos_token_id=[], **SETTING).outputs
     again = generator.generate_batch(prompts[:2] + [torch.tensor([1, 4])] * 3, 6, seed=[3, 4, 9, 9, 9],
@@ -94,3 +94,6 @@ def test_seeded_rows_reproduce_and_differ(generator):
     int_seed = generator.generate_batch(prompts, 6, seed=3, eos_token_id=[], **SETTING).outputs
     assert [o.token_ids for o in int_seed] == [o.token_ids for o in first]
     assert len({tuple(o.token_ids) for o in first}) > 1
+    for seed, out in zip([3, 4, 5, 6], first):  # each row draws from its own generator, as alone
+        alone = generator.generate(torch.tensor(PROMPT), 6, seed=seed, eos_token_id=[], **SETTING)
+        assert out.token_ids == alone.token_ids and out.stats.accept_lengths == alone.stats.accept_lengths
