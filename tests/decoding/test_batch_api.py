@@ -101,3 +101,18 @@ def test_stats_and_timings(generator):
         assert busy == pytest.approx(timing.latency - timing.queued, rel=1e-6, abs=1e-6)
     assert result.timings[4].queued > 0  # waited for a free row (max_batch_size 2)
 
+
+
+def test_length_dependent_rope_is_detected_and_warned(caplog):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eaglespec.decoding.batch import length_dependent_rope
+
+    assert not length_dependent_rope(LlamaConfig())
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert length_dependent_rope(config)
+    target = TargetModel(LlamaForCausalLM(config).eval())
+    with caplog.at_level("WARNING", logger="eaglespec.decoding.batch"):
+        SpeculativeGenerator(target, None).running_batch(vanilla=True)
+    assert "depends on the sequence length" in caplog.text

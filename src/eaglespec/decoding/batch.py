@@ -27,6 +27,11 @@ layout with one layer. Compaction (no holes) would need a full gather per step; 
 an attention kernel transformers' sdpa/eager paths do not have. Sliding-window models decode exactly up to
 their window per row (`context_length`), as at batch size 1, because the masks are full-causal per row.
 
+One exception: RoPE variants whose frequencies depend on the sequence length ("dynamic" NTK, "longrope" as in
+Phi-3-128k) pick them in transformers from the largest position id of the whole forward, so once one row
+passes the switch point (original_max_position_embeddings) the shorter rows get other frequencies than alone
+(transformers' own batched `generate` behaves the same). `RunningBatch` warns about such models.
+
 Prefill runs per request (batch size 1) when it joins: the same numerics as batch size 1, and a joining
 request does not need a padded prefill over the running rows.
 
@@ -45,6 +50,7 @@ vanilla=True gives the batched vanilla baseline (a root-only tree per row) throu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -70,6 +76,17 @@ from eaglespec.decoding.stopping import StopRule, StreamProgress
 from eaglespec.decoding.tree import DraftTree
 from eaglespec.decoding.verify import VerifyResult, verify
 from eaglespec.models.target import TargetOutput
+
+logger = logging.getLogger(__name__)
+
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")  # RoPE types that choose frequencies from the longest position
+
+
+def length_dependent_rope(config) -> bool:
+    """Whether the target's RoPE frequencies depend on the sequence length (so on the longest row of a batch)."""
+    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    per_layer_type = [v for v in rope.values() if isinstance(v, dict)]
+    return any(r.get("rope_type", r.get("type")) in LENGTH_DEPENDENT_ROPE for r in [rope, *per_layer_type])
 
 
 @dataclass
@@ -138,6 +155,9 @@ class RunningBatch:
             raise ValueError("speculative decoding needs a draft model; use vanilla=True without one")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
+        if length_dependent_rope(generator.target.config):
+            logger.warning("this target's RoPE depends on the sequence length: in a batch, rows shorter than the "
+                           "switch point may decode differently from alone once a longer row passes it")
         self.generator = generator
         self.vanilla = vanilla
         self.max_batch_size = max_batch_size
