@@ -23,7 +23,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=DEFAULTS.served_model_name,
                    help="the model name clients send (default: the base directory's name)")
     p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,
-                   help="requests decoded at once, round-robin one speculative step each")
+                   help="requests being decoded at once (see --max-batch-size)")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                   help="1: decode the active requests round-robin, one speculative step each; B > 1: continuous "
+                        "batching, up to B of them share each target forward")
     p.add_argument("--queue-size", type=int, default=DEFAULTS.queue_size,
                    help="requests that may wait for a slot; beyond it: 429")
     p.add_argument("--max-new-tokens-limit", type=int, default=DEFAULTS.max_new_tokens_limit,
@@ -43,7 +46,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def config_of(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
-                       max_concurrency=args.max_concurrency, queue_size=args.queue_size,
+                       max_concurrency=args.max_concurrency, max_batch_size=args.max_batch_size,
+                       queue_size=args.queue_size,
                        max_new_tokens_limit=args.max_new_tokens_limit, request_timeout=args.request_timeout,
                        max_request_bytes=args.max_request_bytes)
 

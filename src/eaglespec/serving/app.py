@@ -210,6 +210,7 @@ def _model_card(service: GenerationService) -> dict:
     return {"id": service.model_name, "object": "model", "created": 0, "owned_by": "eaglespec",
             "eaglespec": {"context_length": generator.context_length, "chat_template": service.has_chat_template,
                           "max_new_tokens_limit": service.config.max_new_tokens_limit,
+                          "max_batch_size": service.config.max_batch_size,
                           "draft_method": generator.draft.config.method, "tree": generator.tree.kind}}
 
 

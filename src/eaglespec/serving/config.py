@@ -12,7 +12,9 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None  # when set, every endpoint but /health needs `Authorization: Bearer KEY`
     served_model_name: str = ""  # the `model` clients must name; "" = the target directory's name
-    max_concurrency: int = 4  # streams decoded at once (round-robin, one speculative step each)
+    max_concurrency: int = 4  # requests being decoded at once
+    max_batch_size: int = 1  # 1: round-robin over batch-size-1 streams, one step each; B > 1: continuous batching,
+    #                          up to B of the active requests share each target forward (decoding.batch)
     queue_size: int = 16  # requests waiting for a stream slot; one more gets 429
     max_new_tokens_limit: int = 1024  # the largest max_tokens a request may ask for (more: 400)
     request_timeout: float = 600.0  # seconds from arrival (queueing included) until a request is stopped
@@ -21,6 +23,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         checks = [("port", 0 <= self.port <= 65535, "between 0 and 65535"),
                   ("max_concurrency", self.max_concurrency >= 1, ">= 1"),
+                  ("max_batch_size", self.max_batch_size >= 1, ">= 1"),
                   ("queue_size", self.queue_size >= 0, ">= 0"),
                   ("max_new_tokens_limit", self.max_new_tokens_limit >= 1, ">= 1"),
                   ("request_timeout", self.request_timeout > 0, "> 0"),

@@ -60,7 +60,7 @@ class ServerMetrics:
         if job.first_token_at is None:
             return  # never started: no tokens, no tau
         self.prompt_tokens.inc(len(job.input_ids))
-        self.generation_tokens.inc(stats.new_tokens)
+        self.generation_tokens.inc(job.tokens)
         self.draft_tokens.inc(job.draft_tokens)
         if job.outcome in ("stop", "length"):
             self.tau.observe(stats.tau)

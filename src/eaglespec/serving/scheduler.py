@@ -1,9 +1,9 @@
 """One model thread, many requests: a bounded admission queue and a fair round-robin over active streams.
 
-torch is driven from ONE worker thread. Each round it admits waiting jobs into free stream slots, then advances
-every active stream by one `SpeculativeGenerator.stream()` step (one target forward), so a long answer cannot
-starve a short one. Each stream owns its target and draft caches, so interleaving does not change any output.
-Events go back to the request's own thread through the `deliver` callback the job was submitted with.
+torch is driven from ONE worker thread. Each round it admits waiting jobs into free slots, drops the cancelled
+and timed-out ones, then lets its decoder (`_decoders.py`) advance every active job by one step: one
+`SpeculativeGenerator.stream()` step each (round-robin), or one batched step for all. A long answer cannot starve
+a short one either way. Events go back to the request's own thread through the job's `deliver` callback.
 
     submit -> waiting (<= queue_size) -> active (<= max_concurrency) -> finished
                   `-- cancelled / timed out             `-- cancelled (client gone) / timed out / done
@@ -15,11 +15,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from eaglespec.decoding import GenerationStats, SpeculativeGenerator, StreamChunk
+from eaglespec.decoding import GenerationStats, StreamChunk
+
+if TYPE_CHECKING:
+    from eaglespec.serving._decoders import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ class GenerationJob:
     deliver: Callable[[Event], None]  # called on the worker thread; must not block
     timeout: float  # seconds from `arrived`, queueing included
     arrived: float = field(default_factory=time.monotonic)
-    stats: GenerationStats = field(default_factory=GenerationStats)
+    stats: GenerationStats = field(default_factory=GenerationStats)  # the decoder's, complete once Finished
     cancelled: bool = False  # set by the request's thread; read by the worker between steps
     first_token_at: float | None = None
-    draft_tokens: int = 0  # delivered tokens that the draft proposed
+    tokens: int = 0  # tokens delivered so far
+    draft_tokens: int = 0  # of which the draft proposed
     outcome: str | None = None  # stop / length / cancelled / timeout / internal / shutdown
-    _steps: Iterator[StreamChunk] | None = None
 
     @property
     def expired(self) -> bool:
@@ -83,9 +86,9 @@ class NullObserver:
 
 
 class Scheduler:
-    def __init__(self, generator: SpeculativeGenerator, max_concurrency: int, queue_size: int,
+    def __init__(self, decoder: Decoder, max_concurrency: int, queue_size: int,
                  observer: SchedulerObserver | None = None):
-        self.generator = generator
+        self.decoder = decoder
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size
         self.observer = observer or NullObserver()
@@ -131,8 +134,9 @@ class Scheduler:
     # -- worker thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
         while (jobs := self._next_round()) is not None:
-            for job in jobs:
-                self._step(job)
+            live = [job for job in jobs if not self._ended_early(job)]
+            for job, event in self.decoder.advance(live) if live else ():
+                self._report(job, event)
         with self._cond:
             for job in [*self._active, *self._waiting]:
                 self._end(job, "shutdown", Failed("shutdown", "the server is shutting down"))
@@ -158,37 +162,35 @@ class Scheduler:
             self._active.append(self._waiting.popleft())
         self._queue_changed()
 
-    def _step(self, job: GenerationJob) -> None:
-        """Advance one job by one target forward (its first step is the prefill)."""
+    def _ended_early(self, job: GenerationJob) -> bool:
+        """End an active job whose client left or whose time is up (between two steps)."""
         if job.cancelled:
-            return self._end(job, "cancelled")
-        if job.expired:
-            return self._end(job, "timeout", Failed("timeout", f"request timed out after {job.timeout:g} s"))
-        try:
-            if job._steps is None:
-                job._steps = self.generator.stream(job.input_ids, stats=job.stats, **job.options)
-            chunk = next(job._steps)
-        except StopIteration:
-            return self._end(job, job.stats.finish_reason or "length", Finished(job.stats))
-        except Exception as e:  # a bug, not bad input (requests are validated before they are queued)
-            log.exception("generation failed")
-            return self._end(job, "internal", Failed("internal", f"generation failed: {type(e).__name__}: {e}"))
-        if job.first_token_at is None and chunk.token_ids:
+            self._end(job, "cancelled")
+        elif job.expired:
+            self._end(job, "timeout", Failed("timeout", f"request timed out after {job.timeout:g} s"))
+        return job.outcome is not None
+
+    def _report(self, job: GenerationJob, event: Event) -> None:
+        if isinstance(event, Finished):
+            return self._end(job, event.stats.finish_reason or "length", event)
+        if isinstance(event, Failed):
+            return self._end(job, event.kind, event)
+        if job.first_token_at is None and event.token_ids:
             job.first_token_at = time.monotonic()
             self.observer.first_token(job)
-        job.draft_tokens += sum(chunk.from_draft)
-        job.deliver(chunk)
+        job.tokens += len(event.token_ids)
+        job.draft_tokens += sum(event.from_draft)
+        job.deliver(event)
 
     def _end(self, job: GenerationJob, outcome: str, event: Event | None = None) -> None:
-        """Remove a job wherever it is, close its generator (frees its caches), report, tell the request."""
+        """Remove a job wherever it is, free its decoding state, report, tell the request."""
         with self._cond:
             if job in self._active:
                 self._active.remove(job)
             elif job in self._waiting:
                 self._waiting.remove(job)
             self._queue_changed()
-        if job._steps is not None:
-            job._steps.close()
+        self.decoder.release(job)
         job.outcome = outcome
         self.observer.finished(job)
         if event is not None:

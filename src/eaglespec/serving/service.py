@@ -15,6 +15,7 @@ from pathlib import Path
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, StreamChunk
 from eaglespec.evaluation import token_pieces
+from eaglespec.serving._decoders import BatchedDecoder, RoundRobinDecoder
 from eaglespec.serving.config import ServeConfig
 from eaglespec.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest
 from eaglespec.serving.scheduler import Event, Failed, Finished, GenerationJob, QueueFullError, Scheduler
@@ -177,7 +178,9 @@ class GenerationService:
         # files that enable truncation): do that once here, before the model thread exists.
         self.tokenizer("warm-up")
         self.model_name = config.served_model_name or default_model_name(generator)
-        self.scheduler = Scheduler(generator, config.max_concurrency, config.queue_size, observer)
+        decoder = (RoundRobinDecoder(generator) if config.max_batch_size == 1
+                   else BatchedDecoder(generator, config.max_batch_size))
+        self.scheduler = Scheduler(decoder, config.max_concurrency, config.queue_size, observer)
 
     @property
     def has_chat_template(self) -> bool:
