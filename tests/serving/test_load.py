@@ -78,8 +78,9 @@ def references(generator) -> dict[str, str]:
     return {p: generator.generate(p, max_new_tokens=STAYER_TOKENS).text for p in PROMPTS}
 
 
-def test_fifty_streams_with_leavers_and_overflow(start_server, references):
-    url = start_server(max_concurrency=MAX_CONCURRENCY, queue_size=QUEUE_SIZE)
+@pytest.mark.parametrize("max_batch_size", [1, MAX_CONCURRENCY], ids=["round-robin", "batched"])
+def test_fifty_streams_with_leavers_and_overflow(start_server, references, max_batch_size):
+    url = start_server(max_concurrency=MAX_CONCURRENCY, queue_size=QUEUE_SIZE, max_batch_size=max_batch_size)
     started = time.monotonic()
     leaver_results: list = [None] * LEAVERS
     admitted = threading.Semaphore(0)
@@ -136,8 +137,9 @@ def test_fifty_streams_with_leavers_and_overflow(start_server, references):
     assert time.monotonic() - started < 60
 
 
-def test_a_disconnect_frees_its_slot(start_server):
-    url = start_server(max_concurrency=1, queue_size=0)
+@pytest.mark.parametrize("max_batch_size", [1, 2], ids=["round-robin", "batched"])
+def test_a_disconnect_frees_its_slot(start_server, max_batch_size):
+    url = start_server(max_concurrency=1, queue_size=0, max_batch_size=max_batch_size)
     conn, response = _open_stream(url, PROMPTS[0], LEAVER_TOKENS)
     assert response.status == 200 and _first_tokens(response)
     busy = {"model": MODEL, "prompt": PROMPTS[1], "max_tokens": 4, "temperature": 0}
@@ -154,8 +156,9 @@ def test_a_disconnect_frees_its_slot(start_server):
     assert tokens < LEAVER_TOKENS  # it stopped soon after the client left
 
 
-def test_a_non_streaming_client_that_leaves_is_cancelled(start_server):
-    url = start_server(max_concurrency=1, queue_size=0)
+@pytest.mark.parametrize("max_batch_size", [1, 2], ids=["round-robin", "batched"])
+def test_a_non_streaming_client_that_leaves_is_cancelled(start_server, max_batch_size):
+    url = start_server(max_concurrency=1, queue_size=0, max_batch_size=max_batch_size)
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": LEAVER_TOKENS, "temperature": 0}
@@ -170,8 +173,9 @@ def test_a_non_streaming_client_that_leaves_is_cancelled(start_server):
     assert metric_value(metrics, "eaglespec_generation_tokens_total") < LEAVER_TOKENS
 
 
-def test_request_timeout(start_server):
-    url = start_server(request_timeout=0.2)
+@pytest.mark.parametrize("max_batch_size", [1, 4], ids=["round-robin", "batched"])
+def test_request_timeout(start_server, max_batch_size):
+    url = start_server(request_timeout=0.2, max_batch_size=max_batch_size)
     slow = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 450, "temperature": 0}  # ~450 forwards: > 0.2 s
     error = assert_error(http_request(url, "POST", "/v1/completions", slow), 504, None)
     assert error["type"] == "timeout_error" and "timed out" in error["message"]
@@ -185,9 +189,10 @@ def test_request_timeout(start_server):
     assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "timeout"}) == 2
 
 
-def test_round_robin_is_fair(start_server, generator):
-    """A short request sent while a long one streams finishes long before it: steps alternate."""
-    url = start_server(max_concurrency=2, queue_size=0)
+@pytest.mark.parametrize("max_batch_size", [1, 2], ids=["round-robin", "batched"])
+def test_round_robin_is_fair(start_server, generator, max_batch_size):
+    """A short request sent while a long one streams finishes long before it: steps alternate (or are shared)."""
+    url = start_server(max_concurrency=2, queue_size=0, max_batch_size=max_batch_size)
     conn, response = _open_stream(url, PROMPTS[0], 150)
     assert response.status == 200 and _first_tokens(response)
     short = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 8, "temperature": 0}
@@ -261,3 +266,71 @@ def test_a_client_that_leaves_while_queued_frees_its_queue_place(start_server):
     _, metrics = http_request(url, "GET", "/metrics")
     assert metric_value(metrics, "eaglespec_generations_total", {"outcome": "cancelled"}) == 2
     assert metric_value(metrics, "eaglespec_time_to_first_token_seconds_count") == 1  # the queued one never started
+
+
+def test_batched_serving_equals_single_requests_with_sampling_and_stops(start_server, generator):
+    """Continuous batching: concurrent greedy, seeded-sampling and stop-string requests joining at different
+    steps each get exactly what they get alone."""
+    url = start_server(max_concurrency=6, queue_size=10, max_batch_size=6)
+    cases = []
+    for i, prompt in enumerate(PROMPTS * 2):
+        options = {"max_tokens": 8 + 4 * i}
+        if i % 3 == 1:
+            options.update(temperature=0.8, seed=100 + i)
+        if i % 3 == 2:
+            options["stop"] = generator.generate(prompt, max_new_tokens=8 + 4 * i).text.split(" ")[2]
+        cases.append((prompt, options))
+    results: list = [None] * len(cases)
+
+    def run(i):
+        prompt, options = cases[i]
+        body = {"model": MODEL, "prompt": prompt, "temperature": 0, **options}
+        results[i] = http_request(url, "POST", "/v1/completions", body)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)  # arrivals spread over a few steps
+    for t in threads:
+        t.join(60)
+    for (prompt, options), (status, body) in zip(cases, results):
+        assert status == 200, body
+        kwargs = {"temperature": options.get("temperature", 0), "seed": options.get("seed")}
+        expected = generator.generate(prompt, max_new_tokens=options["max_tokens"], **kwargs).text
+        if "stop" in options:
+            expected = expected[: expected.index(options["stop"])]
+        assert body["choices"][0]["text"] == expected, (prompt, options)
+    _, models = http_request(url, "GET", "/v1/models")
+    assert models["data"][0]["eaglespec"]["max_batch_size"] == 6
+
+
+def test_a_failing_batch_step_fails_its_rows_and_a_fresh_batch_serves_on(generator):
+    import copy
+
+    from eaglespec.serving import ServeConfig, ServerThread
+
+    class FaultyBatch:  # a RunningBatch whose next step raises once a request with max_new_tokens=13 joined
+        def __init__(self, **kwargs):
+            self.batch, self.armed = generator.running_batch(**kwargs), False
+
+        def add(self, prompt, max_new_tokens, **options):
+            self.armed |= max_new_tokens == 13
+            return self.batch.add(prompt, max_new_tokens, **options)
+
+        def step(self):
+            if self.armed:
+                raise RuntimeError("simulated batch bug")
+            return self.batch.step()
+
+        def cancel(self, request_id):
+            return self.batch.cancel(request_id)
+
+    faulty = copy.copy(generator)
+    faulty.running_batch = lambda **kwargs: FaultyBatch(**kwargs)
+    with ServerThread(faulty, ServeConfig(port=0, served_model_name=MODEL, max_batch_size=4)) as url:
+        bad = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 13, "temperature": 0}
+        error = assert_error(http_request(url, "POST", "/v1/completions", bad), 500, None)
+        assert "simulated batch bug" in error["message"]
+        good = {**bad, "max_tokens": 6}
+        status, body = http_request(url, "POST", "/v1/completions", good)
+        assert status == 200 and body["choices"][0]["text"] == generator.generate(PROMPTS[0], max_new_tokens=6).text
