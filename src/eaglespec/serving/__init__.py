@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP serving of speculative decoding: completions and chat (streaming as server-sent
 events), a web chat page that marks draft-accepted tokens, /health and Prometheus /metrics. One model thread
-decodes all requests round-robin; `eaglespec serve` runs it."""
+decodes all requests, round-robin or as one continuous batch; `eaglespec serve` runs it."""
 
 from eaglespec.serving.config import ServeConfig, is_loopback_host
 
