@@ -311,3 +311,35 @@ def test_cli_from_bos_and_chat_template_flag(tmp_path, capsys):
 def test_cli_needs_input_or_from_bos(tmp_path, capsys):
     assert main(["regenerate", "--model", "stories260K", "--output", str(tmp_path / "o.jsonl")]) == 1
     assert "give --input FILE and --data-format chat|fim|text, or --from-bos N" in capsys.readouterr().err
+
+
+def test_a_record_prepare_would_reject_is_counted_not_written(model, tmp_path, monkeypatch):
+    """The recipe regenerate --from-bos -> prepare --data-format text must compose: a sample whose first token
+    is EOS (empty text) is not written, and the file prepares without --skip-invalid."""
+    from eaglespec.data.prepare import prepare_dataset
+
+    real = rg.Generator.generate
+
+    def first_row_samples_eos(self, prompts, seed_key, ids):
+        out = real(self, prompts, seed_key, ids)
+        return [[] if i == "bos-00001" else new for i, new in zip(ids, out)]
+
+    monkeypatch.setattr(rg.Generator, "generate", first_row_samples_eos)
+    gen = make_generator(model, temperature=1.0, max_new_tokens=16, seed=1)
+    summary = rg.regenerate_from_bos(gen, 4, tmp_path / "regen.jsonl", batch_size=4)
+    assert [r["id"] for r in read_jsonl(tmp_path / "regen.jsonl")] == ["bos-00000", "bos-00002", "bos-00003"]
+    assert summary.skipped == {"empty_text": 1}
+    assert summary.generated == 3
+    stats = prepare_dataset([tmp_path / "regen.jsonl"], "stories260K", tmp_path / "prepared", data_format="text")
+    assert stats.kept == 3
+
+
+def test_prepare_error_names_the_skip_invalid_flag(tmp_path):
+    from eaglespec.data.formats import InvalidRecord
+    from eaglespec.data.prepare import prepare_dataset
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "Once upon a time"}, {"text": ""}])
+    with pytest.raises(InvalidRecord, match=r"in.jsonl:2: .*empty.*--skip-invalid skips such records"):
+        prepare_dataset([src], "stories260K", tmp_path / "out", data_format="text")
+    stats = prepare_dataset([src], "stories260K", tmp_path / "out", data_format="text", skip_invalid=True)
+    assert stats.kept == 1 and stats.skipped == {"empty_text": 1}

@@ -37,4 +37,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(asdict(stats), indent=2))
     print(f"wrote {stats.kept} samples to {args.output}")
+    if stats.skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items(), key=lambda x: -x[1]))
+        print(f"skipped {sum(stats.skipped.values())} invalid records: {reasons} (counted in stats.json)")
     return 0

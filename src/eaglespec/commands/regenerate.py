@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = rg.bos_jobs(args.from_bos, generator)
     else:
         jobs = rg.build_jobs(args.input, args.data_format, generator, args.fim_tokens, args.fim_order)
-    plan = rg.plan_regeneration(jobs, args.output)
+    plan = rg.plan_regeneration(jobs, args.output, "text" if args.from_bos is not None else args.data_format)
     if plan.already_done:
         print(f"resuming {args.output}: {plan.already_done} of {plan.total} records already done")
     with tqdm(total=len(plan.todo), unit="rec", desc="regenerate") as bar:
@@ -84,4 +84,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary.generated} records to {args.output} ({summary.total} in all)"
           + (f"; {summary.hit_max_new_tokens} generations stopped at --max-new-tokens={args.max_new_tokens}"
              if summary.hit_max_new_tokens else ""))
+    if summary.skipped:
+        print(f"not written: {sum(summary.skipped.values())} records that `prepare` would reject "
+              f"({', '.join(f'{n} {r}' for r, n in summary.skipped.items())}); a rerun tries them again")
     return 0

@@ -274,9 +274,13 @@ def prepare_dataset(
                              fim_tokens, fim_order)
     encoder = SampleEncoder(options)  # fails fast: no chat template, no FIM tokens
     stats = PrepareStats()
-    examples = _read_examples(paths, data_format, skip_invalid, stats)
-    stats.samples = len(examples)
-    columns = _collect(examples, options, encoder, num_proc, stats, progress)
+    try:
+        examples = _read_examples(paths, data_format, skip_invalid, stats)
+        stats.samples = len(examples)
+        columns = _collect(examples, options, encoder, num_proc, stats, progress)
+    except InvalidRecord as e:
+        raise InvalidRecord(f"{e} (--skip-invalid skips such records and counts them by reason in {STATS_FILE})",
+                            e.reason) from e
     if not columns["id"]:
         raise ValueError(f"no sample has a trained token (read {stats.read} records, skipped: {stats.skipped}); "
                          "check --data-format and the input files")

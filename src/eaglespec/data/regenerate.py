@@ -20,7 +20,8 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,6 +61,7 @@ class RegenerateSummary:
     already_done: int  # found finished in an existing output and skipped
     generated: int  # records written by this run
     hit_max_new_tokens: int  # generations cut at max_new_tokens before any stop token
+    skipped: dict[str, int] = field(default_factory=dict)  # records `prepare` would reject, by reason (not written)
 
 
 class Generator:
@@ -400,16 +402,18 @@ class RegeneratePlan:
     total: int  # records the output holds when done
     already_done: int  # finished by an earlier run (skipped)
     todo: list[RegenerationJob]
+    data_format: str | None = None  # records are checked as `prepare --data-format` reads them
 
 
-def plan_regeneration(jobs: list[RegenerationJob], output: str | os.PathLike) -> RegeneratePlan:
+def plan_regeneration(jobs: list[RegenerationJob], output: str | os.PathLike,
+                      data_format: str | None = None) -> RegeneratePlan:
     """Repair `output` (partial last line), find the ids already written and keep the jobs still to do."""
     done = set(finished_ids(output))
     unknown = done - {job.id for job in jobs}
     if unknown:
         raise ValueError(f"{output}: holds {len(unknown)} ids that are not in this run's input "
                          f"(e.g. {sorted(unknown)[:3]}); it is another run's output. Pick another --output")
-    return RegeneratePlan(Path(output), len(jobs), len(done), [job for job in jobs if job.id not in done])
+    return RegeneratePlan(Path(output), len(jobs), len(done), [job for job in jobs if job.id not in done], data_format)
 
 
 def run_plan(
@@ -423,13 +427,33 @@ def run_plan(
     if batch_size < 1:
         raise ValueError(f"batch size: expected >= 1, got {batch_size}")
     generator.hit_max_new_tokens = 0
+    skipped: Counter[str] = Counter()
     for group in _length_sorted_groups(plan.todo, batch_size):
         _complete_group(group, generator)
-        append_records(plan.output, [job.record() for job in group])
+        records = [job.record() for job in group]
+        kept = [r for r in records if not _count_rejected(r, plan.data_format, skipped)]
+        append_records(plan.output, kept)
         if progress is not None:
             progress(len(group))
-    return RegenerateSummary(total=plan.total, already_done=plan.already_done, generated=len(plan.todo),
-                             hit_max_new_tokens=generator.hit_max_new_tokens)
+    return RegenerateSummary(total=plan.total, already_done=plan.already_done,
+                             generated=len(plan.todo) - sum(skipped.values()),
+                             hit_max_new_tokens=generator.hit_max_new_tokens, skipped=dict(skipped))
+
+
+def _count_rejected(record: dict, data_format: str | None, skipped: Counter) -> bool:
+    """True (and counted by reason) when `prepare` would reject the regenerated record, e.g. an empty text
+    because the model sampled EOS first: such a record is not written, so the file always prepares."""
+    from eaglespec.data.formats import InvalidRecord, Record, parse_record
+
+    if data_format is None:
+        return False
+    try:
+        parse_record(Record("regenerated", str(record.get("id", "")), record), data_format)
+    except InvalidRecord as e:
+        logger.info("not written (prepare would reject it): %s %s", record.get("id"), e)
+        skipped[e.reason] += 1
+        return True
+    return False
 
 
 SORT_WINDOW_BATCHES = 8  # groups are formed by prompt length within windows of this many batches
@@ -475,7 +499,7 @@ def regenerate_file(
     batch_size: int = 8,
 ) -> RegenerateSummary:
     """Regenerate every assistant turn / FIM middle / text completion of `input_path` into `output`."""
-    plan = plan_regeneration(build_jobs(input_path, data_format, generator), output)
+    plan = plan_regeneration(build_jobs(input_path, data_format, generator), output, data_format)
     return run_plan(plan, generator, batch_size)
 
 
@@ -483,4 +507,4 @@ def regenerate_from_bos(
     generator: Generator, num_samples: int, output: str | os.PathLike, batch_size: int = 8
 ) -> RegenerateSummary:
     """Sample `num_samples` unconditional texts from BOS into `output` ({"id": "bos-00000", "text"})."""
-    return run_plan(plan_regeneration(bos_jobs(num_samples, generator), output), generator, batch_size)
+    return run_plan(plan_regeneration(bos_jobs(num_samples, generator), output, "text"), generator, batch_size)
