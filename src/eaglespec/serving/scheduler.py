@@ -1,4 +1,4 @@
-"""One model thread, many requests: a bounded admission queue and a fair round-robin over active streams.
+"""One model thread, many requests: a bounded admission queue, then every active job advanced one step per round.
 
 torch is driven from ONE worker thread. Each round it admits waiting jobs into free slots, drops the cancelled
 and timed-out ones, then lets its decoder (`_decoders.py`) advance every active job by one step: one
