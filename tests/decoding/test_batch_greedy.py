@@ -183,7 +183,6 @@ def test_batched_vanilla_matches_hf_greedy(stories):
 def test_sliding_window_rows_stop_at_the_window_as_alone(arch):
     """Windowed families decode exactly up to their window (context_length), per row, as at batch size 1."""
     import transformers
-
     from fixtures import _configs
 
     cls_name, kwargs = _configs()[arch]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_lossless_sampling import (  # noqa: F401  (fixtures used by name)
+from test_lossless_sampling import (  # noqa: F401  (fixtures, via getfixturevalue)
     NUM_TOKENS,
     P_THRESHOLD,
     PROMPT,
@@ -62,24 +62,30 @@ def batched_counts(gen: SpeculativeGenerator, calls: int) -> tuple[torch.Tensor,
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_vocab_model):
-    target = TargetModel(tiny_vocab_model)
+def generator(request):
+    target = TargetModel(request.getfixturevalue("tiny_vocab_model"))
     return SpeculativeGenerator(target, build_draft(target, "eagle1", seed=5),
                                 tree=TreeConfig(kind="static", paths=TREE_PATHS))
 
 
-def test_sampling_inside_a_batch_is_lossless(generator, logit_table):
+@pytest.fixture(scope="module")
+def exact(request) -> torch.Tensor:
+    """The exact joint distribution [V, V, V] of PROMPT's first three tokens under SETTING."""
+    return exact_joint(request.getfixturevalue("logit_table"), SamplingConfig(**SETTING))
+
+
+def test_sampling_inside_a_batch_is_lossless(generator, exact):
     counts, accepted = batched_counts(generator, calls=500)  # 2000 samples
     assert int(counts.sum()) == 2000
     assert accepted > 500, "the draft must get tokens accepted for this test to mean anything"
-    p, tv = chi_square_p_value(counts, exact_joint(logit_table, SamplingConfig(**SETTING)))
+    p, tv = chi_square_p_value(counts, exact)
     assert p > P_THRESHOLD, f"p={p:.2e} tv={tv:.3f}"
 
 
-def test_broken_acceptance_rule_inside_a_batch_is_detected(generator, logit_table, monkeypatch):
+def test_broken_acceptance_rule_inside_a_batch_is_detected(generator, exact, monkeypatch):
     monkeypatch.setattr(verify_module, "_sibling_acceptance", _accept_first_always)
     counts, _ = batched_counts(generator, calls=150)  # 600 samples suffice for this bias
-    p, tv = chi_square_p_value(counts, exact_joint(logit_table, SamplingConfig(**SETTING)))
+    p, tv = chi_square_p_value(counts, exact)
     assert p < P_THRESHOLD, f"a broken rule went unnoticed: p={p:.2e} tv={tv:.3f}"
 
 
