@@ -23,8 +23,9 @@ Memory: target cache = B * S * (2 * layers * kv_heads * head_dim * bytes per ele
 sum_b (S - L_b) slots -- the length spread of the batch (a long row keeps S high until it leaves; rows that
 leave shrink S to the longest remaining row). A step transiently adds B * T slots (the trees) and, as at batch
 size 1, DynamicCache copies the cache once per forward when it concatenates. The draft cache has the same
-layout with one layer. Compaction (no holes) would need a full gather per step; a paged layout would need
-an attention kernel transformers' sdpa/eager paths do not have. Sliding-window models decode exactly up to
+layout with one layer. The alternative, left padding (every row ending at slot S), would shift a row's whole
+cache whenever the rows accept different numbers of tokens; a paged layout would need an attention kernel
+that transformers' sdpa/eager paths do not have. Sliding-window models decode exactly up to
 their window per row (`context_length`), as at batch size 1, because the masks are full-causal per row.
 
 One exception: RoPE variants whose frequencies depend on the sequence length ("dynamic" NTK, "longrope" as in
