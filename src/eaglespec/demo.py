@@ -188,5 +188,49 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     return DemoReport(draft_dir, report, acc)
 
 
+CHAT_DEMO_PROMPTS = (
+    "What is the capital of France? Answer in one sentence.",
+    "Give me three tips for staying focused while studying.",
+    "Write a Python function that checks whether a string is a palindrome.",
+)
+
+
+def run_chat_demo(target: str, draft: str | os.PathLike, max_new_tokens: int = 128, prompts=CHAT_DEMO_PROMPTS,
+                  colour: bool = True, dtype: str = "bfloat16") -> ComparisonReport:
+    """A fetched chat target with its committed draft: highlighted answers, tau, tokens/s, exactness (bf16:
+    a differing answer is classified near-tie / MISMATCH against fp32 logits, as `eaglespec bench` does)."""
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.evaluation.bench import fp32_model
+    from eaglespec.evaluation.exactness import EXACT, classify, fp32_logits_fn
+
+    gen = SpeculativeGenerator.from_pretrained(target, draft, dtype=dtype)
+    _say(f"eaglespec demo: target = {target} ({dtype}), draft = {draft}, tree {gen.tree.summary(gen.draft.config.method)}. "
+         + ("Green text" if colour else "[Bracketed] text") + " = proposed by the draft and accepted.")
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    gen.generate(chats[0], 8)  # warm-up
+    gen.vanilla_generate(chats[0], 8)
+    report = compare_with_vanilla(gen, chats, max_new_tokens)
+    logits_fn, statuses = None, []
+    for chat, r in zip(chats, report.results):
+        ids = gen._encode(chat)[0].tolist()
+        if not r.identical and logits_fn is None:
+            logits_fn = fp32_logits_fn(fp32_model(gen))
+        status = classify([ids], [r.vanilla.token_ids], [r.speculative.token_ids], gen.target.dtype,
+                          logits_fn or (lambda _: None))
+        statuses.append(status.status)
+        pieces = token_pieces(gen.tokenizer, r.speculative.token_ids, ids)
+        _say(f"\n  > {chat[0]['content']}\n  {highlight(pieces, r.speculative.from_draft, colour)}")
+        _say(f"  -> tau {r.speculative.stats.tau:.2f}; speculative {r.speculative.stats.new_tokens / r.speculative_seconds:.1f}"
+             f" tok/s, vanilla {r.vanilla.stats.new_tokens / r.vanilla_seconds:.1f} tok/s; vs vanilla greedy: "
+             + ("identical" if status.status == EXACT else f"{status.status} at token {status.position}"
+                + (f" (fp32 logit gap {status.gap:.3f})" if status.gap is not None else "")))
+    _say(f"\nSummary over {len(chats)} prompts: tau {report.tau:.2f}; speculative {report.speculative_tokens_per_s:.1f} "
+         f"tok/s vs vanilla {report.vanilla_tokens_per_s:.1f} tok/s ({report.speedup:.2f}x)")
+    _explain_speed(report)
+    _say("identical to vanilla greedy: " + ", ".join(statuses)
+         + ("" if all(s == EXACT for s in statuses) else " (near-tie: bf16 rounding at a top-2 tie, see README)"))
+    return report
+
+
 def main_colour() -> bool:
     return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None

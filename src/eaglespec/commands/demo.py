@@ -16,10 +16,21 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"].default)
     p.add_argument("--prompt", action="append", default=None, help="a prompt to show (repeatable)")
     p.add_argument("--no-color", action="store_true", help="mark draft tokens with [brackets] instead of colour")
+    p.add_argument("--target", default=None,
+                   help="a fetched chat model with a committed draft (smollm2-135m) instead of training on stories260K")
+    p.add_argument("--draft", default=None, help="with --target: the draft (default: the committed one for it)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from eaglespec.demo import DemoConfig, main_colour, run_demo
+    from eaglespec.demo import DemoConfig, main_colour, run_chat_demo, run_demo
+
+    if args.target:
+        from eaglespec.models.fetch import committed_draft_path
+
+        draft = args.draft or committed_draft_path(args.target)
+        kw = {"prompts": tuple(args.prompt)} if args.prompt else {}
+        report = run_chat_demo(args.target, draft, args.max_new_tokens, colour=main_colour() and not args.no_color, **kw)
+        return 0
 
     kwargs = dict(train_minutes=args.train_minutes, num_stories=args.num_stories,
                   max_new_tokens=args.max_new_tokens, colour=main_colour() and not args.no_color)
