@@ -104,7 +104,7 @@ def test_generation_ends_at_eos_or_bos_which_are_not_in_the_text():
     scripted = ScriptedModel([[once, upon, 2, once, once], [upon, 1, once, 0, 0], [once, upon, upon, once, once]])
     gen = rg.Generator(scripted, tok, rg.SamplingSettings(max_new_tokens=5))
     assert gen.stop_ids == [2, 1]
-    new = gen.generate([[1], [1], [1]], seed_key="k", ids=["a", "b", "c"])
+    new = gen._model_generate([[1], [1], [1]], seed="k")  # the lockstep path (with --min-new-tokens)
     assert new == [[once, upon], [upon], [once, upon, upon, once, once]]
     assert gen.hit_max_new_tokens == 1
     assert [tok.decode(ids, skip_special_tokens=True) for ids in new[:2]] == ["Once upon", "upon"]
@@ -124,7 +124,8 @@ def test_resumed_run_equals_uninterrupted_run(model, tmp_path):
     part = tmp_path / "part.jsonl"
     gen = make_generator(model, temperature=1.0, seed=1)
     with pytest.raises(Stop):
-        rg.run_plan(rg.plan_regeneration(rg.bos_jobs(7, gen), part), gen, 3, progress=stop_after_first_group)
+        rg.run_plan(rg.plan_regeneration(rg.bos_jobs(7, gen), part), gen, 3, progress=stop_after_first_group,
+                    window_batches=1)
     assert len(read_jsonl(part)) == 3
     summary = rg.regenerate_from_bos(make_generator(model, temperature=1.0, seed=1), 7, part, batch_size=3)
     assert (summary.already_done, summary.generated) == (3, 4)
@@ -135,7 +136,7 @@ def test_killed_and_restarted_regenerate_has_no_duplicate_or_missing_ids(tmp_pat
     out = tmp_path / "bos.jsonl"
     n = 12
     cmd = [sys.executable, "-m", "eaglespec", "regenerate", "--model", "stories260K", "--from-bos", str(n),
-           "--batch-size", "2", "--max-new-tokens", "200", "--min-new-tokens", "200", "--output", str(out)]
+           "--batch-size", "1", "--max-new-tokens", "200", "--min-new-tokens", "200", "--output", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
@@ -190,9 +191,8 @@ def test_text_completion_is_the_greedy_continuation(model, tmp_path):
         {"id": "short", "prompt": "Tom", "completion": "y", "extra": 1},
     ])
     rg.regenerate_file(make_generator(model, max_new_tokens=20), src, tmp_path / "o.jsonl", "text", batch_size=2)
-    # within a window of batches records are grouped (and written) by prompt length: the short one first
     records = read_jsonl(tmp_path / "o.jsonl")
-    assert [r["id"] for r in records] == ["short", "long"] and records[0]["extra"] == 1
+    assert [r["id"] for r in records] == ["long", "short"] and records[1]["extra"] == 1
     for record in records:
         prompt = tok(record["prompt"])["input_ids"]
         expected = tok.decode(prompt + greedy_reference(model, prompt, 20), skip_special_tokens=True)
@@ -320,8 +320,8 @@ def test_a_record_prepare_would_reject_is_counted_not_written(model, tmp_path, m
 
     real = rg.Generator.generate
 
-    def first_row_samples_eos(self, prompts, seed_key, ids):
-        out = real(self, prompts, seed_key, ids)
+    def first_row_samples_eos(self, prompts, seed_key, ids, batch_size=None):
+        out = real(self, prompts, seed_key, ids, batch_size)
         return [[] if i == "bos-00001" else new for i, new in zip(ids, out)]
 
     monkeypatch.setattr(rg.Generator, "generate", first_row_samples_eos)
