@@ -137,3 +137,21 @@ def test_bfloat16_export(tmp_path, stories_dir):
     weights = load_file(str(tmp_path / "bf16" / "model.safetensors"))
     assert weights["fc.weight"].dtype == torch.bfloat16 and weights["d2t"].dtype == torch.int64
     assert report.config["torch_dtype"] == "bfloat16"
+
+
+def test_a_draft_that_takes_the_targets_embedding_exports_a_copy(tmp_path, stories_dir):
+    import inspect
+
+    from eaglespec.models import EagleDraftModel as Draft
+
+    if "target_embedding" not in inspect.signature(Draft.save_pretrained).parameters:
+        pytest.skip("this checkout's drafts always store embed_tokens")
+    target = load_target(stories_dir)
+    ours = make_draft(stories_dir, "eagle3", tmp_path / "stored")
+    Draft.from_pretrained(ours).save_pretrained(tmp_path / "bound", target_embedding=target.embed_tokens.weight)
+    assert "embed_tokens.weight" not in load_file(str(tmp_path / "bound" / "model.safetensors"))
+    with pytest.raises(ValueError, match="--target"):
+        export_draft(tmp_path / "bound", "vllm", tmp_path / "refused")
+    export_draft(tmp_path / "bound", "vllm", tmp_path / "vllm", target=stories_dir)
+    weights = load_file(str(tmp_path / "vllm" / "model.safetensors"))
+    assert torch.equal(weights["embed_tokens.weight"], target.embed_tokens.weight)

@@ -2,9 +2,12 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tiny_trained
 
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("EAGLESPEC_INTEROP_HOME", Path.home() / ".cache" / "eaglespec-interop"))
@@ -30,3 +33,8 @@ def vllm_python():
 @pytest.fixture(scope="session")
 def eagle_llm_python():
     return interop_python("eagle-llm")
+
+
+@pytest.fixture(scope="session")
+def interop_home():
+    return ROOT

@@ -68,6 +68,23 @@ def _target_info(config: DraftConfig, target: str | os.PathLike | None) -> _Targ
                    getattr(text, "max_position_embeddings", None))
 
 
+def _load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -> EagleDraftModel:
+    """The draft, strictly loaded. A draft saved without embed_tokens (it takes its target's) gets the target's
+    embedding, so the export carries a copy: engines load the draft's own embed_tokens when present."""
+    from eaglespec.models import draft as draft_module
+
+    stores_embedding = not getattr(draft_module, "embedding_from_target", lambda d: False)(draft_dir)
+    if stores_embedding:
+        return EagleDraftModel.from_pretrained(draft_dir)
+    if target is None:
+        raise ValueError(f"{draft_dir}: this draft takes its embedding from its target; pass --target PATH so the "
+                         "export can carry a copy")
+    from eaglespec import resolve_model_path
+    from eaglespec.models.target import TargetModel
+
+    return EagleDraftModel.from_pretrained(draft_dir, target=TargetModel.from_pretrained(resolve_model_path(target)))
+
+
 def format_state(layout: Layout, config: DraftConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our state dict -> the format's tensors (renamed; fc.bias added as zeros or dropped as the format needs)."""
     out = {}
@@ -101,7 +118,7 @@ def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLi
                  target: str | os.PathLike | None = None, dtype: str | None = None,
                  speculative_tokens: int = configs.SPECULATIVE_TOKENS, overwrite: bool = False) -> ExportReport:
     """Write the draft in `draft_dir` as `fmt` into `output` and check the result strictly."""
-    model = EagleDraftModel.from_pretrained(draft_dir)  # strict: our own layout first
+    model = _load_draft(draft_dir, target)  # strict: our own layout first
     config = model.config
     info = _target_info(config, target)
     if info.max_position_embeddings is not None and info.max_position_embeddings != config.max_position_embeddings:
