@@ -60,8 +60,10 @@ def test_features_equal_a_direct_forward_per_sample(target, prepared, tmp_path, 
         if method == "eagle3":
             assert sample["aux_hidden"].shape == (LENGTHS[i], 3 * 64)
             assert torch.equal(sample["aux_hidden"], out.aux_hidden[0])
+            assert torch.equal(sample["target_argmax"], out.logits[0].argmax(-1))  # the target's next tokens
+            assert data.sample_length(i) == LENGTHS[i]
         else:
-            assert "aux_hidden" not in sample
+            assert "aux_hidden" not in sample and "target_argmax" not in sample
 
 
 def test_manifest_records_identity_settings_and_shards(target, prepared, tmp_path):
@@ -188,7 +190,7 @@ def test_bad_arguments(target, prepared, tmp_path):
 
 def test_disk_estimate_and_check(target, prepared, tmp_path):
     plan, _ = ft.plan_feature_dump(target, prepared, "eagle3", tmp_path / "f", dtype=torch.bfloat16)
-    assert plan.estimated_bytes == sum(LENGTHS) * (2 * 8 + 4 * 64 * 2)
+    assert plan.estimated_bytes == sum(LENGTHS) * (3 * 8 + 4 * 64 * 2)  # ids, mask, target argmax + 4 states
     ft.check_disk_space(plan)
     with pytest.raises(ValueError, match="only 0.00 GiB is free .use --force"):
         ft.check_disk_space(dataclasses.replace(plan, free_bytes=0))

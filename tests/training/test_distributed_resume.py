@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_distributed / dist_worker beside this file
 
-from eaglespec.models import EagleDraftModel
+from eaglespec import bundled_model_path
+from eaglespec.models import EagleDraftModel, TargetModel
 from eaglespec.training.checkpoint import MARKER, find_latest_complete, read_marker
 from eaglespec.training.schedule import lr_factor
 from test_distributed import (  # noqa: F401  (tiny_run_inputs is a fixture used by name)
@@ -87,7 +88,9 @@ def _last_per_epoch(savedir: Path, split: str) -> dict[int, dict]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = EagleDraftModel.from_pretrained(a).state_dict(), EagleDraftModel.from_pretrained(b).state_dict()
+    from safetensors.torch import load_file
+
+    sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert sa.keys() == sb.keys()
     for name in sa:
         assert sa[name].dtype == sb[name].dtype, name
@@ -202,7 +205,7 @@ def test_deepspeed_zero2_resume_after_sigkill_matches_an_uninterrupted_run(tiny_
             assert got_train[epoch][key] == pytest.approx(ref_train[epoch][key], rel=1e-6), (epoch, key)
         assert got_test[epoch]["ploss"] == pytest.approx(ref_test[epoch]["ploss"], rel=1e-6), epoch
     assert {p.name for p in final.iterdir()} >= {"config.json", "model.safetensors", "deepspeed", MARKER}
-    EagleDraftModel.from_pretrained(final)
+    EagleDraftModel.from_pretrained(final, target=TargetModel.from_pretrained(root / "target"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def test_ddp_raw_text_trainpath_testpath_prepared_once(tmp_path):
     assert [m["split"] for m in lines] == ["train", "test"] * 2
     # 10 train samples, bs 1, 2 ranks, grad-accum 2 (default) -> 5 micro-batches per rank -> 3 steps per epoch
     assert [m["step"] for m in lines if m["split"] == "train"] == [3, 6]
-    EagleDraftModel.from_pretrained(savedir / "state_2")
+    EagleDraftModel.from_pretrained(savedir / "state_2", target=TargetModel.from_pretrained(bundled_model_path()))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,11 +76,12 @@ def test_sigkill_then_resume(method, tiny_prepared, tmp_path):
     _check_no_acceptable_incomplete_state(out)
     final = find_latest_complete(out)
     assert read_marker(final)["epoch"] == EPOCHS
-    draft = EagleDraftModel.from_pretrained(final, target=TargetModel.from_pretrained(bundled_model_path()))
+    target = TargetModel.from_pretrained(bundled_model_path())
+    draft = EagleDraftModel.from_pretrained(final, target=target)
     if reference is None:
         return
     # Deterministic data order + restored RNG: the resumed run ends where the uninterrupted one did.
-    ref = EagleDraftModel.from_pretrained(find_latest_complete(reference))
+    ref = EagleDraftModel.from_pretrained(find_latest_complete(reference), target=target)
     for (name, a), b in zip(draft.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name} (kill delay seed {seed})")
 

@@ -14,7 +14,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=("eagle1", "eagle3"))
     p.add_argument("--output", required=True, help="output feature directory")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
-                   help="storage dtype of the hidden states (the target runs in its own dtype)")
+                   help="storage dtype of the hidden states")
+    p.add_argument("--target-dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="dtype the target runs in (auto: the checkpoint's own); bf16 is about twice as fast on CPU")
     p.add_argument("--aux-layers", type=parse_layer_ids, default=None,
                    help="EAGLE-3 aux layer ids a,b,c (Hugging Face hidden_states index; default 2,L//2,L-3)")
     p.add_argument("--batch-size", type=int, default=1, help="samples of similar length per target forward")
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from eaglespec.models import TargetModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target = TargetModel.from_pretrained(resolve_model_path(args.model), device=device)
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.target_dtype]
+    target = TargetModel.from_pretrained(resolve_model_path(args.model), dtype=dtype, device=device)
     plan, dataset = ft.plan_feature_dump(
         target, args.data, args.method, args.output, aux_layer_ids=args.aux_layers, dtype=ft.DTYPES[args.dtype],
         shard_size=args.shard_size or ft.DEFAULT_SHARD_SIZE, max_len=args.max_len, overwrite=args.overwrite)

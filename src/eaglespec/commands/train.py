@@ -32,6 +32,15 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="stop cleanly (evaluate and save a resumable checkpoint) after this much training time")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--target-dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="dtype of the frozen target (auto: bf16 on GPU, fp32 on CPU); loss math stays fp32")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="evaluate on the test split every N epochs (always after the last epoch)")
+    p.add_argument("--sim-states", type=int, default=None,
+                   help="decoding states per test batch for the simulated dynamic-tree acceptance length "
+                        "(default: training.config.SIM_TREE_STATES_PER_BATCH; 0: no simulation)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batch samples of similar length together (less padding; seeded batch order)")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +87,9 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
         grad_accum=args.grad_accum, max_len=args.max_len, warmup_steps=args.warmup_steps, precision=args.precision,
         grad_clip=args.grad_clip, clip_mode=args.clip_mode, test_split=args.test_split, seed=args.seed,
         resume=args.resume, report_to=args.report_to, max_steps=args.max_steps,
-        time_budget_minutes=args.time_budget_minutes, progress=args.progress,
+        time_budget_minutes=args.time_budget_minutes, progress=args.progress, target_dtype=args.target_dtype,
+        eval_every=args.eval_every, group_by_length=args.group_by_length,
+        **({} if args.sim_states is None else {"sim_states": args.sim_states}),
     )
 
 

@@ -7,6 +7,8 @@ Layout of an output directory:
                               "{i}.last_hidden" [T, H] (after the final norm; EAGLE-1 feature and, through
                               the target lm_head, the soft targets of both methods),
                               "{i}.aux_hidden" [T, 3H] (EAGLE-3 only: hidden_states[a|b|c] concatenated)
+                              "{i}.target_argmax" int64 [T] (EAGLE-3: the target's argmax token per position,
+                              so training needs no full-vocabulary projection; absent in older dumps)
     shard_00001.safetensors   ...
     manifest.json             target identity, method, aux ids, dtype, shards done, `complete`
 
@@ -176,7 +178,8 @@ class FeatureDumpPlan:
 def bytes_per_token(hidden_size: int, method: str, dtype: torch.dtype) -> int:
     """Storage per token: ids + mask (int64) + last_hidden [H] (+ aux_hidden [3H] for EAGLE-3)."""
     hidden_states = 4 if method == "eagle3" else 1
-    return 2 * INDEX_BYTES + hidden_states * hidden_size * dtype.itemsize
+    indices = 3 if method == "eagle3" else 2  # EAGLE-3 also stores the target's argmax token
+    return indices * INDEX_BYTES + hidden_states * hidden_size * dtype.itemsize
 
 
 def _load_prepared(data_dir: str | os.PathLike):
@@ -323,6 +326,7 @@ def compute_features(
             results[i]["last_hidden"] = out.last_hidden[r, :lengths[r]].to("cpu", dtype).contiguous()
             if method == "eagle3":
                 results[i]["aux_hidden"] = out.aux_hidden[r, :lengths[r]].to("cpu", dtype).contiguous()
+                results[i]["target_argmax"] = out.logits[r, :lengths[r]].argmax(-1).to("cpu", torch.int64)
     return results
 
 
@@ -427,6 +431,7 @@ class FeatureDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{self.directory}: shard files listed in the manifest are missing: {missing}")
         self._starts = [s.start for s in self.manifest.shards]
         self._handles: dict[str, Any] = {}
+        self._keys: dict[str, set[str]] = {}  # tensor names per open shard
 
     def __len__(self) -> int:
         return self.manifest.num_samples
@@ -438,16 +443,26 @@ class FeatureDataset(torch.utils.data.Dataset):
 
         shard = self.manifest.shards[bisect.bisect_right(self._starts, index) - 1]
         handle = self._open(shard.file)
-        names = ["input_ids", "loss_mask", "last_hidden"] + (["aux_hidden"] if self.manifest.method == "eagle3" else [])
+        names = ["input_ids", "loss_mask", "last_hidden"]
+        if self.manifest.method == "eagle3":
+            names += ["aux_hidden"] + (["target_argmax"] if f"{index}.target_argmax" in self._keys[shard.file] else [])
         return {name: handle.get_tensor(f"{index}.{name}") for name in names}
+
+    def sample_length(self, index: int) -> int:
+        """Tokens of sample `index`, from the shard header (no tensor is read)."""
+        import bisect
+
+        shard = self.manifest.shards[bisect.bisect_right(self._starts, index) - 1]
+        return int(self._open(shard.file).get_slice(f"{index}.input_ids").get_shape()[0])
 
     def _open(self, file: str):
         from safetensors import safe_open
 
         if file not in self._handles:
             self._handles[file] = safe_open(str(self.directory / file), framework="pt")
+            self._keys[file] = set(self._handles[file].keys())
         return self._handles[file]
 
     def __getstate__(self) -> dict:
         # DataLoader workers get their own file handles.
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": {}, "_keys": {}}

@@ -42,6 +42,10 @@ from eaglespec.models.config import DraftConfig
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+EMBED_KEY = "embed_tokens.weight"
+# safetensors metadata key: "target" = embed_tokens is not stored, it equals the target's input embedding and
+# `from_pretrained(..., target=...)` binds it (copies it in) at load.
+EMBED_META = "embed_tokens"
 
 
 def _llama_config(config: DraftConfig) -> LlamaConfig:
@@ -231,18 +235,30 @@ class EagleDraftModel(nn.Module):
     def trainable_parameter_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Write config.json + model.safetensors (optionally cast floating tensors to `dtype`)."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        target_embedding: torch.Tensor | None = None) -> None:
+        """Write config.json + model.safetensors (optionally cast floating tensors to `dtype`). With
+        `target_embedding` (the target's input embedding weight) equal to the draft's own, embed_tokens is
+        not stored: loading then needs the target, which supplies it (as EAGLE-1's lm_head)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        metadata = {"format": "pt", "method": self.method}
         state = {}
         for name, tensor in self.state_dict().items():
             t = tensor.detach()
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
             state[name] = t.contiguous().cpu()
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "method": self.method})
+        if target_embedding is not None and self.embedding_equals(target_embedding):
+            del state[EMBED_KEY]
+            metadata[EMBED_META] = "target"
+        save_file(state, str(directory / WEIGHTS_NAME), metadata=metadata)
         self.config.save(directory)
+
+    def embedding_equals(self, weight: torch.Tensor) -> bool:
+        """True when `weight` (e.g. the target's embedding, any dtype) is exactly this draft's embedding."""
+        own = self.embed_tokens.weight
+        return tuple(weight.shape) == tuple(own.shape) and torch.equal(own, weight.detach().to(own.device, own.dtype))
 
     @classmethod
     def from_pretrained(
@@ -260,20 +276,41 @@ class EagleDraftModel(nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: draft weights not found")
         state = load_file(str(weights))
+        if target is not None:
+            from eaglespec.models.target import TargetModel, check_draft_matches_target
+
+            target = target if isinstance(target, TargetModel) else TargetModel(target)
+            check_draft_matches_target(config, target.config, source=str(directory))
+        if embedding_from_target(directory):
+            _bind_target_embedding(state, target, str(weights))
         model = cls(config)
         _load_strict(model, state, str(weights))
         if dtype is not None:
             model.to(dtype)
         if device is not None:
             model.to(device)
-        if target is not None:
-            from eaglespec.models.target import TargetModel, check_draft_matches_target
-
-            target = target if isinstance(target, TargetModel) else TargetModel(target)
-            check_draft_matches_target(config, target.config, source=str(directory))
-            if config.method == "eagle1":
-                model.bind_target_lm_head(target.lm_head)
+        if target is not None and config.method == "eagle1":
+            model.bind_target_lm_head(target.lm_head)
         return model
+
+
+def embedding_from_target(directory: str | os.PathLike) -> bool:
+    """True when the draft in `directory` does not store embed_tokens but takes the target's at load."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as f:
+        return (f.metadata() or {}).get(EMBED_META) == "target"
+
+
+def _bind_target_embedding(state: dict[str, torch.Tensor], target, source: str) -> None:
+    """Put the target's input embedding into a checkpoint's `state` that omits it (in the file's float dtype)."""
+    if EMBED_KEY in state:
+        raise ValueError(f"{source}: metadata says embed_tokens comes from the target, but the file stores it too")
+    if target is None:
+        raise ValueError(f"{source}: this draft does not store embed_tokens (it uses its target's input embedding); "
+                         "load it with its target: EagleDraftModel.from_pretrained(path, target=...)")
+    floating = [v.dtype for v in state.values() if v.is_floating_point()]
+    state[EMBED_KEY] = target.embed_tokens.weight.detach().to("cpu", floating[0] if floating else torch.float32)
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from eaglespec.models.draft import WEIGHTS_NAME, EagleDraftModel
+from eaglespec.models.draft import EMBED_KEY, WEIGHTS_NAME, EagleDraftModel, embedding_from_target
 from eaglespec.training.distributed import atomic_directory_all_ranks
 from eaglespec.training.engine import Engine
 
@@ -72,15 +72,18 @@ def save_checkpoint(
     config: dict,
     resumable: bool,
     draft_dtype: torch.dtype | None = None,
+    target_embedding: torch.Tensor | None = None,
 ) -> Path:
     """Write one checkpoint atomically. Called on EVERY rank: all ranks share one temp dir, rank 0
     writes the draft (gathered in full under ZeRO-3) and the training state, `engine.save_state`
-    writes each rank's part, and rank 0 renames the dir into place after a barrier."""
+    writes each rank's part, and rank 0 renames the dir into place after a barrier. With
+    `target_embedding` equal to the draft's (frozen) embedding, the draft file omits it (see
+    `EagleDraftModel.save_pretrained`)."""
     with atomic_directory_all_ranks(path, overwrite=True) as tmp:
         with engine.full_parameters() as full:
             if engine.is_main:
                 _check_finite(full)
-                full.save_pretrained(tmp, dtype=None if resumable else draft_dtype)
+                full.save_pretrained(tmp, dtype=None if resumable else draft_dtype, target_embedding=target_embedding)
         if resumable:
             engine.save_state(tmp)
         if engine.is_main:
@@ -127,9 +130,12 @@ def load_checkpoint(path: Path, draft: EagleDraftModel, engine: Engine, config: 
         raise ValueError(f"--resume from {path}: these settings differ from the run being resumed, so the schedule "
                          f"would not be identical: {'; '.join(changed)}")
     weights = load_file(str(Path(path) / WEIGHTS_NAME))
+    # A draft saved without its embedding keeps the (frozen) target embedding it was built with.
+    bound = {EMBED_KEY} if embedding_from_target(path) else set()
     with engine.full_parameters(modify=True) as full, torch.no_grad():
         for name, tensor in full.state_dict().items():
-            tensor.copy_(weights[name].to(tensor.dtype))
+            if name not in bound:
+                tensor.copy_(weights[name].to(tensor.dtype))
     engine.load_state(Path(path))
     _set_rng_state(saved["rng"])
     return TrainState(**saved["state"])

@@ -13,6 +13,9 @@ from eaglespec.training.noise import NOISE_KINDS
 CLIP_MODES = ("norm", "value")
 EAGLE3_DEFAULT_MAX_DRAFT_VOCAB = 32000  # the reference's draft vocabulary for 128k-token targets
 EAGLE3_WARMUP_FRACTION = 0.015  # warmup when --warmup-steps is not given (SpecForge's ratio)
+# Tree estimate of the simulated acceptance length: decoding states simulated per test batch (--sim-states).
+SIM_TREE_STATES_PER_BATCH = 32
+TARGET_DTYPES = ("auto", "bf16", "fp32")  # --target-dtype (auto: bf16 on GPU unless --precision fp32, else fp32)
 
 
 @dataclass
@@ -37,6 +40,10 @@ class CommonTrainConfig:
     max_steps: int | None = None
     time_budget_minutes: float | None = None
     progress: bool = True
+    eval_every: int = 1  # evaluate on the test split every N epochs (and after the last / a clean stop)
+    sim_states: int = SIM_TREE_STATES_PER_BATCH  # simulated decoding states per test batch (0: no simulation)
+    target_dtype: str = "auto"  # dtype of the frozen target (its features and logits; loss math stays fp32)
+    group_by_length: bool = False  # batches of similar length (less padding); the order stays seeded per epoch
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -63,6 +70,12 @@ class CommonTrainConfig:
             raise ValueError(f"--max-steps: expected >= 1, got {self.max_steps}")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
             raise ValueError(f"--time-budget-minutes: expected > 0, got {self.time_budget_minutes}")
+        if self.eval_every < 1:
+            raise ValueError(f"--eval-every: expected >= 1, got {self.eval_every}")
+        if self.sim_states < 0:
+            raise ValueError(f"--sim-states: expected >= 0, got {self.sim_states}")
+        if self.target_dtype not in TARGET_DTYPES:
+            raise ValueError(f"--target-dtype: expected one of {TARGET_DTYPES}, got {self.target_dtype!r}")
 
 
 @dataclass

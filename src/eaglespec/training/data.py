@@ -44,6 +44,7 @@ class TokenBatch:
     valid: torch.Tensor  # [B, T] bool, False on padding
     last_hidden: torch.Tensor | None = None  # [B, T, H] offline features (EAGLE-1 feature, lm_head input)
     aux_hidden: torch.Tensor | None = None  # [B, T, 3H] offline EAGLE-3 features
+    target_argmax: torch.Tensor | None = None  # [B, T] long: the target's argmax token, stored by dump-features
 
     @property
     def num_tokens(self) -> int:
@@ -52,14 +53,50 @@ class TokenBatch:
 
 @dataclass
 class TargetBatch:
-    """Everything one training step needs from the target, in float32."""
+    """Everything one training step needs from the target, in float32.
+
+    `logits` may be left out (None) when `lm_head` is given: the EAGLE-3 loss then asks for the target
+    logits of the few rows it trains on (`rows_logits`), over the draft vocabulary only, instead of a
+    [B, T, V] tensor (for a 49k-token target that full projection costs more than the draft itself)."""
 
     input_ids: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T]
     valid: torch.Tensor  # [B, T] bool
     features: torch.Tensor  # [B, T, F]: the method's target features (EAGLE-1 last hidden, EAGLE-3 aux concat)
     last_hidden: torch.Tensor  # [B, T, H]
-    logits: torch.Tensor  # [B, T, V]: target logits at each position (predict x_{t+1})
+    logits: torch.Tensor | None  # [B, T, V]: target logits at each position (predict x_{t+1}); None: lazy
+    lm_head: torch.nn.Module | None = None  # the target's lm_head, for lazy logits
+    argmax: torch.Tensor | None = None  # [B, T] long: the target's argmax token per position, when known
+
+    def full_logits(self) -> torch.Tensor:
+        """[B, T, V] fp32 target logits (computed now when lazy)."""
+        if self.logits is not None:
+            return self.logits
+        return self._project(self.last_hidden, None)
+
+    def rows_logits(self, b: torch.Tensor, t: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """[M, V] (or [M, len(vocab)]) fp32 target logits at positions (b[i], t[i]); `vocab`: the target ids
+        (columns) to keep, e.g. the draft vocabulary."""
+        if self.logits is not None:
+            rows = self.logits[b, t]
+            return rows if vocab is None else rows[:, vocab]
+        return self._project(self.last_hidden[b, t], vocab)
+
+    def rows_argmax(self, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[M] the target's argmax token at positions (b[i], t[i]) over its whole vocabulary."""
+        if self.argmax is not None:
+            return self.argmax[b, t]
+        return self.rows_logits(b, t).argmax(-1)
+
+    def _project(self, hidden: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
+        if self.lm_head is None:
+            raise ValueError("TargetBatch without logits needs the target's lm_head")
+        weight = self.lm_head.weight
+        weight = weight if vocab is None else weight[vocab]
+        bias = getattr(self.lm_head, "bias", None)
+        if bias is not None and vocab is not None:
+            bias = bias[vocab]
+        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).float()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,10 +148,10 @@ def collate(items: list[dict], max_len: int, pad_id: int = PAD_ID) -> TokenBatch
         loss_mask[b, :n] = torch.as_tensor(it["loss_mask"], dtype=torch.long)[:n]
         valid[b, :n] = True
     batch = TokenBatch(input_ids, loss_mask, valid)
-    for key in ("last_hidden", "aux_hidden"):
+    for key in ("last_hidden", "aux_hidden", "target_argmax"):
         if items[0].get(key) is not None:
             feats = [torch.as_tensor(it[key])[:max_len] for it in items]
-            out = torch.zeros((B, T, feats[0].shape[-1]), dtype=feats[0].dtype)
+            out = torch.zeros((B, T, *feats[0].shape[1:]), dtype=feats[0].dtype)
             for b, f in enumerate(feats):
                 out[b, : len(f)] = f
             setattr(batch, key, out)
@@ -131,6 +168,30 @@ def epoch_order(indices: list[int], epoch: int, seed: int, shuffle: bool) -> lis
     if shuffle:
         random.Random(seed * EPOCH_SEED_STRIDE + epoch).shuffle(order)
     return order
+
+
+LENGTH_GROUP_BATCHES = 32  # --group-by-length: batches per group sorted by length
+
+
+def sample_length(dataset: TokenDataset, index: int) -> int:
+    """Tokens of one sample (feature datasets answer from the shard header, without reading it)."""
+    length = getattr(dataset, "sample_length", None)
+    return length(index) if length is not None else len(dataset[index]["input_ids"])
+
+
+def length_grouped_order(order: list[int], lengths: dict[int, int], batch_size: int, epoch: int,
+                         seed: int) -> list[int]:
+    """`order` regrouped so that each batch holds samples of similar length (less padding): consecutive
+    groups of LENGTH_GROUP_BATCHES batches are sorted by length and cut into batches, the full batches
+    are shuffled (seeded by seed and epoch) and a short last batch stays last. Same items, same batch count."""
+    group = LENGTH_GROUP_BATCHES * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: -lengths[i])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    random.Random(seed * EPOCH_SEED_STRIDE + epoch + 1).shuffle(batches)
+    return [i for batch in batches + tail for i in batch]
 
 
 def iterate_batches(
@@ -194,9 +255,12 @@ class OfflineFeatureSource:
                              f" needed for {self.method} training")
         last = batch.last_hidden.to(self.device)
         lm_head = self.target.lm_head
-        logits = lm_head(last.to(lm_head.weight.dtype)).float()
+        # EAGLE-3 trains on the draft vocabulary at loss-masked rows only: its logits are computed lazily.
+        logits = lm_head(last.to(lm_head.weight.dtype)).float() if self.method == "eagle1" else None
         features = last if self.method == "eagle1" else batch.aux_hidden.to(self.device)
+        argmax = batch.target_argmax.to(self.device) if batch.target_argmax is not None else None
         return TargetBatch(
             input_ids=batch.input_ids.to(self.device), loss_mask=batch.loss_mask.to(self.device),
             valid=batch.valid.to(self.device), features=features.float(), last_hidden=last.float(), logits=logits,
+            lm_head=lm_head, argmax=argmax,
         )

@@ -22,9 +22,16 @@ from eaglespec.training.checkpoint import (
     is_save_epoch,
     save_checkpoint,
 )
-from eaglespec.training.data import TokenDataset, epoch_order, iterate_batches, num_batches
+from eaglespec.training.data import (
+    TokenDataset,
+    epoch_order,
+    iterate_batches,
+    length_grouped_order,
+    num_batches,
+    sample_length,
+)
 from eaglespec.training.engine import Engine
-from eaglespec.training.methods import TrainMethod
+from eaglespec.training.methods import TrainMethod, sim_rows
 from eaglespec.training.metrics import (
     MetricSums,
     MetricsLogger,
@@ -55,6 +62,8 @@ class LoopConfig:
     max_steps: int | None = None
     time_budget_s: float | None = None
     sim_depth: int = 5  # the method's SIM_DEPTH
+    eval_every: int = 1  # epochs between test evaluations (the last epoch and a clean stop always evaluate)
+    group_by_length: bool = False  # see training.data.epoch_batches
     progress: bool = True
     run_config: dict = field(default_factory=dict)  # saved in checkpoints and sent to W&B
 
@@ -84,6 +93,8 @@ class Trainer:
         self.metrics_logger = metrics_logger
         self.greedy_cache: dict[int, torch.Tensor] = {}
         self.started = time.monotonic()
+        self.epoch_tokens = 0  # tokens (padding excluded) this rank trained on in the current epoch
+        self.lengths: dict[int, int] | None = None  # training sample lengths, for --group-by-length
 
     # ----------------------------------------------------------------------------------------------
     def train(self, state: TrainState) -> TrainState:
@@ -93,9 +104,17 @@ class Trainer:
         for epoch in range(state.epoch + 1, cfg.num_epochs + 1):
             if self._should_stop(state):
                 break
+            t0 = time.monotonic()
             train_sums, stopped = self._train_epoch(epoch, state)
+            train_s = time.monotonic() - t0
             self._report("train", epoch, state, train_sums)
-            self._report("test", epoch, state, self._evaluate())
+            timing = f"epoch {epoch}: trained {self.epoch_tokens} tokens in {train_s:.1f} s " \
+                     f"({self.epoch_tokens / max(train_s, 1e-9):.0f} tokens/s)"
+            if stopped or epoch == cfg.num_epochs or epoch % cfg.eval_every == 0:
+                t0 = time.monotonic()
+                self._report("test", epoch, state, self._evaluate())
+                timing += f"; test evaluation {time.monotonic() - t0:.1f} s"
+            self._log_main(timing)
             self._save(epoch, state, final=stopped or epoch == cfg.num_epochs)
             if stopped:
                 reason = self._stop_reason(state)
@@ -135,6 +154,8 @@ class Trainer:
         bar = tqdm(total=n, initial=state.batches_done, desc=f"epoch {epoch}/{cfg.num_epochs}",
                    disable=not (cfg.progress and engine.is_main), dynamic_ncols=True, leave=False)
         tokens, t0, group_loss = 0, time.monotonic(), 0.0
+        if cfg.group_by_length:
+            order = length_grouped_order(order, self._train_lengths(), cfg.batch_size, epoch, cfg.seed)
         batches = iterate_batches(self.data.train_dataset, order, cfg.batch_size, cfg.max_len,
                                   engine.rank, engine.world_size, skip_batches=state.batches_done)
         for b, batch in enumerate(batches, start=state.batches_done):
@@ -165,10 +186,17 @@ class Trainer:
             group_loss = 0.0
             if self._should_stop(state) and b + 1 < n:
                 bar.close()
+                self.epoch_tokens = tokens
                 return sums, True
         bar.close()
+        self.epoch_tokens = tokens
         state.epoch, state.batches_done = epoch, 0
         return sums, self._should_stop(state) and epoch < cfg.num_epochs
+
+    def _train_lengths(self) -> dict[int, int]:
+        if self.lengths is None:
+            self.lengths = {i: sample_length(self.data.train_dataset, i) for i in self.data.train_indices}
+        return self.lengths
 
     def _check_finite(self, loss: torch.Tensor, what: str, epoch: int, batch: int, state: TrainState) -> None:
         if self._any_rank(not bool(torch.isfinite(loss.detach()).all())):
@@ -198,16 +226,25 @@ class Trainer:
         real_batches = math.ceil(len(self.data.test_indices) / cfg.batch_size)
         for i, batch in enumerate(batches):
             target_batch = self.data.source(batch)
-            if i not in self.greedy_cache:
-                self.greedy_cache[i] = target_greedy_continuations(self.data.target, target_batch.input_ids,
-                                                                   cfg.sim_depth).cpu()
-            greedy = self.greedy_cache[i].to(target_batch.input_ids.device)
+            greedy = self._greedy(i, target_batch)
             with engine.autocast():
                 batch_sums = self.method.eval_step(model, self.draft, target_batch, greedy)
             if i * engine.world_size + engine.rank >= real_batches:
                 batch_sums = {k: torch.zeros_like(v) for k, v in batch_sums.items()}
             sums.add(batch_sums)
         return sums
+
+    def _greedy(self, i: int, batch) -> torch.Tensor | None:
+        """The target's greedy continuations at the simulated states of test batch i (once per run), or
+        None when the simulation is off (--sim-states 0)."""
+        n = self.method.sim_states
+        if n == 0:
+            return None
+        if i not in self.greedy_cache:
+            rows = sim_rows(batch, n)
+            self.greedy_cache[i] = target_greedy_continuations(self.data.target, batch.input_ids, self.cfg.sim_depth,
+                                                               rows).cpu()
+        return self.greedy_cache[i].to(batch.input_ids.device)
 
     def _report(self, split: str, epoch: int, state: TrainState, sums: MetricSums) -> None:
         totals = sums.reduced(self.engine.all_reduce_sum)
@@ -227,7 +264,10 @@ class Trainer:
             return
         path = checkpoint_dir(cfg.output_dir, epoch)
         # every rank: the write is collective (shared temp dir; DeepSpeed saves per-rank partitions)
-        save_checkpoint(path, self.draft, self.engine, state, cfg.run_config, resumable, cfg.per_epoch_draft_dtype)
+        # EAGLE-3 drafts leave out the target's embedding (bound again at load), so the draft file stays small.
+        embedding = self.data.target.embed_tokens.weight if self.method.name == "eagle3" else None
+        save_checkpoint(path, self.draft, self.engine, state, cfg.run_config, resumable, cfg.per_epoch_draft_dtype,
+                        embedding)
         self._log_main(f"saved {'resumable checkpoint' if resumable else 'draft'} {path}")
 
     def _log_main(self, text: str) -> None:

@@ -15,6 +15,7 @@ import torch
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.tree import DEFAULT_DEPTH, TreeConfig, dynamic_capacity
 from eaglespec.models.draft import EagleDraftModel
+from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
 from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_step_loss, ttt_total_loss
 from eaglespec.training.noise import add_feature_noise
@@ -22,11 +23,10 @@ from eaglespec.training.ttt import chain_predictions, shift_left, ttt_forward
 
 # Simulated acceptance length: depth = the decoder's default tree depth per method (EAGLE_NOTES section 3).
 SIM_DEPTH = DEFAULT_DEPTH
-# Tree estimate: decoding states simulated per test batch (evenly spaced over its trainable positions).
-# Each costs one catch-up and one dynamic-tree build (depth - 1 small draft forwards). The count is the same
-# for every batch (padded with discarded repeats) because under ZeRO-3 every draft forward is a collective:
-# all ranks must run the same number of them.
-SIM_TREE_STATES_PER_BATCH = 32
+# Tree estimate: decoding states simulated per test batch (evenly spaced over its trainable positions;
+# --sim-states, default SIM_TREE_STATES_PER_BATCH). Each costs one catch-up and one dynamic-tree build (depth - 1
+# small draft forwards). The count is the same for every batch (padded with discarded repeats) because under
+# ZeRO-3 every draft forward is a collective: all ranks must run the same number of them.
 
 
 @dataclass
@@ -38,6 +38,7 @@ class StepOutput:
 class TrainMethod(Protocol):
     name: str
     num_positions: int  # positions reported per epoch (EAGLE-3: TTT steps; EAGLE-1: 1)
+    sim_states: int  # simulated decoding states per test batch (0: no simulated acceptance length)
 
     def train_step(self, model: torch.nn.Module, draft: EagleDraftModel, batch: TargetBatch) -> StepOutput: ...
 
@@ -52,7 +53,7 @@ class Aligned:
     input_ids: torch.Tensor  # [B, T] x_{t+1}
     features: torch.Tensor  # [B, T, F] f_t
     next_last_hidden: torch.Tensor  # [B, T, H] f_{t+1}
-    next_logits: torch.Tensor  # [B, T, V] target logits at t+1 (distribution of x_{t+2})
+    next_logits: torch.Tensor | None  # [B, T, V] target logits at t+1 (distribution of x_{t+2}); None: lazy
     mask: torch.Tensor  # [B, T] loss_mask[t+2]
     sim_mask: torch.Tensor  # [B, T] positions where a decoding state exists: x_{t+1} is a trained token
 
@@ -62,7 +63,7 @@ def align(batch: TargetBatch) -> Aligned:
         input_ids=shift_left(batch.input_ids, 1, PAD_ID),
         features=batch.features,
         next_last_hidden=shift_left(batch.last_hidden, 1),
-        next_logits=shift_left(batch.logits, 1),
+        next_logits=shift_left(batch.logits, 1) if batch.logits is not None else None,
         mask=shift_left(batch.loss_mask, 2),
         sim_mask=shift_left(batch.loss_mask, 1).bool() & shift_left(batch.valid, 1),
     )
@@ -72,35 +73,42 @@ def simulated_acceptance(
     draft: EagleDraftModel,
     input_ids: torch.Tensor,  # [B, T] x_{t+1}
     features: torch.Tensor,  # [B, T, F] target features f_t
-    greedy: torch.Tensor,  # [B, T, D] target greedy continuation after prefix x_0..x_s (row s)
+    greedy: torch.Tensor,  # [B, T, D] target greedy continuation after prefix x_0..x_s (row s), at sim_rows
     sim_mask: torch.Tensor,  # [B, T]
+    num_states: int = SIM_TREE_STATES_PER_BATCH,
 ) -> dict[str, torch.Tensor]:
-    """Estimates of tau as sums of 1 (bonus token) + accepted draft tokens:
+    """Estimates of tau as sums of 1 (bonus token) + accepted draft tokens, from `num_states` decoding
+    states (draft positions where `sim_mask` holds, evenly spaced; `greedy` needs their rows, see sim_rows):
 
-    chain (every `sim_mask` position): the draft rolled forward on its own greedy tokens, compared with
-        the target's greedy continuation (the issue's definition; it estimates chain decoding);
-    tree (SIM_TREE_STATES_PER_BATCH positions per batch): the decoder's own default dynamic tree
-        (`decoding.Drafter`) built from that decoding state; accepted = the longest root path that
-        spells the target's greedy continuation, exactly what greedy verification would accept there.
+    chain: the draft rolled forward on its own greedy tokens, compared with the target's greedy
+        continuation (the issue's definition; it estimates chain decoding);
+    tree: the decoder's own default dynamic tree (`decoding.Drafter`) built from that decoding state;
+        accepted = the longest root path that spells the target's greedy continuation, exactly what greedy
+        verification would accept there.
     """
     depth = greedy.shape[-1]
     target = shift_left(greedy, 1)  # draft position t continues the prefix ending at x_{t+1}
+    states, real = _tree_states(sim_mask, num_states)  # padded to num_states (equal work on every rank)
     hidden = draft.project_target_features(features)
     chain = (chain_predictions(draft, input_ids, hidden, depth) == target).long().cumprod(-1).sum(-1)  # [B, T]
-    m = sim_mask.float()
-    states, real = _tree_states(sim_mask)
     accepted = simulated_tree_acceptance(draft, input_ids, features, target, states)[:real]
-    return {"sim_chain_sum": ((chain + 1).float() * m).sum(), "sim_positions": m.sum(),
+    return {"sim_chain_sum": torch.tensor(float(sum(1 + int(chain[b, t]) for b, t in states[:real]))),
+            "sim_positions": torch.tensor(float(real)),
             "sim_tree_sum": torch.tensor(float(sum(1 + a for a in accepted))),
-            "sim_tree_states": torch.tensor(float(len(accepted)))}
+            "sim_tree_states": torch.tensor(float(real))}
 
 
-def _tree_states(sim_mask: torch.Tensor) -> tuple[list[tuple[int, int]], int]:
-    """SIM_TREE_STATES_PER_BATCH (sequence, position) pairs where sim_mask holds, evenly spaced, and how
-    many are real: when the batch has fewer, the list is padded with repeats whose results are dropped."""
+def sim_rows(batch: TargetBatch, num_states: int) -> list[tuple[int, int]]:
+    """The (sequence, row) pairs whose target greedy continuation `simulated_acceptance` reads."""
+    states, real = _tree_states(align(batch).sim_mask, num_states)
+    return [(b, t + 1) for b, t in states[:real]]
+
+
+def _tree_states(sim_mask: torch.Tensor, n: int) -> tuple[list[tuple[int, int]], int]:
+    """n (sequence, position) pairs where sim_mask holds, evenly spaced, and how many are real: when the
+    batch has fewer, the list is padded with repeats whose results are dropped."""
     valid = sim_mask.nonzero().tolist()  # row-major: sequence by sequence
-    n = SIM_TREE_STATES_PER_BATCH
-    if not valid:
+    if not valid or n == 0:
         return [(0, 0)] * n, 0
     real = min(n, len(valid))
     pick = torch.linspace(0, len(valid) - 1, real).round().long().tolist()
@@ -149,8 +157,10 @@ class Eagle1Method:
     name = "eagle1"
     num_positions = 1
 
-    def __init__(self, noise: str, noise_std: float, v_w: float, p_w: float):
+    def __init__(self, noise: str, noise_std: float, v_w: float, p_w: float,
+                 sim_states: int = SIM_TREE_STATES_PER_BATCH):
         self.noise, self.noise_std, self.v_w, self.p_w = noise, noise_std, v_w, p_w
+        self.sim_states = sim_states
 
     def _losses(self, model, draft, a: Aligned, features: torch.Tensor):
         predicted = model(a.input_ids, features)
@@ -174,27 +184,48 @@ class Eagle1Method:
         a = align(batch)
         sums = self._sums(self._losses(model, draft, a, a.features))
         if greedy is not None:
-            sums.update(simulated_acceptance(draft, a.input_ids, a.features, greedy, a.sim_mask))
+            sums.update(simulated_acceptance(draft, a.input_ids, a.features, greedy, a.sim_mask, self.sim_states))
         return sums
+
+
+def trained_rows(batch: TargetBatch, t2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, p) of the aligned positions EAGLE-3 trains at step 0: loss_mask[p + 2] is 1 and the target's
+    argmax at row p + 1 (its next token) is in the draft vocabulary (`t2d`, bool over target ids)."""
+    mask = shift_left(batch.loss_mask, 2).bool()
+    b, p = mask.nonzero(as_tuple=True)
+    in_vocab = t2d[batch.rows_argmax(b, p + 1)]
+    return b[in_vocab], p[in_vocab]
+
+
+def draft_vocab_ids(draft: EagleDraftModel) -> torch.Tensor | None:
+    """Target ids of the draft's lm_head rows, ascending (None: the full vocabulary, no column selection)."""
+    if draft.config.draft_vocab_size == draft.config.vocab_size:
+        return None
+    return draft.t2d.nonzero().squeeze(-1)
 
 
 class Eagle3Method:
     name = "eagle3"
 
-    def __init__(self, ttt_length: int, step_weight: float, gradient_checkpointing: bool = False):
+    def __init__(self, ttt_length: int, step_weight: float, gradient_checkpointing: bool = False,
+                 sim_states: int = SIM_TREE_STATES_PER_BATCH):
         self.num_positions, self.step_weight = ttt_length, step_weight
-        self.gradient_checkpointing = gradient_checkpointing
+        self.gradient_checkpointing, self.sim_states = gradient_checkpointing, sim_states
 
-    def _step_losses(self, model, draft: EagleDraftModel, a: Aligned, hidden: torch.Tensor):
+    def _step_losses(self, model, draft: EagleDraftModel, batch: TargetBatch, a: Aligned, hidden: torch.Tensor):
+        """Step j trains draft position t on target row t + 1 + j where loss_mask[t + 2 + j] holds and the
+        target's token there is in the draft vocabulary. Only those rows are projected, by the draft's
+        lm_head and the target's (over the draft vocabulary): the same loss as over all [B, T] positions."""
         outputs = ttt_forward(model, a.input_ids, hidden, self.num_positions,
                               gradient_checkpointing=self.gradient_checkpointing)
-        t2d = draft.t2d
-        in_vocab = t2d[a.next_logits.argmax(-1)]  # [B, T]: target's next token is in the draft vocabulary
-        mask = a.mask.bool() & in_vocab
-        target_logits = a.next_logits[..., t2d]  # [B, T, Vd] (t2d is ascending, as the lm_head rows)
+        b, p = trained_rows(batch, draft.t2d)  # aligned positions p: target row p + 1
+        target_logits = batch.rows_logits(b, p + 1, draft_vocab_ids(draft))  # [M, Vd]
         steps = []
         for j, out in enumerate(outputs):
-            steps.append(eagle3_step_loss(draft.compute_logits(out), shift_left(target_logits, j), shift_left(mask, j)))
+            keep = p >= j  # draft position p - j of step j predicts the token of row p + 1
+            rows = out[b[keep], p[keep] - j]  # [Mj, H]
+            ones = torch.ones(rows.shape[0], device=rows.device)
+            steps.append(eagle3_step_loss(draft.compute_logits(rows), target_logits[keep], ones))
         return steps
 
     @staticmethod
@@ -206,13 +237,13 @@ class Eagle3Method:
 
     def train_step(self, model, draft, batch: TargetBatch) -> StepOutput:
         a = align(batch)
-        steps = self._step_losses(model, draft, a, draft.project_target_features(a.features))
+        steps = self._step_losses(model, draft, batch, a, draft.project_target_features(a.features))
         return StepOutput(ttt_total_loss(steps, self.step_weight), self._sums(steps))
 
     @torch.no_grad()
     def eval_step(self, model, draft, batch: TargetBatch, greedy: torch.Tensor | None) -> dict[str, torch.Tensor]:
         a = align(batch)
-        sums = self._sums(self._step_losses(model, draft, a, draft.project_target_features(a.features)))
+        sums = self._sums(self._step_losses(model, draft, batch, a, draft.project_target_features(a.features)))
         if greedy is not None:
-            sums.update(simulated_acceptance(draft, a.input_ids, a.features, greedy, a.sim_mask))
+            sums.update(simulated_acceptance(draft, a.input_ids, a.features, greedy, a.sim_mask, self.sim_states))
         return sums

@@ -2,14 +2,13 @@
 the simulated acceptance length, the tutorial's log lines, metrics.jsonl and TensorBoard / W&B.
 
 Simulated acceptance length: compare the draft with the target's greedy continuation of the same
-prefix (computed exactly by the target, once per test batch, depth = the decoder's default tree
-depth). Two estimates (training.methods.simulated_acceptance), each 1 (bonus token) + the number of
-leading accepted tokens:
-- chain, from every test position: the draft rolled forward on its own greedy tokens; estimates tau
-  of chain decoding;
-- tree, from a few decoding states per test sequence: the decoder's own default dynamic tree, built
-  from that state; accepted = what greedy verification would accept (the number to compare with
-  `eaglespec generate`, which uses that tree).
+prefix (computed exactly by the target, once per test batch and run, depth = the decoder's default tree
+depth), from a few decoding states per test batch (--sim-states, evenly spaced over its trained positions).
+Two estimates (training.methods.simulated_acceptance), each 1 (bonus token) + the number of leading
+accepted tokens:
+- chain: the draft rolled forward on its own greedy tokens; estimates tau of chain decoding;
+- tree: the decoder's own default dynamic tree, built from that state; accepted = what greedy
+  verification would accept (the number to compare with `eaglespec generate`, which uses that tree).
 """
 
 from __future__ import annotations
@@ -32,23 +31,48 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 @torch.no_grad()
-def target_greedy_continuations(target: TargetModel, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
-    """[B, T] -> [B, T, depth]: row s holds the target's greedy tokens after the prefix x_0..x_s.
+def target_greedy_continuations(target: TargetModel, input_ids: torch.Tensor, depth: int,
+                                rows: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """[B, T] -> [B, T, depth]: row s of sequence b holds the target's greedy tokens after the prefix
+    x_0..x_s, for every (b, s) in `rows` (None: all rows); other rows hold -1 after depth 0.
 
-    One target forward over the batch, then depth - 1 forwards that extend every prefix at once
-    with the same diagonal mask pattern as training-time test (each continuation sees its prefix
-    and its own earlier tokens). Padded rows (right padding) produce values nobody reads.
+    One target forward over the batch, then depth - 1 forwards that extend only the wanted prefixes, all at
+    once, with the diagonal mask pattern of training-time test: continuation i sees its sequence's keys
+    0..s_i and its own earlier tokens. Padded rows (right padding) produce values nobody reads.
     """
     B, T = input_ids.shape
+    device = input_ids.device
     cache = DynamicCache()
-    positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+    positions = torch.arange(T, device=device)[None].expand(B, T)
     out = target(input_ids, position_ids=positions, cache=cache)
-    tokens = [out.logits.argmax(-1)]
+    first = out.logits.argmax(-1)  # [B, T]
+    if rows is None:
+        ends, live = positions, torch.ones(B, T, dtype=torch.bool, device=device)
+    else:
+        ends, live = _query_slots(rows, B, device)
+    result = torch.full((B, T, depth), -1, dtype=torch.long, device=device)
+    result[..., 0] = first
+    tokens = first.gather(1, ends)  # [B, S]
+    seen = torch.arange(T, device=device)[None, None, :] <= ends[:, :, None]  # [B, S, T]: the prefix
+    own = torch.eye(ends.shape[1], dtype=torch.bool, device=device).expand(B, -1, -1)  # each slot's own tokens
+    b_idx = torch.arange(B, device=device)[:, None].expand_as(ends)
     for d in range(1, depth):
-        mask = ttt_attention_mask(T, d, input_ids.device).expand(B, 1, T, T * (d + 1))
-        out = target(tokens[-1], position_ids=positions + d, attention_mask=mask, cache=cache)
-        tokens.append(out.logits.argmax(-1))
-    return torch.stack(tokens, dim=-1)
+        mask = torch.cat([seen] + [own] * d, dim=-1)[:, None]  # [B, 1, S, T + S * d]
+        tokens = target(tokens, position_ids=ends + d, attention_mask=mask, cache=cache).logits.argmax(-1)
+        result[b_idx[live], ends[live], d] = tokens[live]
+    return result
+
+
+def _query_slots(rows: list[tuple[int, int]], B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ends [B, S], live [B, S]): the prefix ends wanted per sequence, padded with unused slots at 0."""
+    per_seq = [sorted({s for b, s in rows if b == seq}) for seq in range(B)]
+    S = max(1, max(len(r) for r in per_seq))
+    ends = torch.zeros(B, S, dtype=torch.long)
+    live = torch.zeros(B, S, dtype=torch.bool)
+    for b, r in enumerate(per_seq):
+        ends[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        live[b, : len(r)] = True
+    return ends.to(device), live.to(device)
 
 
 class MetricSums:
@@ -103,8 +127,9 @@ def epoch_metrics(split: str, epoch: int, num_epochs: int, step: int, sums: dict
         m.vloss = ratio("vloss_sum", "count_0")
         m.topk_acc = {f"top{k}": ratio(f"top{k}_correct", "count_0", 100.0) for k in (2, 3)}
     if sums.get("sim_positions", 0) > 0:
-        m.sim_accept_length = ratio("sim_tree_sum", "sim_tree_states")
         m.sim_accept_length_chain = ratio("sim_chain_sum", "sim_positions")
+        if sums.get("sim_tree_states", 0) > 0:  # --sim-states 0: no tree estimate
+            m.sim_accept_length = ratio("sim_tree_sum", "sim_tree_states")
     return m
 
 
@@ -118,9 +143,9 @@ def format_lines(m: EpochMetrics) -> list[str]:
     if m.vloss is not None:
         lines.append(f"{head}, vLoss: {m.vloss:.4f}")
         lines.extend(f"{head}, position 0, {k.capitalize()} Acc: {v:.2f}" for k, v in m.topk_acc.items())
-    if m.sim_accept_length is not None:
-        lines.append(f"{head}, simulated acceptance length: {m.sim_accept_length:.2f} (dynamic tree), "
-                     f"{m.sim_accept_length_chain:.2f} (chain)")
+    if m.sim_accept_length_chain is not None:
+        tree = f"{m.sim_accept_length:.2f} (dynamic tree), " if m.sim_accept_length is not None else ""
+        lines.append(f"{head}, simulated acceptance length: {tree}{m.sim_accept_length_chain:.2f} (chain)")
     return lines
 
 
@@ -134,6 +159,7 @@ def flat_scalars(m: EpochMetrics) -> dict[str, float]:
         out.update({f"{m.split}/{k}_acc": v for k, v in m.topk_acc.items()})
     if m.sim_accept_length is not None:
         out[f"{m.split}/sim_accept_length"] = m.sim_accept_length
+    if m.sim_accept_length_chain is not None:
         out[f"{m.split}/sim_accept_length_chain"] = m.sim_accept_length_chain
     if m.lr is not None:
         out[f"{m.split}/lr"] = m.lr

@@ -34,7 +34,7 @@ from eaglespec.training.data import (
 from eaglespec.training.distributed import broadcast_object, current_rank, detect_launch, init_distributed
 from eaglespec.training.engine import launch_world_size, load_ds_settings, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
-from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, align
+from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, trained_rows
 from eaglespec.training.metrics import make_logger
 from eaglespec.training.schedule import OptimizerConfig
 
@@ -62,9 +62,16 @@ def _precision(common: CommonTrainConfig, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
 
 
+def _target_dtype(common: CommonTrainConfig, device: torch.device, precision: str) -> torch.dtype:
+    """--target-dtype; auto: bf16 on a GPU (unless --precision fp32), fp32 on a CPU."""
+    if common.target_dtype != "auto":
+        return torch.bfloat16 if common.target_dtype == "bf16" else torch.float32
+    return torch.bfloat16 if device.type == "cuda" and precision != "fp32" else torch.float32
+
+
 def _load_target(common: CommonTrainConfig, device: torch.device, precision: str) -> TargetModel:
-    # The frozen target may run in 16 bits on a GPU; all loss math is in fp32 (TargetBatch).
-    dtype = torch.bfloat16 if device.type == "cuda" and precision != "fp32" else torch.float32
+    # The frozen target may run in 16 bits (--target-dtype); all loss math is in fp32 (TargetBatch).
+    dtype = _target_dtype(common, device, precision)
     return TargetModel.from_pretrained(resolve_model_path(common.basepath), dtype=dtype, device=device)
 
 
@@ -135,6 +142,7 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
         per_epoch_draft_dtype=per_epoch_dtype, max_steps=common.max_steps,
         time_budget_s=common.time_budget_minutes * 60 if common.time_budget_minutes else None,
         progress=common.progress, run_config=run_config, sim_depth=SIM_DEPTH[method.name],
+        eval_every=common.eval_every, group_by_length=common.group_by_length,
     )
     metrics_logger = make_logger(common.report_to if engine.is_main else "none", out, run_config)
     try:
@@ -162,7 +170,7 @@ def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
     draft = build_draft(target, "eagle1", seed=common.seed).to(device)
     opt = _optimizer_config(common, len(train_idx), launch_world_size(), default_warmup=0)
     engine = make_engine(draft, opt, None, precision, common.grad_accum)
-    method = Eagle1Method(cfg.noise, cfg.noise_std, cfg.v_w, cfg.p_w)
+    method = Eagle1Method(cfg.noise, cfg.noise_std, cfg.v_w, cfg.p_w, common.sim_states)
     return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.save_freq, None)
 
 
@@ -232,8 +240,8 @@ def _check_draft_vocab_trainable(data: TrainData, draft: EagleDraftModel, common
     for i, batch in enumerate(batches):
         if i == DRAFT_VOCAB_CHECK_BATCHES:
             return
-        a = align(data.source(batch))
-        if bool((a.mask.bool() & draft.t2d[a.next_logits.argmax(-1)]).any()):
+        b, _p = trained_rows(data.source(batch), draft.t2d)
+        if b.numel() > 0:
             return
     raise ValueError(f"the training data yields zero trained tokens after the draft-vocabulary mask in its first "
                      f"{DRAFT_VOCAB_CHECK_BATCHES} batches (the target's next token is never in the "
@@ -267,6 +275,6 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
                             default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs),
                             whole_groups=whole_groups)
     engine = make_engine(draft, opt, ds, precision, common.grad_accum)
-    method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing)
+    method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing, common.sim_states)
     sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
     return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.full_save_every, sixteen_bit)
