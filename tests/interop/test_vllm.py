@@ -141,3 +141,17 @@ def test_vllm_acceptance_matches_ours_with_trained_drafts(tmp_path, vllm_python,
     _, draft_dir = tiny_trained(interop_home, method)
     compare_with_vllm(vllm_python, tmp_path, target, target_dir, tokenizer, prompts, plain, draft_dir, method,
                       TINY_MAX_TOKENS, "tiny target, trained draft,", TINY_CONTEXT)
+
+
+def test_vllm_runs_a_speculators_export_with_no_other_flag(tmp_path, vllm_python, interop_home, tiny, one_thread):
+    """`vllm serve DIR` / `LLM(model=DIR)` on our speculators export: vLLM reads the method, the number of draft
+    tokens, the aux layers and the target (verifier) from it, and decodes as without a draft."""
+    from tiny_trained import tiny_trained
+
+    target_dir, _, _, prompts, plain = tiny
+    _, draft_dir = tiny_trained(interop_home, "eagle3")
+    export_draft(draft_dir, "speculators", tmp_path / "speculators", target=target_dir, speculative_tokens=K)
+    served = _vllm(vllm_python, tmp_path, "served", tmp_path / "speculators", prompts, TINY_MAX_TOKENS,
+                   max_model_len=TINY_CONTEXT)
+    assert served["outputs"] == plain["outputs"]
+    assert served["num_drafts"] > 0 and served["accepted_per_pos"][0] > 0
