@@ -164,3 +164,18 @@ def test_greedy_continuations_of_selected_rows_equal_all_rows(case):
     for b, s in rows:
         assert torch.equal(some[b, s], every[b, s]), (b, s)
     assert (some[1, :, 1:] == -1).all() and (some[0, 4, 1:] == -1).all()
+
+
+def test_chain_predictions_from_chosen_positions_equal_all_positions(case):
+    from eaglespec.training.ttt import chain_predictions, query_slots
+
+    _, draft, full = case
+    ids, hidden = shift_left(full.input_ids, 1), draft.project_target_features(full.features)
+    every = chain_predictions(draft, ids, hidden, 4)  # [B, T, 4]
+    rows = [(0, 2), (0, 13), (2, 5), (2, 8)]
+    ends, live = query_slots(rows, 3)
+    some = chain_predictions(draft, ids, hidden, 4, ends)  # [B, S, 4]
+    assert ends.tolist() == [[2, 13], [0, 0], [5, 8]] and live.tolist() == [[True, True], [False, False], [True, True]]
+    for b, t in rows:
+        k = ends[b].tolist().index(t)
+        assert torch.equal(some[b, k], every[b, t]), (b, t)

@@ -19,7 +19,7 @@ from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
 from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_step_loss, ttt_total_loss
 from eaglespec.training.noise import add_feature_noise
-from eaglespec.training.ttt import chain_predictions, shift_left, ttt_forward
+from eaglespec.training.ttt import chain_predictions, query_slots, shift_left, ttt_forward
 
 # Simulated acceptance length: depth = the decoder's default tree depth per method (EAGLE_NOTES section 3).
 SIM_DEPTH = DEFAULT_DEPTH
@@ -90,12 +90,26 @@ def simulated_acceptance(
     target = shift_left(greedy, 1)  # draft position t continues the prefix ending at x_{t+1}
     states, real = _tree_states(sim_mask, num_states)  # padded to num_states (equal work on every rank)
     hidden = draft.project_target_features(features)
-    chain = (chain_predictions(draft, input_ids, hidden, depth) == target).long().cumprod(-1).sum(-1)  # [B, T]
+    b = torch.tensor([st[0] for st in states], dtype=torch.long, device=input_ids.device)
+    t = torch.tensor([st[1] for st in states], dtype=torch.long, device=input_ids.device)
+    chain = _chain_at_states(draft, input_ids, hidden, depth, b, t)  # [n, D] own greedy chain per state
+    hits = (chain == target[b, t]).long().cumprod(-1).sum(-1)[:real]
     accepted = simulated_tree_acceptance(draft, input_ids, features, target, states)[:real]
-    return {"sim_chain_sum": torch.tensor(float(sum(1 + int(chain[b, t]) for b, t in states[:real]))),
+    return {"sim_chain_sum": (hits + 1).sum().double(),
             "sim_positions": torch.tensor(float(real)),
             "sim_tree_sum": torch.tensor(float(sum(1 + a for a in accepted))),
             "sim_tree_states": torch.tensor(float(real))}
+
+
+def _chain_at_states(draft, input_ids, hidden, depth: int, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """[n, depth] draft chain predictions from the states (b[i], t[i]): one batched rollout (the same
+    number of draft forwards on every rank, whatever the states)."""
+    states = list(zip(b.tolist(), t.tolist()))
+    ends, _live = query_slots(states, input_ids.shape[0], input_ids.device)
+    chain = chain_predictions(draft, input_ids, hidden, depth, ends)  # [B, S, depth]
+    slot = {(seq, int(e)): k for seq in range(ends.shape[0]) for k, e in enumerate(ends[seq].tolist())}
+    k = torch.tensor([slot[st] for st in states], dtype=torch.long, device=input_ids.device)
+    return chain[b, k]
 
 
 def sim_rows(batch: TargetBatch, num_states: int) -> list[tuple[int, int]]:

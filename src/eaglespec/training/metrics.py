@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from eaglespec.models.target import TargetModel
-from eaglespec.training.ttt import ttt_attention_mask
+from eaglespec.training.ttt import query_slots
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def target_greedy_continuations(target: TargetModel, input_ids: torch.Tensor, de
     if rows is None:
         ends, live = positions, torch.ones(B, T, dtype=torch.bool, device=device)
     else:
-        ends, live = _query_slots(rows, B, device)
+        ends, live = query_slots(rows, B, device)
     result = torch.full((B, T, depth), -1, dtype=torch.long, device=device)
     result[..., 0] = first
     tokens = first.gather(1, ends)  # [B, S]
@@ -61,18 +61,6 @@ def target_greedy_continuations(target: TargetModel, input_ids: torch.Tensor, de
         tokens = target(tokens, position_ids=ends + d, attention_mask=mask, cache=cache).logits.argmax(-1)
         result[b_idx[live], ends[live], d] = tokens[live]
     return result
-
-
-def _query_slots(rows: list[tuple[int, int]], B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ends [B, S], live [B, S]): the prefix ends wanted per sequence, padded with unused slots at 0."""
-    per_seq = [sorted({s for b, s in rows if b == seq}) for seq in range(B)]
-    S = max(1, max(len(r) for r in per_seq))
-    ends = torch.zeros(B, S, dtype=torch.long)
-    live = torch.zeros(B, S, dtype=torch.bool)
-    for b, r in enumerate(per_seq):
-        ends[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-        live[b, : len(r)] = True
-    return ends.to(device), live.to(device)
 
 
 class MetricSums:

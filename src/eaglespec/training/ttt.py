@@ -119,19 +119,38 @@ def chain_predictions(
     input_ids: torch.Tensor,  # [B, T]
     hidden: torch.Tensor,  # [B, T, H]
     num_steps: int,
-    position_ids: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,  # [B, S] draft positions to roll out from; None: every position
 ) -> torch.Tensor:
-    """Greedy draft chain from every position: [B, T, num_steps] target-vocabulary ids, step j fed
-    the step j-1 prediction (as decoding does), not the data."""
+    """Greedy draft chain from every position (or from `ends` only): [B, T or S, num_steps] target-vocabulary
+    ids, step j fed the step j-1 prediction (as decoding does), not the data. Step 0 runs over the whole
+    sequence (its keys are the context of every later step); later steps only at the chosen positions, each
+    seeing step-0 keys 0..t and its own earlier steps (the training-time-test pattern)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    positions = torch.arange(T, device=device)[None].expand(B, T)
+    ends = positions if ends is None else ends
+    kv = _StepKV(None, None)
+    out = draft(input_ids, hidden, position_ids=positions, attention_mask=ttt_attention_mask(T, 0, device), cache=kv)
+    prev = out.gather(1, ends[..., None].expand(-1, -1, out.shape[-1]))  # [B, S, H]
+    seen = torch.arange(T, device=device)[None, None, :] <= ends[:, :, None]  # [B, S, T]
+    own = torch.eye(ends.shape[1], dtype=torch.bool, device=device).expand(B, -1, -1)
     predicted: list[torch.Tensor] = []
-
-    def greedy(out: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T] target ids
-        return draft.draft_to_target_ids(draft.compute_logits(out).argmax(-1))
-
-    def next_ids(_j: int, prev: torch.Tensor) -> torch.Tensor:
-        predicted.append(greedy(prev))
-        return predicted[-1]
-
-    outputs = rollout(draft, input_ids, hidden, num_steps, next_ids, position_ids)
-    predicted.append(greedy(outputs[-1]))
+    for j in range(1, num_steps + 1):
+        predicted.append(draft.draft_to_target_ids(draft.compute_logits(prev).argmax(-1)))  # [B, S]
+        if j < num_steps:
+            mask = torch.cat([seen] + [own] * j, dim=-1)[:, None]  # [B, 1, S, T + S * j]
+            prev = draft(predicted[-1], prev, position_ids=ends + j, attention_mask=mask, cache=kv)
     return torch.stack(predicted, dim=-1)
+
+
+def query_slots(rows: list[tuple[int, int]], B: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ends [B, S], live [B, S]): the distinct positions wanted per sequence (sorted), padded with unused
+    slots at position 0 to the longest list."""
+    per_seq = [sorted({s for b, s in rows if b == seq}) for seq in range(B)]
+    S = max(1, max(len(r) for r in per_seq))
+    ends = torch.zeros(B, S, dtype=torch.long)
+    live = torch.zeros(B, S, dtype=torch.bool)
+    for b, r in enumerate(per_seq):
+        ends[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        live[b, : len(r)] = True
+    return ends.to(device), live.to(device)
