@@ -194,3 +194,37 @@ def test_a_difference_in_turn_two_is_classified_at_turn_two():
     e = classify([[1], [1, 2, 3]], [[2], [8, 8]], [[2], [8, 9]], torch.bfloat16, logits)
     assert e.status == NEAR_TIE and e.turn == 1 and e.position == 1
     assert seen == [[1, 2, 3, 8]]  # turn two's prompt plus the common prefix
+
+
+def test_generate_cli_batch_size_gives_the_batch_size_1_outputs(tmp_path, capsys):
+    from eaglespec.cli import main
+
+    draft = tmp_path / "d3"
+    assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
+    (tmp_path / "p.txt").write_text("Once upon a time\nThe little cat\nTom and Lily went\n")
+    args = ["generate", "--base", "stories260K", "--draft", str(draft), "--input", str(tmp_path / "p.txt"),
+            "--max-new-tokens", "12", "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    alone = [json.loads(line)["token_ids"] for line in capsys.readouterr().out.splitlines()]
+    assert main(args + ["--batch-size", "2"]) == 0
+    batched = [json.loads(line)["token_ids"] for line in capsys.readouterr().out.splitlines()]
+    assert batched == alone and len(alone) == 3
+
+
+def test_bench_throughput_mode_writes_its_figures(tmp_path):
+    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+
+    draft = tmp_path / "d3"
+    from eaglespec.cli import main
+
+    assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
+    (tmp_path / "p.txt").write_text("Once upon a time\nThe little cat\nTom and Lily went\n")
+    opts = BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")], max_new_tokens=8,
+                        repeats=1, batch_size=2, output=str(tmp_path / "out"))
+    assert run_benchmark(opts, log=lambda *_: None) == 0
+    data = json.loads((tmp_path / "out" / "throughput_bs2.json").read_text())
+    assert set(data["methods"]) == {"vanilla", "eagle", "hf", "eagle-bs1"}
+    # greedy: every method produces the same number of new tokens on the same prompts
+    assert len({m["new_tokens"] for m in data["methods"].values()}) == 1
+    assert data["methods"]["vanilla"]["speedup_vs_vanilla"] == pytest.approx(1.0)

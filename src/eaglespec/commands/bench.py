@@ -34,6 +34,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-turn-only", action="store_true", help="multi-turn questions: first turn only")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--output", default=DEFAULTS.output, help="directory for results.json, report.md and plots")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="throughput mode: batched vanilla / eagle / hf generate and eagle at batch size 1 on the "
+                        "first turns (total new tokens / wall time, per-sequence latency)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
                         top_p=args.top_p, tree=args.tree, depth=args.depth, draft_top_k=args.draft_top_k,
                         total_tokens=args.total_tokens, chain_depth=args.chain_depth, dtype=args.dtype,
                         device=args.device, limit=args.limit, every=args.every, first_turn_only=args.first_turn_only,
-                        seed=args.seed, output=args.output)
+                        seed=args.seed, output=args.output, batch_size=args.batch_size)
     return run_benchmark(opts)

@@ -36,6 +36,7 @@ class BenchOptions:
     first_turn_only: bool = False
     seed: int = 0
     output: str = "bench"
+    batch_size: int | None = None  # throughput mode: batched decoding of every question's first turn
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:
@@ -79,6 +80,8 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
 
     from eaglespec.evaluation.report import console_summary, machine_info, results_dict, write_outputs
 
+    if opts.batch_size is not None:
+        return run_throughput(opts, log)
     setup, tune = load_setup(opts, log)
     if not setup.questions.questions:
         raise ValueError("no questions to run")
@@ -108,3 +111,38 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
         log("interrupted: the outputs hold what was measured so far and are marked incomplete")
         return EXIT_INTERRUPTED
     return EXIT_MISMATCH if bad else 0
+
+
+def run_throughput(opts: BenchOptions, log=print) -> int:
+    """`--batch-size B`: batched throughput (greedy, first turns) of vanilla / eagle / hf / eagle-bs1."""
+    from tqdm import tqdm
+
+    from eaglespec._io import atomic_write_text
+    from eaglespec.evaluation.questions import prompt_ids
+    from eaglespec.evaluation.report import machine_info
+    from eaglespec.evaluation.throughput import BATCH_METHODS, throughput_benchmark
+
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch-size: expected >= 1, got {opts.batch_size}")
+    methods = [m for m in opts.methods if m in BATCH_METHODS]
+    methods = methods if set(opts.methods) - set(DEFAULT_METHODS) else list(BATCH_METHODS)
+    setup, _ = load_setup(BenchOptions(**{**asdict(opts), "methods": ["vanilla"], "batch_size": None}), log)
+    gen = setup.generator
+    prompts = [prompt_ids(q, 0, [], gen.tokenizer, setup.fim) for q in setup.questions.questions]
+    with tqdm(total=len(methods) * opts.repeats, unit="run", desc=f"bench batch {opts.batch_size}") as bar:
+        data = throughput_benchmark(gen, prompts, opts.max_new_tokens, opts.batch_size, methods, opts.repeats,
+                                    progress=bar.update)
+    data.update(config=asdict(opts), machine=machine_info(gen.target.device, gen.target.dtype), prompts=len(prompts),
+                tree=gen.tree.summary(gen.draft.config.method) if gen.draft else None)
+    out = Path(opts.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"throughput_bs{opts.batch_size}.json", json.dumps(data, indent=1) + "\n")
+    log(f"batch size {opts.batch_size}, {len(prompts)} prompts, {opts.max_new_tokens} new tokens at most:")
+    log("| method | tokens/s | vs vanilla (same batch) | vs hf | vs eagle bs1 | latency median / p90 s |")
+    log("|---|---|---|---|---|---|")
+    for m, f in data["methods"].items():
+        log(f"| {m} | {f['tokens_per_s']:.1f} | {f.get('speedup_vs_vanilla', float('nan')):.2f}x | "
+            f"{f.get('speedup_vs_hf', float('nan')):.2f}x | {f.get('speedup_vs_eagle-bs1', float('nan')):.2f}x | "
+            f"{f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")
+    log(f"wrote {out / f'throughput_bs{opts.batch_size}.json'}")
+    return 0
