@@ -89,14 +89,15 @@ class TargetBatch:
         return self.rows_logits(b, t).argmax(-1)
 
     def _project(self, hidden: torch.Tensor, vocab: torch.Tensor | None) -> torch.Tensor:
+        """lm_head rows in fp32 (a 16-bit target's weights are widened: soft targets keep fp32 precision)."""
         if self.lm_head is None:
             raise ValueError("TargetBatch without logits needs the target's lm_head")
         weight = self.lm_head.weight
-        weight = weight if vocab is None else weight[vocab]
+        weight = (weight if vocab is None else weight[vocab]).float()
         bias = getattr(self.lm_head, "bias", None)
-        if bias is not None and vocab is not None:
-            bias = bias[vocab]
-        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).float()
+        if bias is not None:
+            bias = (bias if vocab is None else bias[vocab]).float()
+        return torch.nn.functional.linear(hidden.float(), weight, bias)
 
 
 # --------------------------------------------------------------------------------------------------
