@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Reproduce the README's performance tables with `eaglespec bench` (run it with nothing else on the machine).
+#
+#   bash benchmarks/readme_tables.sh stories260K DRAFT_DIR [OUT_DIR]          # the stories260K tables
+#   bash benchmarks/readme_tables.sh smollm2-135m DRAFT_DIR [OUT_DIR]         # the SmolLM2 chat tables
+#   bash benchmarks/readme_tables.sh /path/to/your/model DRAFT_DIR [OUT_DIR]  # any target a user names
+#
+# Each run writes results.json, report.md and plots per configuration under OUT_DIR. SHARED points at the
+# shared data (default ../shared beside the checkout).
+set -euo pipefail
+base=${1:?target model (stories260K, smollm2-135m or a path)}
+draft=${2:?draft directory}
+out=${3:-bench-results}
+here="$(cd "$(dirname "$0")/.." && pwd)"
+shared=${SHARED:-$here/../shared}
+mtbench="$shared/data/eval/eagle_mt_bench_question.jsonl"
+
+if [ "$base" = stories260K ]; then
+    # a base model: MT-bench turns as plain text, plus story openings
+    prompts="$out/story_prompts.txt"
+    mkdir -p "$out"
+    printf '%s\n' "Once upon a time" "One day, a little girl named Lily went to the park." \
+        "Tom had a big red ball. He" "The sun was shining and the birds were singing." > "$prompts"
+    for dtype in float32 bfloat16; do
+        eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" "$prompts" --every 4 \
+            --first-turn-only --methods vanilla,hf,eagle,eagle-chain,pld --max-new-tokens 128 --repeats 3 \
+            --dtype "$dtype" --tree auto --output "$out/stories260K-$dtype"
+    done
+else
+    # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16
+    eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
+        --methods vanilla,hf,eagle,eagle-chain,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --output "$out/$(basename "$base")-greedy"
+    eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
+        --methods vanilla,eagle --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --output "$out/$(basename "$base")-t0.7"
+    for bs in 4 8; do
+        eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
+            --max-new-tokens 128 --repeats 2 --dtype bfloat16 --batch-size "$bs" --output "$out/$(basename "$base")-batch"
+    done
+fi
