@@ -85,6 +85,21 @@ def eagle3_step_loss(
     return StepLoss(ploss_sum / count.clamp(min=1.0), count, ploss_sum.detach(), correct)
 
 
+def eagle3_rows_loss(
+    draft_logits: torch.Tensor,  # [M, Vd] at trained rows only
+    target_probs: torch.Tensor,  # [M, Vd] fp32 softmax of the target logits over the draft vocabulary
+    target_top: torch.Tensor,  # [M] argmax of those target logits
+) -> StepLoss:
+    """eagle3_step_loss when every row is trained, with the target's softmax and argmax computed once for all
+    TTT steps (the [M, Vd] passes cost as much as a matmul on a CPU)."""
+    logits = draft_logits.float()  # the fp32 copy also makes argmax fast (bf16 argmax is slow on CPUs)
+    count = torch.tensor(float(logits.shape[0]), device=logits.device)
+    ploss_sum = soft_cross_entropy(logits, target_probs).sum()
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == target_top).sum().float()
+    return StepLoss(ploss_sum / count.clamp(min=1.0), count, ploss_sum.detach(), correct)
+
+
 def ttt_total_loss(steps: list[StepLoss], step_weight: float) -> torch.Tensor:
     """sum_j step_weight^j * ploss_j (EAGLE_NOTES section 4; the reference uses 0.8)."""
     return sum(step_weight**j * s.ploss for j, s in enumerate(steps))

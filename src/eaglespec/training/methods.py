@@ -17,7 +17,7 @@ from eaglespec.decoding.tree import DEFAULT_DEPTH, TreeConfig, dynamic_capacity
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
-from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_step_loss, ttt_total_loss
+from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_rows_loss, ttt_total_loss
 from eaglespec.training.noise import add_feature_noise
 from eaglespec.training.ttt import chain_predictions, query_slots, shift_left, ttt_forward
 
@@ -233,13 +233,15 @@ class Eagle3Method:
         outputs = ttt_forward(model, a.input_ids, hidden, self.num_positions,
                               gradient_checkpointing=self.gradient_checkpointing)
         b, p = trained_rows(batch, draft.t2d)  # aligned positions p: target row p + 1
+        order = torch.argsort(p, descending=True, stable=True)  # the rows of step j are then a prefix
+        b, p = b[order], p[order]
         target_logits = batch.rows_logits(b, p + 1, draft_vocab_ids(draft))  # [M, Vd]
+        target_probs, target_top = torch.softmax(target_logits, dim=-1), target_logits.argmax(-1)
         steps = []
         for j, out in enumerate(outputs):
-            keep = p >= j  # draft position p - j of step j predicts the token of row p + 1
-            rows = out[b[keep], p[keep] - j]  # [Mj, H]
-            ones = torch.ones(rows.shape[0], device=rows.device)
-            steps.append(eagle3_step_loss(draft.compute_logits(rows), target_logits[keep], ones))
+            n = int((p >= j).sum())  # draft position p - j of step j predicts the token of row p + 1
+            rows = out[b[:n], p[:n] - j]  # [n, H]
+            steps.append(eagle3_rows_loss(draft.compute_logits(rows), target_probs[:n], target_top[:n]))
         return steps
 
     @staticmethod
