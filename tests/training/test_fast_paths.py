@@ -179,3 +179,28 @@ def test_chain_predictions_from_chosen_positions_equal_all_positions(case):
     for b, t in rows:
         k = ends[b].tolist().index(t)
         assert torch.equal(some[b, k], every[b, t]), (b, t)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_ttt_steps_at_chosen_positions_equal_all_positions(case, checkpointing):
+    from eaglespec.training.ttt import query_slots, ttt_forward_at
+
+    _, draft, full = case
+    ids, hidden = shift_left(full.input_ids, 1), draft.project_target_features(full.features)
+    every = ttt_forward(draft, ids, hidden, 3)
+    ends, _ = query_slots([(0, 1), (0, 7), (1, 15), (2, 4)], 3)
+    some = ttt_forward_at(draft, ids, hidden, 3, ends, gradient_checkpointing=checkpointing)
+    torch.testing.assert_close(some[0], every[0])
+    for j in (1, 2):
+        torch.testing.assert_close(some[j], every[j][torch.arange(3)[:, None], ends], rtol=1e-5, atol=1e-6)
+    sum(o.square().sum() for o in some).backward()  # gradients flow through the gathered positions
+    assert draft.fc.weight.grad is not None
+    draft.zero_grad()
+
+
+def test_a_batch_without_trained_rows_gives_zero_loss(case):
+    _, draft, full = case
+    batch = copy.copy(full)
+    batch.loss_mask = torch.zeros_like(full.loss_mask)
+    out = Eagle3Method(3, 0.8).train_step(draft, draft, batch)
+    assert out.loss.item() == 0.0 and all(out.sums[f"count_{j}"].item() == 0 for j in range(3))

@@ -19,7 +19,7 @@ from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
 from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_rows_loss, ttt_total_loss
 from eaglespec.training.noise import add_feature_noise
-from eaglespec.training.ttt import chain_predictions, query_slots, shift_left, ttt_forward
+from eaglespec.training.ttt import chain_predictions, query_slots, shift_left, ttt_forward_at
 
 # Simulated acceptance length: depth = the decoder's default tree depth per method (EAGLE_NOTES section 3).
 SIM_DEPTH = DEFAULT_DEPTH
@@ -211,6 +211,25 @@ def trained_rows(batch: TargetBatch, t2d: torch.Tensor) -> tuple[torch.Tensor, t
     return b[in_vocab], p[in_vocab]
 
 
+def _later_step_slots(b: torch.Tensor, p: torch.Tensor, shape: torch.Size, steps: int):
+    """(ends [B, S], slot_of [B, T]): per sequence the positions t that TTT steps 1.. train (t = p - j for a
+    trained row p, 1 <= j < steps), ascending and padded with position 0; slot_of[b, t] = t's slot (else -1)."""
+    B, T = shape
+    needed = torch.zeros(B, T, dtype=torch.bool, device=p.device)
+    for j in range(1, steps):
+        keep = p >= j
+        needed[b[keep], p[keep] - j] = True
+    S = max(1, int(needed.sum(1).max()))
+    arange = torch.arange(T, device=p.device).expand(B, T)
+    ends = torch.where(needed, arange, T + arange).sort(dim=1).values[:, :S]  # needed positions first
+    live = ends < T
+    ends = ends.masked_fill(~live, 0)
+    slot_of = torch.full((B, T), -1, dtype=torch.long, device=p.device)
+    idx = live.nonzero()  # (sequence, slot), row-major like ends[live]
+    slot_of[idx[:, 0], ends[live]] = idx[:, 1]
+    return ends, slot_of
+
+
 def draft_vocab_ids(draft: EagleDraftModel) -> torch.Tensor | None:
     """Target ids of the draft's lm_head rows, ascending (None: the full vocabulary, no column selection)."""
     if draft.config.draft_vocab_size == draft.config.vocab_size:
@@ -230,17 +249,20 @@ class Eagle3Method:
         """Step j trains draft position t on target row t + 1 + j where loss_mask[t + 2 + j] holds and the
         target's token there is in the draft vocabulary. Only those rows are projected, by the draft's
         lm_head and the target's (over the draft vocabulary): the same loss as over all [B, T] positions."""
-        outputs = ttt_forward(model, a.input_ids, hidden, self.num_positions,
-                              gradient_checkpointing=self.gradient_checkpointing)
         b, p = trained_rows(batch, draft.t2d)  # aligned positions p: target row p + 1
         order = torch.argsort(p, descending=True, stable=True)  # the rows of step j are then a prefix
         b, p = b[order], p[order]
+        # Steps j > 0 run only at the positions some later step trains (not at prompts, padding, ...).
+        ends, slot_of = _later_step_slots(b, p, a.input_ids.shape, self.num_positions)
+        outputs = ttt_forward_at(model, a.input_ids, hidden, self.num_positions, ends,
+                                 gradient_checkpointing=self.gradient_checkpointing)
         target_logits = batch.rows_logits(b, p + 1, draft_vocab_ids(draft))  # [M, Vd]
         target_probs, target_top = torch.softmax(target_logits, dim=-1), target_logits.argmax(-1)
         steps = []
         for j, out in enumerate(outputs):
             n = int((p >= j).sum())  # draft position p - j of step j predicts the token of row p + 1
-            rows = out[b[:n], p[:n] - j]  # [n, H]
+            t = p[:n] - j
+            rows = out[b[:n], t if j == 0 else slot_of[b[:n], t]]  # [n, H]
             steps.append(eagle3_rows_loss(draft.compute_logits(rows), target_probs[:n], target_top[:n]))
         return steps
 

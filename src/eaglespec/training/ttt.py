@@ -87,12 +87,43 @@ def rollout(
         if j > 0:
             ids, hidden = next_input_ids(j, outputs[-1]), outputs[-1]
         mask = ttt_attention_mask(T, j, input_ids.device)
-        args = (draft, ids, hidden, position_ids + j, mask, keys, values)
-        if gradient_checkpointing and torch.is_grad_enabled():
-            out, keys, values = checkpoint(_draft_step, *args, use_reentrant=False)
-        else:
-            out, keys, values = _draft_step(*args)
+        out, keys, values = _run_step((draft, ids, hidden, position_ids + j, mask, keys, values), gradient_checkpointing)
         outputs.append(out)
+    return outputs
+
+
+def _run_step(args: tuple, gradient_checkpointing: bool):
+    if gradient_checkpointing and torch.is_grad_enabled():
+        return checkpoint(_draft_step, *args, use_reentrant=False)
+    return _draft_step(*args)
+
+
+def ttt_forward_at(
+    draft: EagleDraftModel,
+    input_ids: torch.Tensor,  # [B, T] x_{t+1} at position t
+    hidden: torch.Tensor,  # [B, T, H]
+    num_steps: int,
+    ends: torch.Tensor,  # [B, S] the positions steps j > 0 are needed at
+    gradient_checkpointing: bool = False,
+    pad_id: int = 0,
+) -> list[torch.Tensor]:
+    """ttt_forward with steps j > 0 only at the positions `ends` (those a loss reads): step 0 runs at every
+    position (its keys are every step's context) -> [B, T, H]; step j -> [B, S, H], equal to ttt_forward's
+    step j at those positions (each query sees step-0 keys 0..t and its own earlier steps)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    positions = torch.arange(T, device=device)[None].expand(B, T)
+    step0 = (draft, input_ids, hidden, positions, ttt_attention_mask(T, 0, device), None, None)
+    out, keys, values = _run_step(step0, gradient_checkpointing)
+    outputs = [out]
+    prev = out.gather(1, ends[..., None].expand(-1, -1, out.shape[-1]))  # [B, S, H]
+    seen = torch.arange(T, device=device)[None, None, :] <= ends[:, :, None]  # [B, S, T]
+    own = torch.eye(ends.shape[1], dtype=torch.bool, device=device).expand(B, -1, -1)
+    for j in range(1, num_steps):
+        ids = shift_left(input_ids, j, pad_id).gather(1, ends)
+        mask = torch.cat([seen] + [own] * j, dim=-1)[:, None]  # [B, 1, S, T + S * j]
+        prev, keys, values = _run_step((draft, ids, prev, ends + j, mask, keys, values), gradient_checkpointing)
+        outputs.append(prev)
     return outputs
 
 
