@@ -38,7 +38,7 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
                    help="evaluate on the test split every N epochs (always after the last epoch)")
     p.add_argument("--sim-states", type=int, default=None,
                    help="decoding states per test batch for the simulated dynamic-tree acceptance length "
-                        "(default: training.config.SIM_TREE_STATES_PER_BATCH; 0: no simulation)")
+                        "(default 32; 0: no simulation, which also skips the target's greedy decoding of the test set)")
     p.add_argument("--group-by-length", action="store_true",
                    help="batch samples of similar length together (less padding; seeded batch order)")
 
