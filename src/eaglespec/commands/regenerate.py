@@ -24,6 +24,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"0 = greedy (default with --input); default {BOS_DEFAULT_TEMPERATURE} with --from-bos")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8, help="records generated together")
+    p.add_argument("--continuous-batching", action="store_true",
+                   help="refill a batch row as soon as its answer ends (decoding.batch) instead of lockstep "
+                        "model.generate batches; pays for large models with answers of very different lengths")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
     p.add_argument("--chat-template", help="Jinja chat template file, for tokenizers without one")
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if temperature is None:
         temperature = BOS_DEFAULT_TEMPERATURE if args.from_bos is not None else 0.0
     settings = rg.SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
-                                   min_new_tokens=args.min_new_tokens, seed=args.seed)
+                                   min_new_tokens=args.min_new_tokens, seed=args.seed,
+                                   continuous=args.continuous_batching)
     model, tokenizer = _load(args)
     generator = rg.Generator(model, tokenizer, settings)
     if args.from_bos is not None:
