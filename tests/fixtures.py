@@ -76,3 +76,33 @@ def stories260k_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(bundled_model_path()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training tests: a small run config on stories260K, its metrics, dumped features
+# ---------------------------------------------------------------------------------------------------
+
+def train_config(out, **kw):
+    """CommonTrainConfig of a short stories260K run into `out` (keyword arguments override)."""
+    from eaglespec.training import CommonTrainConfig
+
+    args = dict(basepath="stories260K", output_dir=out, lr=1e-3, batch_size=2, num_epochs=2, grad_accum=1,
+                max_len=512, warmup_steps=2, test_split=0.2, progress=False)
+    args.update(kw)
+    return CommonTrainConfig(**args)
+
+
+def read_metrics(out) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def dump_stories260k_features(prepared, method: str, out):
+    """fp32 features of stories260K over a prepared dataset, for offline training of `method`."""
+    from eaglespec.data.features import dump_features
+    from eaglespec.models import TargetModel
+
+    dump_features(TargetModel.from_pretrained(bundled_model_path()), prepared, method, out, dtype=torch.float32)
+    return out

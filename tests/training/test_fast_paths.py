@@ -4,7 +4,6 @@ the draft lm_head at trained rows only; plus length-grouped batches, --eval-ever
 draft checkpoint without the target's embedding."""
 
 import copy
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import torch
 
 from eaglespec import bundled_model_path
 from eaglespec.models import EagleDraftModel, TargetModel, build_draft
-from eaglespec.training import CommonTrainConfig, Eagle3TrainConfig, train_eagle3
+from eaglespec.training import Eagle3TrainConfig, train_eagle3
 from eaglespec.training.data import TargetBatch, length_grouped_order
 from eaglespec.training.losses import eagle3_step_loss, ttt_total_loss
 from eaglespec.training.methods import Eagle3Method
 from eaglespec.training.ttt import shift_left, ttt_forward
-from fixtures import tiny_model
+from fixtures import dump_stories260k_features, read_metrics, tiny_model, train_config
 
 
 def _dense_reference(draft, batch: TargetBatch, steps: int, weight: float):
@@ -92,31 +91,16 @@ def test_length_grouped_order_keeps_items_and_groups_lengths():
     assert grouped != length_grouped_order(order, lengths, 8, epoch=2, seed=0)
 
 
-def _common(out: Path, **kw) -> CommonTrainConfig:
-    args = dict(basepath="stories260K", output_dir=out, lr=1e-3, batch_size=2, num_epochs=2, grad_accum=1,
-                max_len=512, warmup_steps=2, test_split=0.2, progress=False)
-    args.update(kw)
-    return CommonTrainConfig(**args)
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def eagle3_features(tiny_prepared, tmp_path_factory) -> Path:
-    from eaglespec.data.features import dump_features
-
-    out = tmp_path_factory.mktemp("features") / "eagle3"
-    dump_features(TargetModel.from_pretrained(bundled_model_path()), tiny_prepared, "eagle3", out, dtype=torch.float32)
-    return out
+    return dump_stories260k_features(tiny_prepared, "eagle3", tmp_path_factory.mktemp("features") / "eagle3")
 
 
 def test_offline_eagle3_equals_online_and_checkpoints_omit_the_embedding(tiny_prepared, eagle3_features, tmp_path):
-    online = train_eagle3(Eagle3TrainConfig(_common(tmp_path / "online"), data=tiny_prepared, ttt_length=3))
-    offline = train_eagle3(Eagle3TrainConfig(_common(tmp_path / "offline", group_by_length=False),
+    online = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "online"), data=tiny_prepared, ttt_length=3))
+    offline = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "offline", group_by_length=False),
                                              features=eagle3_features, ttt_length=3))
-    for a, b in zip(_metrics(tmp_path / "online"), _metrics(tmp_path / "offline"), strict=True):
+    for a, b in zip(read_metrics(tmp_path / "online"), read_metrics(tmp_path / "offline"), strict=True):
         assert (a["split"], a["epoch"], a["positions_trained"]) == (b["split"], b["epoch"], b["positions_trained"])
         assert a["ploss"] == pytest.approx(b["ploss"], rel=1e-4)
     target = TargetModel.from_pretrained(bundled_model_path())
@@ -130,27 +114,27 @@ def test_offline_eagle3_equals_online_and_checkpoints_omit_the_embedding(tiny_pr
 
 def test_eval_every_and_sim_states(eagle3_features, tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = _common(out, num_epochs=3, eval_every=2, sim_states=0, group_by_length=True)
+    cfg = train_config(out, num_epochs=3, eval_every=2, sim_states=0, group_by_length=True)
     train_eagle3(Eagle3TrainConfig(cfg, features=eagle3_features, ttt_length=2))
-    tests = [m for m in _metrics(out) if m["split"] == "test"]
+    tests = [m for m in read_metrics(out) if m["split"] == "test"]
     assert [m["epoch"] for m in tests] == [2, 3]  # every 2nd epoch and the last
     assert all(m["sim_accept_length"] is None and m["sim_accept_length_chain"] is None for m in tests)
     printed = capsys.readouterr().out
     assert "epoch 1: trained" in printed and "tokens/s" in printed and "test evaluation" in printed
     assert "simulated acceptance length" not in printed  # --sim-states 0: no simulation (and no target decoding)
     out = tmp_path / "run2"
-    train_eagle3(Eagle3TrainConfig(_common(out, num_epochs=1, sim_states=3), features=eagle3_features, ttt_length=2))
-    (test,) = [m for m in _metrics(out) if m["split"] == "test"]
+    train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=1, sim_states=3), features=eagle3_features, ttt_length=2))
+    (test,) = [m for m in read_metrics(out) if m["split"] == "test"]
     assert test["sim_accept_length"] >= 1.0 and test["sim_accept_length_chain"] >= 1.0
 
 
 def test_bad_eval_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--eval-every"):
-        _common(tmp_path, eval_every=0)
+        train_config(tmp_path, eval_every=0)
     with pytest.raises(ValueError, match="--sim-states"):
-        _common(tmp_path, sim_states=-1)
+        train_config(tmp_path, sim_states=-1)
     with pytest.raises(ValueError, match="--target-dtype"):
-        _common(tmp_path, target_dtype="fp8")
+        train_config(tmp_path, target_dtype="fp8")
 
 
 def test_greedy_continuations_of_selected_rows_equal_all_rows(case):

@@ -7,38 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from eaglespec import bundled_model_path
-from eaglespec.models import EagleDraftModel, TargetModel
-from eaglespec.training import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig, train_eagle1, train_eagle3
+from eaglespec.models import EagleDraftModel
+from eaglespec.training import Eagle1TrainConfig, Eagle3TrainConfig, train_eagle1, train_eagle3
 from eaglespec.training.engine import load_ds_settings
 from eaglespec.training.loop import TrainingDiverged
-
-
-def _common(out: Path, **kw) -> CommonTrainConfig:
-    args = dict(basepath="stories260K", output_dir=out, lr=1e-3, batch_size=2, num_epochs=2, grad_accum=1,
-                max_len=512, warmup_steps=2, test_split=0.2, progress=False)
-    args.update(kw)
-    return CommonTrainConfig(**args)
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+from fixtures import dump_stories260k_features, read_metrics, train_config
 
 
 @pytest.fixture(scope="module")
 def eagle1_features(tiny_prepared, tmp_path_factory) -> Path:
-    from eaglespec.data.features import dump_features
-
-    out = tmp_path_factory.mktemp("features") / "eagle1"
-    dump_features(TargetModel.from_pretrained(bundled_model_path()), tiny_prepared, "eagle1", out, dtype=torch.float32)
-    return out
+    return dump_stories260k_features(tiny_prepared, "eagle1", tmp_path_factory.mktemp("features") / "eagle1")
 
 
 def test_offline_and_online_give_the_same_loss_curve(tiny_prepared, eagle1_features, tmp_path):
-    online = train_eagle1(Eagle1TrainConfig(_common(tmp_path / "online"), data=tiny_prepared))
-    offline = train_eagle1(Eagle1TrainConfig(_common(tmp_path / "offline"), tmpdir=eagle1_features))
+    online = train_eagle1(Eagle1TrainConfig(train_config(tmp_path / "online"), data=tiny_prepared))
+    offline = train_eagle1(Eagle1TrainConfig(train_config(tmp_path / "offline"), tmpdir=eagle1_features))
     assert online.state.step == offline.state.step == 10
-    for a, b in zip(_metrics(tmp_path / "online"), _metrics(tmp_path / "offline"), strict=True):
+    for a, b in zip(read_metrics(tmp_path / "online"), read_metrics(tmp_path / "offline"), strict=True):
         assert a["split"] == b["split"] and a["epoch"] == b["epoch"]
         assert a["ploss"] == pytest.approx(b["ploss"], rel=1e-4)
         assert a["vloss"] == pytest.approx(b["vloss"], rel=1e-4)
@@ -50,7 +35,7 @@ def test_offline_and_online_give_the_same_loss_curve(tiny_prepared, eagle1_featu
 
 def test_features_of_another_method_are_refused(eagle1_features, tmp_path):
     with pytest.raises(ValueError, match="method"):
-        train_eagle3(Eagle3TrainConfig(_common(tmp_path / "out"), features=eagle1_features))
+        train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "out"), features=eagle1_features))
     assert not any((tmp_path / "out").glob("state_*"))
 
 
@@ -66,8 +51,8 @@ def _zero_mask_copy(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("method", ["eagle1", "eagle3"])
 def test_all_zero_loss_mask_fails_before_training(method, tiny_prepared, tmp_path):
     data = _zero_mask_copy(tiny_prepared, tmp_path / "zero")
-    cfg = (Eagle1TrainConfig(_common(tmp_path / "out"), data=data) if method == "eagle1"
-           else Eagle3TrainConfig(_common(tmp_path / "out"), data=data))
+    cfg = (Eagle1TrainConfig(train_config(tmp_path / "out"), data=data) if method == "eagle1"
+           else Eagle3TrainConfig(train_config(tmp_path / "out"), data=data))
     with pytest.raises(ValueError, match="loss_mask is 0"):
         (train_eagle1 if method == "eagle1" else train_eagle3)(cfg)
     assert not (tmp_path / "out").exists()
@@ -78,7 +63,7 @@ def test_zero_trained_tokens_after_draft_vocab_mask(tiny_prepared, tmp_path, mon
     from eaglespec.training import run
 
     monkeypatch.setattr(run, "_draft_vocab", lambda *args: torch.tensor([0]))
-    cfg = Eagle3TrainConfig(_common(tmp_path / "out", batch_size=12), data=tiny_prepared, draft_vocab_size=1)
+    cfg = Eagle3TrainConfig(train_config(tmp_path / "out", batch_size=12), data=tiny_prepared, draft_vocab_size=1)
     with pytest.raises(ValueError, match="zero trained tokens after the draft-vocabulary mask"):
         train_eagle3(cfg)
 
@@ -98,7 +83,7 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tiny_prepared, tmp_pa
 
     monkeypatch.setattr(methods.Eagle1Method, "train_step", poisoned)
     out = tmp_path / "out"
-    cfg = Eagle1TrainConfig(_common(out, num_epochs=3), data=tiny_prepared, save_freq=1)
+    cfg = Eagle1TrainConfig(train_config(out, num_epochs=3), data=tiny_prepared, save_freq=1)
     with pytest.raises(TrainingDiverged) as info:
         train_eagle1(cfg)
     message = str(info.value)
@@ -108,9 +93,9 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tiny_prepared, tmp_pa
 
 def test_existing_checkpoints_need_resume(tiny_prepared, tmp_path):
     out = tmp_path / "out"
-    train_eagle1(Eagle1TrainConfig(_common(out, max_steps=1), data=tiny_prepared))
+    train_eagle1(Eagle1TrainConfig(train_config(out, max_steps=1), data=tiny_prepared))
     with pytest.raises(FileExistsError, match="--resume"):
-        train_eagle1(Eagle1TrainConfig(_common(out, max_steps=1), data=tiny_prepared))
+        train_eagle1(Eagle1TrainConfig(train_config(out, max_steps=1), data=tiny_prepared))
 
 
 def test_ds_config_mismatch_is_a_clear_error(tmp_path):
