@@ -154,7 +154,7 @@ def test_target_greedy_continuations_match_generate(target_and_draft):
 
 def test_accepted_depth_on_a_hand_built_tree():
     from eaglespec.decoding.tree import DraftTree
-    from eaglespec.training.methods import _accepted_depth
+    from eaglespec.decoding.verify import accepted_length_on_path as _accepted_depth
 
     #        0 (root)
     #      /   \

@@ -77,6 +77,16 @@ def _sibling_acceptance(p: torch.Tensor, candidates: torch.Tensor, generator: to
     return -1, residual / total if total > 0 else p
 
 
+def accepted_length_on_path(tree: DraftTree, path: torch.Tensor) -> int:
+    """Draft tokens greedy verification accepts when the target's greedy continuation is `path` [D >= tree depth]:
+    the depth of the deepest node whose root path spells it (simulated acceptance, `tune`)."""
+    depths = tree.depths
+    expected = path[(depths - 1).clamp(min=0, max=path.numel() - 1)].to(tree.tokens.device)
+    matches = (tree.tokens == expected) | (depths == 0)
+    on_path = (matches[None, :] | ~tree.mask).all(dim=-1)  # every node on the root path matches
+    return int(depths[on_path].max())
+
+
 def verify(tree: DraftTree, logits: torch.Tensor, config: SamplingConfig,
            generator: torch.Generator | None) -> VerifyResult:
     """Greedy when config.temperature == 0, lossless sampling otherwise."""

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator
+from eaglespec.decoding.generate import _sync
 from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, fp32_logits_fn
-from eaglespec.evaluation.methods import Sampling, build_methods
+from eaglespec.evaluation.methods import Sampling
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
 
 WARMUP_MAX_NEW_TOKENS = 32
@@ -75,11 +76,6 @@ def merge_stats(total: GenerationStats, part: GenerationStats) -> None:
     total.draft_time += part.draft_time
     total.verify_time += part.verify_time
     total.other_time += part.other_time
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass

@@ -21,7 +21,8 @@ import torch
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.cache import new_cache, truncate
 from eaglespec.decoding.drafter import Drafter
-from eaglespec.decoding.tree import DraftTree, dynamic_capacity
+from eaglespec.decoding.tree import dynamic_capacity
+from eaglespec.decoding.verify import accepted_length_on_path
 
 FORWARD_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 FORWARD_REPEATS = 5
@@ -91,7 +92,7 @@ def calibration_prompts(generator: SpeculativeGenerator) -> list:
 class State:
     drafter: Drafter  # caught up to position p (root = sequence[p])
     root: int
-    continuation: list[int]  # the target's greedy tokens after the root
+    continuation: torch.Tensor  # the target's greedy tokens after the root (longer than any candidate tree)
 
 
 def decoding_states(generator: SpeculativeGenerator, prompts: list) -> list[State]:
@@ -105,18 +106,8 @@ def decoding_states(generator: SpeculativeGenerator, prompts: list) -> list[Stat
         for p in range(len(ids), len(seq) - MAX_TUNE_DEPTH - 1, STATE_STRIDE):
             drafter = Drafter(generator.draft, TreeConfig(kind="chain", depth=1))
             drafter.catch_up(torch.tensor([seq[1:p + 1]], device=features.device), features[:, :p])
-            states.append(State(drafter, seq[p], seq[p + 1:]))
+            states.append(State(drafter, seq[p], torch.tensor(seq[p + 1:])))
     return states
-
-
-def accepted_length(tree: DraftTree, continuation: list[int]) -> int:
-    """Greedy verification's accepted length when the target's greedy tokens are `continuation`."""
-    tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
-    ok, best = [True] + [False] * (len(tokens) - 1), 0
-    for i in range(1, len(tokens)):
-        ok[i] = ok[parents[i]] and depths[i] <= len(continuation) and tokens[i] == continuation[depths[i] - 1]
-        best = max(best, depths[i]) if ok[i] else best
-    return best
 
 
 def evaluate_tree(generator: SpeculativeGenerator, tree: TreeConfig, states: list[State]) -> tuple[float, float, int]:
@@ -129,7 +120,7 @@ def evaluate_tree(generator: SpeculativeGenerator, tree: TreeConfig, states: lis
         start = time.perf_counter()
         proposal = drafter.propose(state.root, max_depth=MAX_TUNE_DEPTH)
         times.append(time.perf_counter() - start)
-        accepted.append(accepted_length(proposal, state.continuation))
+        accepted.append(accepted_length_on_path(proposal, state.continuation))
         size = proposal.size
     return 1 + statistics.fmean(accepted), 1e3 * statistics.median(times), size
 

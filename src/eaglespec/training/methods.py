@@ -14,6 +14,7 @@ import torch
 
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.tree import DEFAULT_DEPTH, TreeConfig, dynamic_capacity
+from eaglespec.decoding.verify import accepted_length_on_path
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
@@ -154,17 +155,8 @@ def simulated_tree_acceptance(
         drafter.reset()
         drafter.catch_up(input_ids[b:b + 1, : t + 1], features[b:b + 1, : t + 1])
         tree = drafter.propose(int(input_ids[b, t]), max_depth=target.shape[-1])
-        accepted.append(_accepted_depth(tree, target[b, t]))
+        accepted.append(accepted_length_on_path(tree, target[b, t]))
     return accepted
-
-
-def _accepted_depth(tree, path: torch.Tensor) -> int:
-    """Depth of the deepest tree node whose root path spells `path` [D] (greedy verification's accept length)."""
-    depths = tree.depths
-    expected = path[(depths - 1).clamp(min=0, max=path.numel() - 1)].to(tree.tokens.device)
-    matches = (tree.tokens == expected) | (depths == 0)
-    on_path = (matches[None, :] | ~tree.mask).all(dim=-1)  # every node on the root path matches
-    return int(depths[on_path].max())
 
 
 class Eagle1Method:
