@@ -105,8 +105,10 @@ def test_check_features_match_names_what_differs(target, prepared, tmp_path):
     ft.check_features_match(manifest, target, "eagle3")
     ft.check_features_match(json.loads((tmp_path / "f" / "manifest.json").read_text()), target, "eagle3",
                             aux_layer_ids=[1, 2, 4])
-    with pytest.raises(ValueError, match="method: features were dumped for 'eagle3', training wants 'eagle1'"):
-        ft.check_features_match(manifest, target, "eagle1")
+    ft.check_features_match(manifest, target, "eagle1")  # EAGLE-3 features hold last_hidden: they serve EAGLE-1
+    eagle1 = ft.dump_features(target, prepared, "eagle1", tmp_path / "f1", shard_size=4)
+    with pytest.raises(ValueError, match="method: features were dumped for 'eagle1', training wants 'eagle3'"):
+        ft.check_features_match(eagle1, target, "eagle3")
     with pytest.raises(ValueError, match=r"aux layer ids: features have \[1, 2, 4\], training wants \[0, 2, 3\]"):
         ft.check_features_match(manifest, target, "eagle3", aux_layer_ids=[0, 2, 3])
     other = TargetModel(tiny_model("llama"))

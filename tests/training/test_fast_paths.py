@@ -188,3 +188,38 @@ def test_a_batch_without_trained_rows_gives_zero_loss(case):
     batch.loss_mask = torch.zeros_like(full.loss_mask)
     out = Eagle3Method(3, 0.8).train_step(draft, draft, batch)
     assert out.loss.item() == 0.0 and all(out.sums[f"count_{j}"].item() == 0 for j in range(3))
+
+
+def test_several_feature_directories_read_as_one(eagle3_features):
+    from eaglespec.data.features import FeatureDataset, FeatureDatasets
+
+    one = FeatureDataset(eagle3_features)
+    both = FeatureDatasets([eagle3_features, eagle3_features])
+    n = len(one)
+    assert len(both) == 2 * n
+    for i in (0, n - 1, n, 2 * n - 1):
+        a, b = both[i], one[i % n]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert both.sample_length(i) == one.sample_length(i % n)
+    with pytest.raises(IndexError):
+        both[2 * n]
+
+
+def test_eagle1_trains_on_eagle3_features_as_on_its_own(tiny_prepared, eagle3_features, tmp_path):
+    """EAGLE-3 dumps hold last_hidden: EAGLE-1 trained on them gives the losses of its own dump, so one
+    dump serves an EAGLE-1 vs EAGLE-3 comparison."""
+    from eaglespec.training import Eagle1TrainConfig, train_eagle1
+
+    eagle1_features = dump_stories260k_features(tiny_prepared, "eagle1", tmp_path / "eagle1")
+    for name, features in (("own", eagle1_features), ("eagle3", [eagle3_features])):
+        train_eagle1(Eagle1TrainConfig(train_config(tmp_path / name, num_epochs=1, group_by_length=False),
+                                       tmpdir=features))
+    for a, b in zip(read_metrics(tmp_path / "own"), read_metrics(tmp_path / "eagle3"), strict=True):
+        assert (a["split"], a["positions_trained"]) == (b["split"], b["positions_trained"])
+        assert a["ploss"] == pytest.approx(b["ploss"], rel=1e-5)
+
+
+def test_features_of_another_method_name_the_directory(tiny_prepared, tmp_path):
+    eagle1_features = dump_stories260k_features(tiny_prepared, "eagle1", tmp_path / "eagle1")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'eagle1'}: .*dumped for 'eagle1', training wants 'eagle3'"):
+        train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "run"), features=[eagle1_features], ttt_length=2))

@@ -48,7 +48,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p1 = sub.add_parser("eagle1", help="EAGLE-1 feature-extrapolation head", description="Train an EAGLE-1 draft head.")
     _common_flags(p1, lr=3e-5, bs=4, epochs=20, grad_accum=1, warmup=2000)
     data = p1.add_mutually_exclusive_group(required=True)
-    data.add_argument("--tmpdir", type=Path, help="offline features written by `eaglespec dump-features`")
+    data.add_argument("--tmpdir", type=Path, nargs="+", metavar="DIR",
+                      help="offline features written by `eaglespec dump-features` (several directories are read as "
+                           "one dataset; EAGLE-3 features serve EAGLE-1 too)")
     data.add_argument("--data", type=Path, help="prepared dataset; the target runs on the fly (online)")
     p1.add_argument("--cpdir", type=Path, required=True, help="checkpoint directory (state_{epoch}/)")
     p1.add_argument("--save-freq", type=int, default=5, help="save every N epochs (and the last)")
@@ -64,7 +66,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p3.add_argument("--data-format", choices=("chat", "fim", "text"), default="chat")
     p3.add_argument("--tokenizer", default=None, help="tokenizer for raw files (default: the target's)")
     p3.add_argument("--data", type=Path, help="prepared dataset (online target)")
-    p3.add_argument("--features", type=Path, help="offline features written by `eaglespec dump-features`")
+    p3.add_argument("--features", type=Path, nargs="+", metavar="DIR",
+                    help="offline features written by `eaglespec dump-features` (several directories are read as "
+                         "one dataset)")
     p3.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
     p3.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
     p3.add_argument("--ttt-length", type=int, default=7, help="training-time-test steps")

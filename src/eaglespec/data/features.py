@@ -146,7 +146,8 @@ def check_features_match(
         problems.append("model config (config.json hash) differs")
     if have.weights_sha256 != want.weights_sha256:
         problems.append("model weights (weight file names/sizes) differ")
-    if manifest.method != method:
+    if manifest.method != method and not (method == "eagle1" and manifest.method == "eagle3"):
+        # EAGLE-3 features hold last_hidden too, so one dump serves both methods (e.g. to compare them)
         problems.append(f"method: features were dumped for {manifest.method!r}, training wants {method!r}")
     elif method == "eagle3":
         wanted = list(aux_layer_ids) if aux_layer_ids is not None else default_aux_layer_ids(want.num_hidden_layers)
@@ -466,3 +467,41 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         # DataLoader workers get their own file handles.
         return {**self.__dict__, "_handles": {}, "_keys": {}}
+
+
+class FeatureDatasets(torch.utils.data.Dataset):
+    """Several finished feature directories read as one dataset (e.g. the features of data added later,
+    dumped on their own instead of dumping everything again): sample i of the whole is sample i - offset of
+    the directory that holds it."""
+
+    def __init__(self, directories: list[str | os.PathLike]):
+        if not directories:
+            raise ValueError("no feature directory given")
+        self.parts = [FeatureDataset(d) for d in directories]
+        self._starts = [0]
+        for part in self.parts:
+            self._starts.append(self._starts[-1] + len(part))
+
+    @property
+    def manifests(self) -> list[tuple[Path, FeatureManifest]]:
+        return [(part.directory, part.manifest) for part in self.parts]
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _locate(self, index: int) -> tuple[FeatureDataset, int]:
+        import bisect
+
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples")
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self.parts[k], index - self._starts[k]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        part, i = self._locate(index)
+        return part[i]
+
+    def sample_length(self, index: int) -> int:
+        part, i = self._locate(index)
+        return part.sample_length(i)
+

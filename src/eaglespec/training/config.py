@@ -81,7 +81,7 @@ class CommonTrainConfig:
 @dataclass
 class Eagle1TrainConfig:
     common: CommonTrainConfig
-    tmpdir: Path | None = None  # offline features of `dump-features`
+    tmpdir: list[Path] | None = None  # offline features of `dump-features` (one or more directories)
     data: Path | None = None  # prepared dataset (online: the target runs per batch)
     save_freq: int = 5
     noise: str = "uniform"
@@ -95,6 +95,7 @@ class Eagle1TrainConfig:
                      "test_split", "max_steps")
 
     def __post_init__(self) -> None:
+        self.tmpdir = _path_list(self.tmpdir)
         if (self.tmpdir is None) == (self.data is None):
             raise ValueError("give exactly one of --tmpdir FEATURES_DIR (offline) or --data PREPARED_DIR (online)")
         if self.save_freq < 1:
@@ -118,7 +119,7 @@ class Eagle3TrainConfig:
     data_format: str = "chat"
     tokenizer: str | None = None  # for raw files; default: the target's
     data: Path | None = None  # ... or a prepared dataset ...
-    features: Path | None = None  # ... or dumped features
+    features: list[Path] | None = None  # ... or dumped features (one or more directories)
     deepspeed_config: Path | None = None
     ttt_length: int = 7
     step_weight: float = 0.8
@@ -131,6 +132,7 @@ class Eagle3TrainConfig:
     SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("ttt_length", "step_weight", "draft_vocab_size", "aux_layers")
 
     def __post_init__(self) -> None:
+        self.features = _path_list(self.features)
         sources = [self.trainpath is not None, self.data is not None, self.features is not None]
         if sum(sources) != 1:
             raise ValueError("give exactly one data source: --trainpath FILE [--testpath FILE] --data-format ..., "
@@ -150,10 +152,19 @@ class Eagle3TrainConfig:
         return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}
 
 
+def _path_list(value) -> list[Path] | None:
+    """One feature directory or several, as a list of paths (None stays None)."""
+    if value is None:
+        return None
+    return [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
+
+
 def _plain(obj) -> dict:
     """Dataclass fields as JSON-friendly values (paths as strings)."""
     out = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, Path) for x in v):
+            v = [str(x) for x in v]
         out[f.name] = str(v) if isinstance(v, Path) else v
     return out

@@ -89,12 +89,21 @@ def _check_trainable(dataset, indices: list[int], max_len: int, what: str) -> No
                          "check the data format / loss masks of the prepared data")
 
 
-def _offline_dataset(path: Path, target: TargetModel, method: str, aux_layer_ids: list[int] | None):
-    from eaglespec.data.features import FeatureDataset, check_features_match
+def _offline_dataset(paths: list[Path], target: TargetModel, method: str, aux_layer_ids: list[int] | None):
+    """The feature directories as one dataset, each checked against the target, method and aux layers."""
+    from eaglespec.data.features import FeatureDatasets, check_features_match
 
-    dataset = FeatureDataset(path)
-    check_features_match(dataset.manifest, target, method, aux_layer_ids)
+    dataset = FeatureDatasets(paths)
+    for directory, manifest in dataset.manifests:
+        try:
+            check_features_match(manifest, target, method, aux_layer_ids)
+        except ValueError as e:
+            raise ValueError(f"{directory}: {e}") from e
     return dataset
+
+
+def _paths_text(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
 
 
 def _check_fresh_output(common: CommonTrainConfig) -> None:
@@ -163,7 +172,7 @@ def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
         dataset, source = _offline_dataset(cfg.tmpdir, target, "eagle1", None), OfflineFeatureSource(target, "eagle1", device)
     else:
         dataset, source = load_prepared_dataset(cfg.data), OnlineTargetSource(target, "eagle1", None, device)
-    what = str(cfg.tmpdir or cfg.data)
+    what = _paths_text(cfg.tmpdir) if cfg.tmpdir is not None else str(cfg.data)
     train_idx, test_idx = _split(dataset, common, what)
     _check_trainable(dataset, train_idx, common.max_len, what)
     data = TrainData(dataset, train_idx, dataset, test_idx, source, target)
@@ -180,7 +189,7 @@ def _eagle3_datasets(cfg: Eagle3TrainConfig, target: TargetModel, device: torch.
     common = cfg.common
     if cfg.features is not None:
         dataset = _offline_dataset(cfg.features, target, "eagle3", cfg.aux_layers)
-        train_idx, test_idx = _split(dataset, common, str(cfg.features))
+        train_idx, test_idx = _split(dataset, common, _paths_text(cfg.features))
         return dataset, train_idx, dataset, test_idx, OfflineFeatureSource(target, "eagle3", device)
     source = OnlineTargetSource(target, "eagle3", None, device)  # aux ids are set once the draft exists
     if cfg.data is not None:
@@ -261,7 +270,7 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     precision = _precision(common, device) if ds is None else ds.precision
     target = _load_target(common, device, precision)
     train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
-    what = str(cfg.trainpath or cfg.data or cfg.features)
+    what = str(cfg.trainpath or cfg.data or _paths_text(cfg.features))
     _check_trainable(train_ds, train_idx, common.max_len, what)
     used = _draft_vocab(cfg, train_ds, train_idx, target)
     draft = build_draft(target, "eagle3", aux_layer_ids=cfg.aux_layers, used_tokens=used, seed=common.seed).to(device)
