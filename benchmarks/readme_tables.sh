@@ -23,19 +23,19 @@ if [ "$base" = stories260K ]; then
         "Tom had a big red ball. He" "The sun was shining and the birds were singing." > "$prompts"
     for dtype in float32 bfloat16; do
         eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" "$prompts" --every 4 \
-            --first-turn-only --methods vanilla,hf,eagle,eagle-chain,pld --max-new-tokens 128 --repeats 3 \
+            --first-turn-only --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
             --dtype "$dtype" --tree auto --output "$out/stories260K-$dtype"
     done
 else
     # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,hf,eagle,eagle-chain,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         --output "$out/$(basename "$base")-greedy"
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
         --methods vanilla,eagle --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         --output "$out/$(basename "$base")-t0.7"
     for bs in 4 8; do
         eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-            --max-new-tokens 128 --repeats 2 --dtype bfloat16 --batch-size "$bs" --output "$out/$(basename "$base")-batch"
+            --max-new-tokens 128 --repeats 2 --dtype bfloat16 --batch-size "$bs" --output "$out/$(basename "$base")-batch$bs"
     done
 fi

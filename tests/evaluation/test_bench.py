@@ -228,3 +228,27 @@ def test_bench_throughput_mode_writes_its_figures(tmp_path):
     # greedy: every method produces the same number of new tokens on the same prompts
     assert len({m["new_tokens"] for m in data["methods"].values()}) == 1
     assert data["methods"]["vanilla"]["speedup_vs_vanilla"] == pytest.approx(1.0)
+
+
+def test_a_question_beyond_the_context_is_skipped_for_every_method_and_reported(tmp_path):
+    """stories260K holds 512 tokens: an MT-bench-length prompt is skipped (all methods' runs of it dropped),
+    named in results.json and report.md, and the other questions are measured, instead of the run dying."""
+    from eaglespec.cli import main
+    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+
+    draft = tmp_path / "d3"
+    assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
+    long_line = "Once upon a time there was a very long story. " * 60  # ~ 1000+ tokens of a 512-token vocabulary
+    (tmp_path / "p.txt").write_text(f"{long_line}\nOnce upon a time\nThe little cat\n")
+    logged = []
+    opts = BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")],
+                        methods=["vanilla", "hf", "eagle"], max_new_tokens=8, repeats=1,
+                        output=str(tmp_path / "out"))
+    assert run_benchmark(opts, log=logged.append) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    (skipped,) = data["skipped"]
+    assert "context holds 512" in data["skipped"][skipped]
+    measured = {r["question_id"] for r in data["runs"]}
+    assert skipped not in measured and len(measured) == 2
+    assert any(f"skipped question {skipped}" in line for line in logged)
+    assert "Skipped 1 question(s)" in (tmp_path / "out" / "report.md").read_text()

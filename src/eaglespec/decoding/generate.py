@@ -30,6 +30,10 @@ from eaglespec.models import EagleDraftModel, TargetModel, check_draft_matches_t
 Prompt = torch.Tensor | list[int] | str | list[dict]
 
 
+class PromptTooLong(ValueError):
+    """The prompt leaves no room to generate within the model's context."""
+
+
 @dataclass
 class GenerationStats:
     new_tokens: int = 0
@@ -217,8 +221,8 @@ class SpeculativeGenerator:
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (e.g. BOS)")
         if ids.shape[1] >= self.context_length:
-            raise ValueError(f"prompt has {ids.shape[1]} tokens; the model's context holds {self.context_length}, "
-                             f"so at most {self.context_length - 1} prompt tokens leave room to generate")
+            raise PromptTooLong(f"prompt has {ids.shape[1]} tokens; the model's context holds {self.context_length}, "
+                                f"so at most {self.context_length - 1} prompt tokens leave room to generate")
         return ids.to(self.target.device)
 
     def eos_token_ids(self, eos_token_id: int | list[int] | None = None) -> frozenset[int]:

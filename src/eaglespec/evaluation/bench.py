@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator
-from eaglespec.decoding.generate import _sync
+from eaglespec.decoding.generate import PromptTooLong, _sync
 from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, fp32_logits_fn
 from eaglespec.evaluation.methods import Sampling
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
@@ -61,6 +61,7 @@ class BenchResult:
     exactness: dict[str, dict[str, Exactness]] = field(default_factory=dict)  # method -> question -> status
     complete: bool = True
     rounds: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # question id -> why (a prompt beyond the context)
 
 
 def merge_stats(total: GenerationStats, part: GenerationStats) -> None:
@@ -114,19 +115,41 @@ def answer(setup: BenchSetup, method, question: Question, round_: int, max_new_t
 def run_rounds(setup: BenchSetup, progress: Callable[[], None] | None = None) -> BenchResult:
     """Warm-up, then the interleaved rounds; Ctrl-C keeps what was measured (result.complete False)."""
     result = BenchResult(rounds=setup.repeats)
-    for method in setup.methods:
-        answer(setup, method, setup.questions.questions[0], -1, WARMUP_MAX_NEW_TOKENS)
+    _warm_up(setup)
     try:
         for qi, question in enumerate(setup.questions.questions):
-            for r in range(setup.repeats):
-                order = setup.methods if (qi + r) % 2 == 0 else setup.methods[::-1]
-                for method in order:
-                    result.runs.append(answer(setup, method, question, r))
-                    if progress is not None:
-                        progress()
+            try:
+                result.runs += _question_rounds(setup, qi, question, progress)
+            except PromptTooLong as e:  # every method's runs of this question are dropped, not only one's
+                result.skipped[question.id] = str(e)
     except KeyboardInterrupt:
         result.complete = False
     return result
+
+
+def _warm_up(setup: BenchSetup) -> None:
+    """Every method answers the first question that fits the context (short answers, not measured)."""
+    for question in setup.questions.questions:
+        try:
+            for method in setup.methods:
+                answer(setup, method, question, -1, WARMUP_MAX_NEW_TOKENS)
+            return
+        except PromptTooLong:
+            continue
+    raise ValueError(f"no question fits the model's context of {setup.generator.context_length} tokens")
+
+
+def _question_rounds(setup: BenchSetup, qi: int, question: Question, progress: Callable[[], None] | None
+                     ) -> list[QuestionRun]:
+    """`setup.repeats` rounds of every method on one question, the order reversed every other round."""
+    runs = []
+    for r in range(setup.repeats):
+        order = setup.methods if (qi + r) % 2 == 0 else setup.methods[::-1]
+        for method in order:
+            runs.append(answer(setup, method, question, r))
+            if progress is not None:
+                progress()
+    return runs
 
 
 # -------------------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
     total = len(setup.questions.questions) * len(setup.methods) * setup.repeats
     with tqdm(total=total, unit="answer", desc="bench") as bar:
         result = run_rounds(setup, progress=bar.update)
+    for qid, why in result.skipped.items():
+        log(f"skipped question {qid}: {why}")
     check_exactness(setup, result)
     names = [m.name for m in setup.methods]
     tree = setup.generator.tree.summary(setup.generator.draft.config.method) if setup.generator.draft else None

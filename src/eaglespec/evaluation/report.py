@@ -63,7 +63,7 @@ def exactness_counts(result: BenchResult, method: str) -> dict[str, int]:
 def results_dict(result: BenchResult, methods: list[str], config: dict, machine: dict, extra: dict) -> dict:
     categories = sorted({r.category for r in result.runs})
     return {
-        "complete": result.complete, "config": config, "machine": machine, **extra,
+        "complete": result.complete, "config": config, "machine": machine, **extra, "skipped": result.skipped,
         "overall": {m: asdict(s) for m, s in _summaries(result, methods).items()},
         "categories": {c: {m: asdict(s) for m, s in _summaries(result, methods, c).items()} for c in categories},
         "exactness": {m: {"counts": exactness_counts(result, m), "per_question": {q: e.to_dict() for q, e in per.items()}}
@@ -104,6 +104,9 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
         t = data["tune"]
         lines += [f"Tuned tree predicted {t['predicted_tokens_per_s']:.1f} tokens/s; measured "
                   f"{data['overall'].get('eagle', {}).get('tokens_per_s', float('nan')):.1f}.", ""]
+    if result.skipped:
+        lines += [f"Skipped {len(result.skipped)} question(s) whose prompt does not fit the model's context: "
+                  + ", ".join(sorted(result.skipped)), ""]
     lines += ["## Overall", "", *method_table(_summaries(result, methods), result), ""]
     for c in sorted(data["categories"]):
         lines += [f"## {c}", "", *method_table(_summaries(result, methods, c)), ""]
