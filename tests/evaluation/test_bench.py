@@ -252,3 +252,29 @@ def test_a_question_beyond_the_context_is_skipped_for_every_method_and_reported(
     assert skipped not in measured and len(measured) == 2
     assert any(f"skipped question {skipped}" in line for line in logged)
     assert "Skipped 1 question(s)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_transformers_methods_stop_where_the_context_ends_as_ours_do(tmp_path):
+    """A prompt a few tokens short of stories260K's 512: vanilla stops at the context's end; hf and pld must
+    too (transformers would decode past it and be reported as a MISMATCH)."""
+    from transformers import AutoTokenizer
+
+    from eaglespec import bundled_model_path
+    from eaglespec.cli import main
+    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    words = ("Once upon a time there was a little girl named Lily. " * 80).split(" ")
+    line = " ".join(w for i, w in enumerate(words) if len(tok(" ".join(words[:i + 1]))["input_ids"]) <= 506)
+    n = len(tok(line)["input_ids"])
+    assert 500 <= n <= 506
+    draft = tmp_path / "d3"
+    assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
+    (tmp_path / "p.txt").write_text(line + "\n")
+    opts = BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")],
+                        methods=["vanilla", "hf", "pld"], max_new_tokens=32, repeats=1, output=str(tmp_path / "out"))
+    assert run_benchmark(opts, log=lambda *_: None) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    lengths = {r["method"]: len(r["turns"][0]) for r in data["runs"]}
+    assert lengths["vanilla"] < 32 and lengths["hf"] == lengths["pld"] == lengths["vanilla"]
+    assert all(c["counts"]["MISMATCH"] == 0 for c in data["exactness"].values())

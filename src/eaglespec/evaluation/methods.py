@@ -88,6 +88,8 @@ class HFMethod:
     def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
         model = self.generator.target.model
         eos = sorted(self.generator.eos_token_ids())
+        # as our loop does, stop where the model's context ends (transformers would decode past it)
+        max_new_tokens = min(max_new_tokens, self.generator.context_length - len(ids))
         kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0] if eos else None,
                       do_sample=not sampling.greedy, **self.extra)
         if not sampling.greedy:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The SmolLM2-135M-Instruct recipe, step by step: fetch -> self-distil -> prepare -> dump features ->
+# train EAGLE-3 and EAGLE-1 (same data, same time) -> tune -> bench. Every step is resumable: rerun the
+# script and finished steps are skipped (regenerate skips the ids it wrote, dump-features the shards it
+# finished, train --resume continues the newest resumable checkpoint).
+#
+#   bash recipes/smollm2/pipeline.sh [RUN_DIR]      # default runs/smollm2
+#
+# REGEN_LIMIT caps the self-distilled set at the first N prompts (the README's figures: REGEN_LIMIT=1216;
+# default: all 2750).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+run=${1:-runs/smollm2}
+shared=${SHARED:-$here/../shared}
+mkdir -p "$run"
+
+eaglespec fetch smollm2-135m
+
+# 1. prompts from the training sets only (never a benchmark), and the committed first part of the answers
+[ -f "$run/prompts.jsonl" ] || python "$here/recipes/smollm2/chat_mix.py" --shared "$shared/data/train" \
+    --output "$run/prompts.jsonl"
+[ -f "$run/regen.jsonl" ] || gunzip -c "$here/recipes/smollm2/data/regen.jsonl.gz" > "$run/regen.jsonl"
+prompts="$run/prompts.jsonl"
+if [ -n "${REGEN_LIMIT:-}" ]; then head -n "$REGEN_LIMIT" "$run/prompts.jsonl" > "$run/prompts.limit.jsonl"; prompts="$run/prompts.limit.jsonl"; fi
+eaglespec regenerate --model smollm2-135m --input "$prompts" --output "$run/regen.jsonl" --data-format chat \
+    --batch-size 32 --dtype bf16 --max-new-tokens 200
+
+# 2. tokenise with the chat template's exact loss masks, and run the target once (bf16) for the features
+[ -d "$run/prepared" ] || eaglespec prepare --data-format chat --input "$run/regen.jsonl" --tokenizer smollm2-135m \
+    --output "$run/prepared"
+eaglespec dump-features --model smollm2-135m --data "$run/prepared" --method eagle3 --output "$run/features" \
+    --target-dtype bf16 --batch-size 8 --shard-size 200
+
+# 3. EAGLE-3 (8k draft vocabulary, 6 epochs: ~27 min here) and, for comparison, EAGLE-1 on the same features
+#    (2 epochs: ~15 min, about EAGLE-3's time to its epoch 3); one after the other, each with the whole machine
+common=(--basepath smollm2-135m --bs 8 --lr 2e-3 --precision bf16 --target-dtype bf16 --group-by-length
+        --sim-states 8 --eval-every 2 --no-progress)
+resume=(); [ -d "$run/eagle3" ] && resume=(--resume)
+eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features" --savedir "$run/eagle3" \
+    --num_epochs 6 --ttt-length 4 --draft-vocab-size 8192 2>&1 | tee "$run/train-eagle3.log"
+resume=(); [ -d "$run/eagle1" ] && resume=(--resume)
+eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features" --cpdir "$run/eagle1" \
+    --num_epochs 2 --warmup-steps 6 --save-freq 1 2>&1 | tee "$run/train-eagle1.log"
+
+# 4. tune the tree for this machine (writes `decoding` into the draft's config.json), then the README tables
+latest() { ls -d "$1"/state_* | sort -t_ -k2 -n | tail -n 1; }
+eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3")" --dtype bfloat16
+eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle1")" --dtype bfloat16
+bash "$here/benchmarks/readme_tables.sh" smollm2-135m "$(latest "$run/eagle3")" "$run/bench"
