@@ -43,7 +43,7 @@ eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features" --
     --num_epochs 2 --warmup-steps 6 --save-freq 1 2>&1 | tee "$run/train-eagle1.log"
 
 # 4. tune the tree for this machine (writes `decoding` into the draft's config.json), then the README tables
-latest() { ls -d "$1"/state_* | sort -t_ -k2 -n | tail -n 1; }
+latest() { ls -d "$1"/state_* | sort -V | tail -n 1; }
 eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3")" --dtype bfloat16
 eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle1")" --dtype bfloat16
 bash "$here/benchmarks/readme_tables.sh" smollm2-135m "$(latest "$run/eagle3")" "$run/bench"

