@@ -19,11 +19,13 @@ def run(args: argparse.Namespace) -> int:
 
     gen = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device)
     result = tune_tree(gen)
-    for c in result.candidates[:5]:
-        print(f"  {c.tree}: predicted {c.predicted_tokens_per_s:.1f} tokens/s (tau {c.predicted_tau:.2f}, "
-              f"propose {c.propose_ms:.1f} ms, forward of {c.size} tokens {c.forward_ms:.1f} ms)")
-    print(f"chosen: {result.choice}: predicted {result.predicted_tokens_per_s:.1f} tokens/s, vanilla "
-          f"{result.vanilla_predicted_tokens_per_s:.1f} ({result.predicted_tokens_per_s / result.vanilla_predicted_tokens_per_s:.2f}x)")
+    for c in (c for c in result.candidates if c.measured_tokens_per_s is not None):
+        print(f"  {c.tree}: measured {c.measured_tokens_per_s:.1f} tokens/s (tau {c.measured_tau:.2f}); cost model "
+              f"{c.predicted_tokens_per_s:.1f} (tau {c.predicted_tau:.2f}, propose {c.propose_ms:.1f} ms, forward of "
+              f"{c.size} tokens {c.forward_ms:.1f} ms)")
+    print(f"chosen: {result.choice}: {result.predicted_tokens_per_s:.1f} tokens/s on the calibration prompts, "
+          f"vanilla {result.vanilla_predicted_tokens_per_s:.1f} "
+          f"({result.predicted_tokens_per_s / result.vanilla_predicted_tokens_per_s:.2f}x)")
     if not args.dry_run:
         path = write_tuned_tree(args.draft, result, gen)
         print(f"wrote the tree into {path}; generate / serve / bench use it unless a tree flag is given")

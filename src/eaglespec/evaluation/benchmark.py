@@ -62,7 +62,8 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
         tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
         tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
         log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
-            f"(tau {result.predicted_tau:.2f}; vanilla predicted {result.vanilla_predicted_tokens_per_s:.1f})")
+            f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
+            f"tune's calibration prompts")
     fim = None
     if any(q.kind == "fim" for q in questions.questions):
         from eaglespec.data.fim import detect_fim_tokens

@@ -102,7 +102,8 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
               f"Tree: {json.dumps(data.get('tree'))}", ""]
     if data.get("tune"):
         t = data["tune"]
-        lines += [f"Tuned tree predicted {t['predicted_tokens_per_s']:.1f} tokens/s; measured "
+        lines += [f"Tuned tree (`--tree auto`) predicted {t['predicted_tokens_per_s']:.1f} tokens/s (its speed on "
+                  f"tune's calibration prompts, tau {t['predicted_tau']:.2f}); measured here "
                   f"{data['overall'].get('eagle', {}).get('tokens_per_s', float('nan')):.1f}.", ""]
     if result.skipped:
         lines += [f"Skipped {len(result.skipped)} question(s) whose prompt does not fit the model's context: "

@@ -1,0 +1,89 @@
+"""`eaglespec tune` / `--tree auto`: the cost model only short-lists; real decoding of the calibration prompts,
+interleaved with vanilla, picks the tree and gives the prediction that bench compares with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fixtures import stories260k
+from transformers import AutoTokenizer
+
+from eaglespec import bundled_model_path
+from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+from eaglespec.evaluation import tune
+from eaglespec.models import TargetModel, build_draft
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = ["Once upon a time", "Tom had a big red ball. He"]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    target = TargetModel(stories260k())
+    return SpeculativeGenerator(target, build_draft(target, "eagle3", seed=3),
+                                AutoTokenizer.from_pretrained(bundled_model_path()))
+
+
+@pytest.fixture
+def small_search(monkeypatch):
+    """Few candidates and short continuations, so a whole tune takes seconds."""
+    for name, value in {"CALIBRATION_NEW_TOKENS": 16, "FORWARD_REPEATS": 1, "MAX_TUNE_DEPTH": 4,
+                        "DYNAMIC_TOP_K": (2, 4), "DYNAMIC_DEPTHS": (3,), "DYNAMIC_TOTALS": (8, 12)}.items():
+        monkeypatch.setattr(tune, name, value)
+
+
+def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, small_search):
+    chain4 = TreeConfig(kind="chain", depth=4)
+    timed = []
+
+    def fake_decode(gen, tree, prompts):  # chain-4 is by far the fastest, whatever the cost model said
+        timed.append(tree)
+        return (1000.0 if tree == chain4 else 10.0 if tree is None else 100.0), 1.5
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    measured = [c for c in result.candidates if c.measured_tokens_per_s is not None]
+    method = generator.draft.config.method
+    trees = [c.tree for c in measured]
+    assert TreeConfig().summary(method) in trees and chain4.summary(method) in trees
+    assert 3 <= len(measured) <= tune.FINALISTS + 2
+    assert result.choice == chain4.summary(method) and measured[0].tree == result.choice
+    assert (result.predicted_tokens_per_s, result.predicted_tau, result.vanilla_predicted_tokens_per_s) == (1000, 1.5, 10)
+    rest = result.candidates[len(measured):]
+    assert [c.predicted_tokens_per_s for c in rest] == sorted((c.predicted_tokens_per_s for c in rest), reverse=True)
+    assert timed.count(None) == tune.MEASURE_ROUNDS  # vanilla timed alongside, every round
+    assert result.context_tokens > max(len(generator._encode(p)[0]) for p in PROMPTS)  # prompt + continuation
+
+
+def test_rounds_interleave_forward_then_reversed_and_report_medians(monkeypatch, generator):
+    order, speeds = [], {None: iter([9.0, 1.0, 5.0]), "a": iter([3.0, 4.0, 8.0]), "b": iter([2.0, 2.0, 2.0])}
+
+    def fake_decode(gen, tree, prompts):
+        order.append(tree)
+        return next(speeds[tree]), 2.0
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    measured, vanilla = tune.measure_trees(generator, ["a", "b"], PROMPTS, rounds=3)
+    assert order == [None, "a", "b", "b", "a", None, None, "a", "b"]
+    assert vanilla == 5.0 and measured == [(4.0, 2.0), (2.0, 2.0)]
+
+
+def test_real_decoding_of_the_finalists_is_what_is_reported(generator, small_search):
+    result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    best = max((c for c in result.candidates if c.measured_tokens_per_s), key=lambda c: c.measured_tokens_per_s)
+    assert result.choice == best.tree and result.predicted_tokens_per_s == best.measured_tokens_per_s > 0
+    assert 1.0 <= result.predicted_tau <= 1 + tune.MAX_TUNE_DEPTH
+    assert result.vanilla_predicted_tokens_per_s > 0
+    assert sorted(result.forward_ms) == list(tune.FORWARD_TOKEN_COUNTS)
+
+
+def test_the_choice_is_written_into_the_draft_config_and_used_by_default(tmp_path, generator, small_search):
+    generator.draft.save_pretrained(tmp_path / "draft")
+    result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    tune.write_tuned_tree(tmp_path / "draft", result, generator)
+    stored = json.loads((tmp_path / "draft" / "config.json").read_text())["decoding"]
+    assert stored["tree"] == result.choice
+    assert stored["predicted_tokens_per_s"] == round(result.predicted_tokens_per_s, 2)
+    loaded = SpeculativeGenerator.from_pretrained("stories260K", tmp_path / "draft")
+    assert loaded.tree == result.tree_config()
