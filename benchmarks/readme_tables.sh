@@ -16,21 +16,25 @@ shared=${SHARED:-$here/../shared}
 mtbench="$shared/data/eval/eagle_mt_bench_question.jsonl"
 
 if [ "$base" = stories260K ]; then
-    # a base model: MT-bench turns as plain text, plus story openings
-    prompts="$out/story_prompts.txt"
-    mkdir -p "$out"
-    printf '%s\n' "Once upon a time" "One day, a little girl named Lily went to the park." \
-        "Tom had a big red ball. He" "The sun was shining and the birds were singing." > "$prompts"
+    # a base model: MT-bench turns as plain text (exactness on text it was not trained for), and story openings
+    # (benchmarks/story_prompts.txt, the text it knows: the check of --tree auto's prediction)
     for dtype in float32 bfloat16; do
-        eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" "$prompts" --every 4 \
-            --first-turn-only --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
-            --dtype "$dtype" --tree auto --output "$out/stories260K-$dtype"
+        eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 4 --first-turn-only \
+            --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
+            --dtype "$dtype" --tree auto --output "$out/stories260K-mtbench-$dtype"
+        eaglespec bench --base "$base" --draft "$draft" --questions "$here/benchmarks/story_prompts.txt" \
+            --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
+            --dtype "$dtype" --tree auto --output "$out/stories260K-stories-$dtype"
     done
 else
     # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
         --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         --output "$out/$(basename "$base")-greedy"
+    # --tree auto's prediction against the measured speed, and its tree against the default tree and chain-4
+    eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
+        --methods vanilla,eagle,eagle-chain,eagle-default --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --tree auto --output "$out/$(basename "$base")-auto"
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
         --methods vanilla,eagle --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         --output "$out/$(basename "$base")-t0.7"
