@@ -200,8 +200,8 @@ def run_chat_demo(target: str, draft: str | os.PathLike, max_new_tokens: int = 1
     """A fetched chat target with its committed draft: highlighted answers, tau, tokens/s, exactness (bf16:
     a differing answer is classified near-tie / MISMATCH against fp32 logits, as `eaglespec bench` does)."""
     from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.bench import fp32_model
-    from eaglespec.evaluation.exactness import EXACT, classify, fp32_logits_fn
+    from eaglespec.evaluation.bench import exactness_judge
+    from eaglespec.evaluation.exactness import EXACT
 
     gen = SpeculativeGenerator.from_pretrained(target, draft, dtype=dtype)
     _say(f"eaglespec demo: target = {target} ({dtype}), draft = {draft}, tree {gen.tree.summary(gen.draft.config.method)}. "
@@ -210,13 +210,10 @@ def run_chat_demo(target: str, draft: str | os.PathLike, max_new_tokens: int = 1
     gen.generate(chats[0], 8)  # warm-up
     gen.vanilla_generate(chats[0], 8)
     report = compare_with_vanilla(gen, chats, max_new_tokens)
-    logits_fn, statuses = None, []
+    judge, statuses = exactness_judge(gen), []
     for chat, r in zip(chats, report.results):
         ids = gen._encode(chat)[0].tolist()
-        if not r.identical and logits_fn is None:
-            logits_fn = fp32_logits_fn(fp32_model(gen))
-        status = classify([ids], [r.vanilla.token_ids], [r.speculative.token_ids], gen.target.dtype,
-                          logits_fn or (lambda _: None))
+        status = judge([ids], [r.vanilla.token_ids], [r.speculative.token_ids])
         statuses.append(status.status)
         pieces = token_pieces(gen.tokenizer, r.speculative.token_ids, ids)
         _say(f"\n  > {chat[0]['content']}\n  {highlight(pieces, r.speculative.from_draft, colour)}")

@@ -184,6 +184,23 @@ def test_planted_near_tie_and_real_mismatch():
     assert classify(prompts, vanilla, [[3, 4]], torch.bfloat16, tie).status == MISMATCH
 
 
+def test_a_bf16_drift_beyond_the_fp32_threshold_is_judged_in_the_run_dtype():
+    # fp32 puts the two tokens 0.62 apart, beyond bf16's 4 ulps at logit 9.5 (0.30); the bf16 forward has them
+    # 0.0625 apart: the rounding of the run dtype flips them, as measured on SmolLM2 (exactness.py docstring)
+    prompts, vanilla, spec = [[1, 2]], [[3, 4, 5]], [[3, 6, 6]]
+    fp32, bf16 = fake_logits({4: 9.52, 6: 9.52 - 0.62}), fake_logits({4: 9.5, 6: 9.5 - 0.0625})
+    e = classify(prompts, vanilla, spec, torch.bfloat16, fp32, bf16)
+    assert e.status == NEAR_TIE and e.gap == pytest.approx(0.62, abs=1e-5) and e.run_gap == pytest.approx(0.0625)
+    assert e.threshold == pytest.approx(near_tie_threshold(torch.bfloat16, 9.5))
+    # a wrong token is far from the argmax in the run dtype too
+    wrong = fake_logits({4: 9.5, 6: 7.0})
+    e = classify(prompts, vanilla, spec, torch.bfloat16, fp32, wrong)
+    assert e.status == MISMATCH and e.run_gap == pytest.approx(2.5)
+    # within fp32's threshold the run dtype is not consulted; an fp32 run has only fp32 to judge by
+    assert classify(prompts, vanilla, spec, torch.bfloat16, bf16, wrong).run_gap is None
+    assert classify(prompts, vanilla, spec, torch.float32, fp32, bf16).status == MISMATCH
+
+
 def test_a_difference_in_turn_two_is_classified_at_turn_two():
     seen = []
 

@@ -19,7 +19,7 @@ import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator
 from eaglespec.decoding.generate import PromptTooLong, _sync
-from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, fp32_logits_fn
+from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, next_logits_fn
 from eaglespec.evaluation.methods import Sampling
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
 
@@ -198,16 +198,26 @@ def check_exactness(setup: BenchSetup, result: BenchResult) -> None:
     if not setup.sampling.greedy:
         return
     by_key = {(r.method, r.question_id): r for r in result.runs if r.round == 0}
-    logits_fn = None
+    judge = exactness_judge(setup.generator)
     for (method, qid), run in sorted(by_key.items()):
         ref = by_key.get(("vanilla", qid))
         if method == "vanilla" or ref is None:
             continue
-        if logits_fn is None and run.turns != ref.turns:
-            logits_fn = fp32_logits_fn(fp32_model(setup.generator))
-        status = classify(ref.prompts, ref.turns, run.turns, setup.generator.target.dtype,
-                          logits_fn or (lambda ids: None))
-        result.exactness.setdefault(method, {})[qid] = status
+        result.exactness.setdefault(method, {})[qid] = judge(ref.prompts, ref.turns, run.turns)
+
+
+def exactness_judge(generator: SpeculativeGenerator):
+    """`classify` against vanilla for this generator's target: fp32 logits (the target reloaded in fp32 the first
+    time two answers differ) and the run dtype's own."""
+    fp32 = []
+
+    def judge(prompts: list[list[int]], vanilla_turns: list[list[int]], method_turns: list[list[int]]) -> Exactness:
+        if not fp32 and vanilla_turns != method_turns:
+            fp32.append(next_logits_fn(fp32_model(generator)))
+        return classify(prompts, vanilla_turns, method_turns, generator.target.dtype,
+                        fp32[0] if fp32 else (lambda ids: None), next_logits_fn(generator.target.model))
+
+    return judge
 
 
 def fp32_model(generator: SpeculativeGenerator) -> torch.nn.Module:

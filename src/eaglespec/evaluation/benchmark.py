@@ -109,7 +109,9 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
     bad = mismatches(result)
     for method, qid, e in bad:
         log(f"!!! MISMATCH: {method} on {qid}: turn {e.turn}, token {e.position}: vanilla {e.expected}, got {e.got}"
-            + (f", fp32 logit gap {e.gap:.4f} > near-tie threshold {e.threshold:.4f}" if e.gap is not None else ""))
+            + (f", fp32 logit gap {e.gap:.4f}" if e.gap is not None else "")
+            + (f", {setup.generator.target.dtype} gap {e.run_gap:.4f}" if e.run_gap is not None else "")
+            + (f" > near-tie threshold {e.threshold:.4f}" if e.threshold is not None else ""))
     if not result.complete:
         log("interrupted: the outputs hold what was measured so far and are marked incomplete")
         return EXIT_INTERRUPTED

@@ -113,9 +113,10 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
         lines += [f"## {c}", "", *method_table(_summaries(result, methods, c)), ""]
     bad = [(meth, q, e) for meth, per in result.exactness.items() for q, e in per.items() if e.status != EXACT]
     if bad:
-        lines += ["## Differences from vanilla", "", "| method | question | status | turn | position | fp32 gap | threshold |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {meth} | {q} | {e.status} | {e.turn} | {e.position} | {_fmt(e.gap, '.4f')} | {_fmt(e.threshold, '.4f')} |"
+        lines += ["## Differences from vanilla", "", "| method | question | status | turn | position | fp32 gap | run-dtype gap | threshold |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {meth} | {q} | {e.status} | {e.turn} | {e.position} | {_fmt(e.gap, '.4f')} | "
+                  f"{_fmt(e.run_gap, '.4f')} | {_fmt(e.threshold, '.4f')} |"
                   for meth, q, e in bad]
     return "\n".join(lines) + "\n"
 
