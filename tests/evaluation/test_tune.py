@@ -87,3 +87,24 @@ def test_the_choice_is_written_into_the_draft_config_and_used_by_default(tmp_pat
     assert stored["predicted_tokens_per_s"] == round(result.predicted_tokens_per_s, 2)
     loaded = SpeculativeGenerator.from_pretrained("stories260K", tmp_path / "draft")
     assert loaded.tree == result.tree_config()
+
+
+def test_calibration_prompts_come_from_a_question_file(tmp_path, generator):
+    text = tmp_path / "mine.txt"
+    text.write_text("The dog ran home.\nA red kite flew high.\n")
+    prompts = tune.calibration_prompts(generator, text)
+    assert prompts == [generator.tokenizer(line)["input_ids"] for line in text.read_text().splitlines()]
+    assert tune.calibration_prompts(generator) == tune.CALIBRATION_TEXT  # a base model: the story openings
+
+
+def test_bench_refuses_to_calibrate_on_its_own_questions(tmp_path):
+    from eaglespec.evaluation.benchmark import BenchOptions, check_calibration
+
+    questions = tmp_path / "q.txt"
+    questions.write_text("Once upon a time\n")
+    with pytest.raises(ValueError, match="benchmark's own questions"):
+        check_calibration(BenchOptions(base="stories260K", questions=[str(questions)], tree="auto",
+                                       calibration=str(tmp_path / "." / "q.txt")))
+    with pytest.raises(ValueError, match="give --tree auto"):
+        check_calibration(BenchOptions(base="stories260K", questions=[str(questions)], calibration="other.txt"))
+    check_calibration(BenchOptions(base="stories260K", questions=[str(questions)], tree="auto", calibration="other.txt"))

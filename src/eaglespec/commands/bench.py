@@ -23,6 +23,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
     p.add_argument("--tree", choices=("dynamic", "static", "chain", "auto"), default=None,
                    help="eagle's tree; auto = tune on this hardware first (default: the draft's tuned tree, else dynamic)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="--tree auto tunes on the first turns of this question file (any --questions schema; never "
+                        "one of the benchmark's files) instead of the built-in prompts")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--draft-top-k", type=int, default=None)
     p.add_argument("--total-tokens", type=int, default=None)
@@ -48,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
                         top_p=args.top_p, tree=args.tree, depth=args.depth, draft_top_k=args.draft_top_k,
                         total_tokens=args.total_tokens, chain_depth=args.chain_depth, dtype=args.dtype,
                         device=args.device, limit=args.limit, every=args.every, first_turn_only=args.first_turn_only,
-                        seed=args.seed, output=args.output, batch_size=args.batch_size)
+                        seed=args.seed, output=args.output, batch_size=args.batch_size,
+                        calibration=args.calibration)
     return run_benchmark(opts)

@@ -10,15 +10,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", required=True, help="draft directory; its config.json gets the chosen tree")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="tune on the first turns of this question file (MT-bench / Spec-Bench jsonl, HumanEval, plain "
+                        "text lines; e.g. held-out prompts of your traffic) instead of the built-in prompts")
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write it")
 
 
 def run(args: argparse.Namespace) -> int:
     from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.tune import tune_tree, write_tuned_tree
+    from eaglespec.evaluation.tune import calibration_prompts, tune_tree, write_tuned_tree
 
     gen = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device)
-    result = tune_tree(gen)
+    result = tune_tree(gen, calibration_prompts(gen, args.calibration))
     for c in (c for c in result.candidates if c.measured_tokens_per_s is not None):
         print(f"  {c.tree}: measured {c.measured_tokens_per_s:.1f} tokens/s (tau {c.measured_tau:.2f}); cost model "
               f"{c.predicted_tokens_per_s:.1f} (tau {c.predicted_tau:.2f}, propose {c.propose_ms:.1f} ms, forward of "

@@ -37,6 +37,7 @@ class BenchOptions:
     seed: int = 0
     output: str = "bench"
     batch_size: int | None = None  # throughput mode: batched decoding of every question's first turn
+    calibration: str | None = None  # --tree auto: tune on this question file's first turns (built-in prompts if None)
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:
@@ -45,19 +46,30 @@ def _explicit_tree(opts: BenchOptions) -> dict:
     return {k: v for k, v in tree.items() if v is not None}
 
 
+def check_calibration(opts: BenchOptions) -> None:
+    if opts.calibration is None:
+        return
+    if opts.tree != "auto":
+        raise ValueError("--calibration is what --tree auto tunes on; give --tree auto with it")
+    if Path(opts.calibration).resolve() in {Path(q).resolve() for q in opts.questions}:
+        raise ValueError(f"--calibration {opts.calibration}: a tree tuned on the benchmark's own questions would "
+                         f"overstate the speed; calibrate on other prompts")
+
+
 def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.tune import tune_tree
+    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
 
     needs_draft = [m for m in opts.methods if m in OUR_METHODS and m != "vanilla"]
     if needs_draft and opts.draft is None:
         raise ValueError(f"methods {needs_draft} need --draft")
+    check_calibration(opts)
     questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
     gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device,
                                                **_explicit_tree(opts))
     tune = None
     if opts.tree == "auto":
-        result = tune_tree(gen, log=log)
+        result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log)
         gen = gen.with_tree(result.tree_config())
         tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
         tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]

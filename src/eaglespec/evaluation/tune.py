@@ -101,9 +101,18 @@ def candidate_trees(method: str, draft_vocab: int) -> list[TreeConfig]:
     return trees
 
 
-def calibration_prompts(generator: SpeculativeGenerator) -> list:
-    chat = getattr(generator.tokenizer, "chat_template", None) is not None
-    return [[{"role": "user", "content": p}] for p in CALIBRATION_CHAT] if chat else list(CALIBRATION_TEXT)
+def calibration_prompts(generator: SpeculativeGenerator, path=None) -> list:
+    """The built-in prompts (chat ones for a chat model), or the first turns of a question file of any schema
+    `bench` reads (e.g. held-out prompts of your own traffic), as token ids."""
+    if path is None:
+        chat = getattr(generator.tokenizer, "chat_template", None) is not None
+        return [[{"role": "user", "content": p}] for p in CALIBRATION_CHAT] if chat else list(CALIBRATION_TEXT)
+    from eaglespec.data.fim import detect_fim_tokens
+    from eaglespec.evaluation.questions import prompt_ids, read_questions
+
+    questions = read_questions(path)
+    fim = detect_fim_tokens(generator.tokenizer) if any(q.kind == "fim" for q in questions) else None
+    return [prompt_ids(q, 0, [], generator.tokenizer, fim) for q in questions]
 
 
 @dataclass
