@@ -245,6 +245,13 @@ def test_bench_throughput_mode_writes_its_figures(tmp_path):
     # greedy: every method produces the same number of new tokens on the same prompts
     assert len({m["new_tokens"] for m in data["methods"].values()}) == 1
     assert data["methods"]["vanilla"]["speedup_vs_vanilla"] == pytest.approx(1.0)
+    # methods given: only those (a subset of the defaults was once replaced by all four)
+    opts.methods, opts.output = ["vanilla", "eagle"], str(tmp_path / "two")
+    assert run_benchmark(opts, log=lambda *_: None) == 0
+    assert set(json.loads((tmp_path / "two" / "throughput_bs2.json").read_text())["methods"]) == {"vanilla", "eagle"}
+    opts.methods = ["vanilla", "pld"]
+    with pytest.raises(ValueError, match="not \\['pld'\\]"):
+        run_benchmark(opts, log=lambda *_: None)
 
 
 def test_a_question_beyond_the_context_is_skipped_for_every_method_and_reported(tmp_path):

@@ -141,8 +141,9 @@ def run_throughput(opts: BenchOptions, log=print) -> int:
 
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {opts.batch_size}")
-    methods = [m for m in opts.methods if m in BATCH_METHODS]
-    methods = methods if set(opts.methods) - set(DEFAULT_METHODS) else list(BATCH_METHODS)
+    methods = list(BATCH_METHODS) if list(opts.methods) == list(DEFAULT_METHODS) else list(opts.methods)  # none given
+    if set(methods) - set(BATCH_METHODS):
+        raise ValueError(f"--batch-size measures {', '.join(BATCH_METHODS)}; not {sorted(set(methods) - set(BATCH_METHODS))}")
     setup, _ = load_setup(BenchOptions(**{**asdict(opts), "methods": ["vanilla"], "batch_size": None}), log)
     gen = setup.generator
     prompts = [prompt_ids(q, 0, [], gen.tokenizer, setup.fim) for q in setup.questions.questions]
