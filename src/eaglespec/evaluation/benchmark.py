@@ -145,8 +145,9 @@ def run_throughput(opts: BenchOptions, log=print) -> int:
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {opts.batch_size}")
     methods = list(BATCH_METHODS) if list(opts.methods) == list(DEFAULT_METHODS) else list(opts.methods)  # none given
-    if set(methods) - set(BATCH_METHODS):
-        raise ValueError(f"--batch-size measures {', '.join(BATCH_METHODS)}; not {sorted(set(methods) - set(BATCH_METHODS))}")
+    unknown = sorted(set(methods) - set(BATCH_METHODS))
+    if unknown:
+        raise ValueError(f"--batch-size measures {', '.join(BATCH_METHODS)}; not {unknown}")
     setup, _ = load_setup(BenchOptions(**{**asdict(opts), "methods": ["vanilla"], "batch_size": None}), log)
     gen = setup.generator
     prompts = [prompt_ids(q, 0, [], gen.tokenizer, setup.fim) for q in setup.questions.questions]
