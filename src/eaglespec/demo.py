@@ -198,7 +198,7 @@ CHAT_DEMO_PROMPTS = (
 def run_chat_demo(target: str, draft: str | os.PathLike, max_new_tokens: int = 128, prompts=CHAT_DEMO_PROMPTS,
                   colour: bool = True, dtype: str = "bfloat16") -> ComparisonReport:
     """A fetched chat target with its committed draft: highlighted answers, tau, tokens/s, exactness (bf16:
-    a differing answer is classified near-tie / MISMATCH against fp32 logits, as `eaglespec bench` does)."""
+    a differing answer is classified near-tie / MISMATCH as `eaglespec bench` does)."""
     from eaglespec.decoding import SpeculativeGenerator
     from eaglespec.evaluation.bench import exactness_judge
     from eaglespec.evaluation.exactness import EXACT
