@@ -50,7 +50,7 @@ def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, s
     assert 3 <= len(measured) <= tune.FINALISTS + 2
     assert result.choice == chain4.summary(method) and measured[0].tree == result.choice
     assert result.predicted_tokens_per_s == 1000 and result.predicted_tau == 1.5
-    assert result.vanilla_predicted_tokens_per_s == 10
+    assert result.vanilla_predicted_tokens_per_s == 10 and result.vanilla_note() is None
     rest = result.candidates[len(measured):]
     assert [c.predicted_tokens_per_s for c in rest] == sorted((c.predicted_tokens_per_s for c in rest), reverse=True)
     assert timed.count(None) == tune.MEASURE_ROUNDS  # vanilla timed alongside, every round
@@ -110,3 +110,9 @@ def test_bench_refuses_to_calibrate_on_its_own_questions(tmp_path):
         check_calibration(BenchOptions(base="stories260K", questions=[str(questions)], calibration="other.txt"))
     check_calibration(BenchOptions(base="stories260K", questions=[str(questions)], tree="auto",
                                    calibration="other.txt"))
+
+
+def test_a_draft_slower_than_vanilla_is_said_to_be(monkeypatch, generator, small_search):
+    monkeypatch.setattr(tune, "_decode_all", lambda gen, tree, prompts: (10.0 if tree else 50.0, 1.2))
+    result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    assert "vanilla decoding was faster than every tree" in result.vanilla_note()

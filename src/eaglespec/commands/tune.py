@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"chosen: {result.choice}: {result.predicted_tokens_per_s:.1f} tokens/s on the calibration prompts, "
           f"vanilla {result.vanilla_predicted_tokens_per_s:.1f} "
           f"({result.predicted_tokens_per_s / result.vanilla_predicted_tokens_per_s:.2f}x)")
-    if result.predicted_tokens_per_s < result.vanilla_predicted_tokens_per_s:
-        print("note: vanilla decoding was faster than every tree: on this hardware this draft does not pay off")
+    if result.vanilla_note():
+        print(result.vanilla_note())
     if not args.dry_run:
         path = write_tuned_tree(args.draft, result, gen)
         print(f"wrote the tree into {path}; generate / serve / bench use it unless a tree flag is given")

@@ -76,9 +76,8 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
         log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
             f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
             f"tune's calibration prompts")
-        if result.predicted_tokens_per_s < result.vanilla_predicted_tokens_per_s:
-            log("note: vanilla decoding was faster than every tree on the calibration prompts; on this hardware "
-                "this draft does not pay off")
+        if result.vanilla_note():
+            log(result.vanilla_note())
     fim = None
     if any(q.kind == "fim" for q in questions.questions):
         from eaglespec.data.fim import detect_fim_tokens

@@ -38,7 +38,7 @@ class Exactness:
     expected: int | None = None  # vanilla's token there
     got: int | None = None  # the method's token there
     gap: float | None = None  # |fp32 logit(expected) - fp32 logit(got)|
-    threshold: float | None = None
+    threshold: float | None = None  # what the deciding gap (run_gap when there is one, else gap) was held to
     run_gap: float | None = None  # the same gap in the run dtype, computed when the fp32 one exceeds the threshold
 
     def to_dict(self) -> dict:

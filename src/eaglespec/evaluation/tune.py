@@ -85,6 +85,13 @@ class TuneResult:
     def tree_config(self) -> TreeConfig:
         return TreeConfig.merged(self.choice, {})
 
+    def vanilla_note(self) -> str | None:
+        """What to tell the user when no tree beat vanilla decoding on the calibration prompts."""
+        if self.predicted_tokens_per_s >= self.vanilla_predicted_tokens_per_s:
+            return None
+        return ("note: vanilla decoding was faster than every tree on the calibration prompts; on this hardware "
+                "this draft does not pay off")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
