@@ -37,7 +37,7 @@ def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, s
     chain4 = TreeConfig(kind="chain", depth=4)
     timed = []
 
-    def fake_decode(gen, tree, prompts):  # chain-4 is by far the fastest, whatever the cost model said
+    def fake_decode(gen, tree, prompts, new_tokens):  # chain-4 is by far the fastest, whatever the cost model said
         timed.append(tree)
         return (1000.0 if tree == chain4 else 10.0 if tree is None else 100.0), 1.5
 
@@ -60,12 +60,12 @@ def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, s
 def test_rounds_interleave_forward_then_reversed_and_report_medians(monkeypatch, generator):
     order, speeds = [], {None: iter([9.0, 1.0, 5.0]), "a": iter([3.0, 4.0, 8.0]), "b": iter([2.0, 2.0, 2.0])}
 
-    def fake_decode(gen, tree, prompts):
+    def fake_decode(gen, tree, prompts, new_tokens):
         order.append(tree)
         return next(speeds[tree]), 2.0
 
     monkeypatch.setattr(tune, "_decode_all", fake_decode)
-    measured, vanilla = tune.measure_trees(generator, ["a", "b"], PROMPTS, rounds=3)
+    measured, vanilla = tune.measure_trees(generator, ["a", "b"], PROMPTS, 16, rounds=3)
     assert order == [None, "a", "b", "b", "a", None, None, "a", "b"]
     assert vanilla == 5.0 and measured == [(4.0, 2.0), (2.0, 2.0)]
 
@@ -98,6 +98,30 @@ def test_calibration_prompts_come_from_a_question_file(tmp_path, generator):
     assert tune.calibration_prompts(generator) == tune.CALIBRATION_TEXT  # a base model: the story openings
 
 
+def test_calibration_runs_at_the_answer_length_it_is_given(monkeypatch, generator, small_search):
+    lengths = []
+
+    def fake_decode(gen, tree, prompts, new_tokens):
+        lengths.append(new_tokens)
+        return 100.0, 1.5
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    short = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    long = tune.tune_tree(generator, PROMPTS, log=lambda *_: None, new_tokens=40)
+    assert short.new_tokens == 16 and long.new_tokens == 40  # 16: the (patched) CALIBRATION_NEW_TOKENS
+    assert set(lengths) == {16, 40}
+    assert long.context_tokens > short.context_tokens  # the forwards were timed at the longer context
+
+
+def test_a_long_calibration_file_gives_a_few_prompts_spread_over_it(tmp_path, generator):
+    text = tmp_path / "many.txt"
+    text.write_text("".join(f"Prompt number {i} is here.\n" for i in range(40)))
+    prompts = tune.calibration_prompts(generator, text)
+    assert len(prompts) == tune.CALIBRATION_PROMPTS
+    expected = [generator.tokenizer(f"Prompt number {i} is here.")["input_ids"] for i in range(0, 40, 5)]
+    assert prompts == expected
+
+
 def test_bench_refuses_to_calibrate_on_its_own_questions(tmp_path):
     from eaglespec.evaluation.benchmark import BenchOptions, check_calibration
 
@@ -113,6 +137,20 @@ def test_bench_refuses_to_calibrate_on_its_own_questions(tmp_path):
 
 
 def test_a_draft_slower_than_vanilla_is_said_to_be(monkeypatch, generator, small_search):
-    monkeypatch.setattr(tune, "_decode_all", lambda gen, tree, prompts: (10.0 if tree else 50.0, 1.2))
+    monkeypatch.setattr(tune, "_decode_all", lambda gen, tree, prompts, new_tokens: (10.0 if tree else 50.0, 1.2))
     result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
     assert "vanilla decoding was faster than every tree" in result.vanilla_note()
+
+
+def test_bench_puts_the_measured_speed_next_to_the_prediction():
+    from eaglespec.evaluation.benchmark import check_prediction, prediction_line
+    from eaglespec.evaluation.report import _tune_line
+
+    predicted = {"predicted_tokens_per_s": 30.0, "predicted_tau": 2.0, "vanilla_predicted_tokens_per_s": 20.0,
+                 "new_tokens": 128}
+    check_prediction(predicted, {"eagle": {"tokens_per_s": 27.0, "tau": 1.9}, "vanilla": {"tokens_per_s": 18.0}})
+    assert predicted["error"] == pytest.approx(-0.1)  # 27 measured against 30 predicted
+    assert predicted["predicted_at_run_vanilla"] == pytest.approx(27.0)  # 1.5x of this run's vanilla 18
+    assert predicted["error_at_run_vanilla"] == pytest.approx(0.0)
+    assert "-10.0%" in prediction_line(predicted) and "+0.0%" in prediction_line(predicted)
+    assert "128 new tokens" in _tune_line(predicted) and "-10.0%" in _tune_line(predicted)

@@ -13,6 +13,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None, metavar="FILE",
                    help="tune on the first turns of this question file (MT-bench / Spec-Bench jsonl, HumanEval, plain "
                         "text lines; e.g. held-out prompts of your traffic) instead of the built-in prompts")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length to tune for: acceptance and step cost change along an answer (default: "
+                        "eaglespec.evaluation.tune.CALIBRATION_NEW_TOKENS; bench --tree auto uses its own)")
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write it")
 
 
@@ -21,14 +24,14 @@ def run(args: argparse.Namespace) -> int:
     from eaglespec.evaluation.tune import calibration_prompts, tune_tree, write_tuned_tree
 
     gen = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device)
-    result = tune_tree(gen, calibration_prompts(gen, args.calibration))
+    result = tune_tree(gen, calibration_prompts(gen, args.calibration), new_tokens=args.max_new_tokens)
     for c in (c for c in result.candidates if c.measured_tokens_per_s is not None):
         print(f"  {c.tree}: measured {c.measured_tokens_per_s:.1f} tokens/s (tau {c.measured_tau:.2f}); cost model "
               f"{c.predicted_tokens_per_s:.1f} (tau {c.predicted_tau:.2f}, propose {c.propose_ms:.1f} ms, forward of "
               f"{c.size} tokens {c.forward_ms:.1f} ms)")
-    print(f"chosen: {result.choice}: {result.predicted_tokens_per_s:.1f} tokens/s on the calibration prompts, "
-          f"vanilla {result.vanilla_predicted_tokens_per_s:.1f} "
-          f"({result.predicted_tokens_per_s / result.vanilla_predicted_tokens_per_s:.2f}x)")
+    print(f"chosen: {result.choice}: {result.predicted_tokens_per_s:.1f} tokens/s on the calibration prompts "
+          f"({result.new_tokens} new tokens), vanilla {result.vanilla_predicted_tokens_per_s:.1f} "
+          f"({result.predicted_speedup:.2f}x)")
     if result.vanilla_note():
         print(result.vanilla_note())
     if not args.dry_run:

@@ -69,7 +69,7 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
                                                **_explicit_tree(opts))
     tune = None
     if opts.tree == "auto":
-        result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log)
+        result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens)
         gen = gen.with_tree(result.tree_config())
         tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
         tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
@@ -86,6 +86,31 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     methods = build_methods(opts.methods, gen, opts.chain_depth)
     sampling = Sampling(opts.temperature, opts.top_p)
     return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
+
+
+def check_prediction(tune: dict, overall: dict) -> None:
+    """Put the measured eagle figure next to tune's prediction, in absolute terms and at this run's vanilla speed
+    (the predicted speedup times the vanilla tokens/s measured here: what the prediction says once the machine's
+    own drift between the tune and the run is taken out)."""
+    measured = overall["eagle"]["tokens_per_s"]
+    tune["measured_tokens_per_s"] = measured
+    tune["measured_tau"] = overall["eagle"]["tau"]
+    tune["error"] = measured / tune["predicted_tokens_per_s"] - 1
+    if "vanilla" in overall:
+        speedup = tune["predicted_tokens_per_s"] / tune["vanilla_predicted_tokens_per_s"]
+        tune["predicted_at_run_vanilla"] = speedup * overall["vanilla"]["tokens_per_s"]
+        tune["error_at_run_vanilla"] = measured / tune["predicted_at_run_vanilla"] - 1
+
+
+def prediction_line(tune: dict) -> str:
+    line = (f"tuned tree: predicted {tune['predicted_tokens_per_s']:.1f} tokens/s (tau {tune['predicted_tau']:.2f}), "
+            f"measured {tune['measured_tokens_per_s']:.1f} (tau {tune['measured_tau']:.2f}): "
+            f"{100 * tune['error']:+.1f}%")
+    if "predicted_at_run_vanilla" in tune:
+        line += (f"; at this run's vanilla speed the predicted "
+                 f"{tune['predicted_tokens_per_s'] / tune['vanilla_predicted_tokens_per_s']:.2f}x is "
+                 f"{tune['predicted_at_run_vanilla']:.1f} tokens/s: {100 * tune['error_at_run_vanilla']:+.1f}%")
+    return line
 
 
 def run_benchmark(opts: BenchOptions, log=print) -> int:
@@ -113,12 +138,12 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
     data = results_dict(result, names, asdict(opts), machine_info(setup.generator.target.device,
                                                                  setup.generator.target.dtype),
                         {"tree": tree, "tune": tune})
+    if tune and "eagle" in data["overall"]:
+        check_prediction(data["tune"], data["overall"])
     paths = write_outputs(Path(opts.output), data, result, names)
     log(console_summary(data, result, names))
     if tune and "eagle" in data["overall"]:
-        measured = data["overall"]["eagle"]["tokens_per_s"]
-        log(f"tuned tree: predicted {tune['predicted_tokens_per_s']:.1f} tokens/s, measured {measured:.1f} "
-            f"({100 * (measured / tune['predicted_tokens_per_s'] - 1):+.1f}%)")
+        log(prediction_line(data["tune"]))
     log("wrote " + ", ".join(str(p) for p in paths))
     bad = mismatches(result)
     for method, qid, e in bad:

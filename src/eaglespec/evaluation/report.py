@@ -73,6 +73,20 @@ def results_dict(result: BenchResult, methods: list[str], config: dict, machine:
     }
 
 
+def _tune_line(t: dict) -> str:
+    line = (f"Tuned tree (`--tree auto`) predicted {t['predicted_tokens_per_s']:.1f} tokens/s, tau "
+            f"{t['predicted_tau']:.2f} (its speed on tune's calibration prompts, {t.get('new_tokens', '?')} new tokens, "
+            f"vanilla {t['vanilla_predicted_tokens_per_s']:.1f} alongside)")
+    if "measured_tokens_per_s" not in t:
+        return line + "."
+    line += (f"; measured here {t['measured_tokens_per_s']:.1f}, tau {t['measured_tau']:.2f} "
+             f"({100 * t['error']:+.1f}%)")
+    if "predicted_at_run_vanilla" in t:
+        line += (f"; the predicted speedup at this run's vanilla speed is {t['predicted_at_run_vanilla']:.1f} tokens/s "
+                 f"({100 * t['error_at_run_vanilla']:+.1f}%)")
+    return line + "."
+
+
 def _fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
@@ -101,10 +115,7 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
               f"Config: {json.dumps({k: data['config'][k] for k in ('base', 'draft', 'max_new_tokens', 'repeats', 'temperature') if k in data['config']})}",
               f"Tree: {json.dumps(data.get('tree'))}", ""]
     if data.get("tune"):
-        t = data["tune"]
-        lines += [f"Tuned tree (`--tree auto`) predicted {t['predicted_tokens_per_s']:.1f} tokens/s (its speed on "
-                  f"tune's calibration prompts, tau {t['predicted_tau']:.2f}); measured here "
-                  f"{data['overall'].get('eagle', {}).get('tokens_per_s', float('nan')):.1f}.", ""]
+        lines += [_tune_line(data["tune"]), ""]
     if result.skipped:
         lines += [f"Skipped {len(result.skipped)} question(s) whose prompt does not fit the model's context: "
                   + ", ".join(sorted(result.skipped)), ""]

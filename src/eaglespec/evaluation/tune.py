@@ -11,6 +11,8 @@
    decoding of the calibration prompts, interleaved with vanilla (A B C, then C B A); the fastest measured tree
    wins, and its measured tokens/s is the prediction `bench --tree auto` compares with. The model alone
    predicted 32.9 tokens/s for SmolLM2 on this CPU where bench measured 22.5, so it only short-lists.
+Everything runs at the answer length the decoding will use (`new_tokens`; bench passes its --max-new-tokens):
+acceptance changes along an answer and every step costs more as the context grows.
 Sampling runs accept less than greedy; the choice is made on greedy acceptance. The prediction holds for text
 like the calibration prompts: a benchmark of another domain accepts more or less.
 """
@@ -31,8 +33,9 @@ from eaglespec.decoding.verify import accepted_length_on_path
 
 FORWARD_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 FORWARD_REPEATS = 5
-CALIBRATION_NEW_TOKENS = 64
-STATE_STRIDE = 3  # decoding states every few tokens of each calibration continuation
+CALIBRATION_NEW_TOKENS = 64  # answer length of `eaglespec tune` unless given
+CALIBRATION_PROMPTS = 8  # prompts taken (evenly spread) from a --calibration file
+STATE_STRIDE = 3  # decoding states every few tokens of a CALIBRATION_NEW_TOKENS continuation (scaled with it)
 MAX_TUNE_DEPTH = 8
 DYNAMIC_TOP_K = (2, 4, 8)
 DYNAMIC_DEPTHS = (3, 4, 5, 6, 7)
@@ -80,7 +83,12 @@ class TuneResult:
     rest_ms: float
     context_tokens: int
     states: int
+    new_tokens: int = CALIBRATION_NEW_TOKENS  # answer length of the calibration decoding
     candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.predicted_tokens_per_s / self.vanilla_predicted_tokens_per_s
 
     def tree_config(self) -> TreeConfig:
         return TreeConfig.merged(self.choice, {})
@@ -108,8 +116,9 @@ def candidate_trees(method: str, draft_vocab: int) -> list[TreeConfig]:
 
 
 def calibration_prompts(generator: SpeculativeGenerator, path=None) -> list:
-    """The built-in prompts (chat ones for a chat model), or the first turns of a question file of any schema
-    `bench` reads (e.g. held-out prompts of your own traffic), as token ids."""
+    """The built-in prompts (chat ones for a chat model), or the first turns of CALIBRATION_PROMPTS questions
+    spread evenly over a question file of any schema `bench` reads (e.g. held-out prompts of your own traffic, or
+    another prompt set of the benchmark's kind), as token ids."""
     if path is None:
         chat = getattr(generator.tokenizer, "chat_template", None) is not None
         return [[{"role": "user", "content": p}] for p in CALIBRATION_CHAT] if chat else list(CALIBRATION_TEXT)
@@ -117,6 +126,7 @@ def calibration_prompts(generator: SpeculativeGenerator, path=None) -> list:
     from eaglespec.evaluation.questions import prompt_ids, read_questions
 
     questions = read_questions(path)
+    questions = questions[::max(1, len(questions) // CALIBRATION_PROMPTS)][:CALIBRATION_PROMPTS]
     fim = detect_fim_tokens(generator.tokenizer) if any(q.kind == "fim" for q in questions) else None
     return [prompt_ids(q, 0, [], generator.tokenizer, fim) for q in questions]
 
@@ -128,22 +138,23 @@ class State:
     continuation: torch.Tensor  # the target's greedy tokens after the root (longer than any candidate tree)
 
 
-def greedy_sequences(generator: SpeculativeGenerator, prompts: list) -> list[tuple[int, list[int]]]:
+def greedy_sequences(generator: SpeculativeGenerator, prompts: list, new_tokens: int) -> list[tuple[int, list[int]]]:
     """(prompt length, prompt + the target's greedy continuation) per calibration prompt."""
     out = []
     for prompt in prompts:
         ids = generator._encode(prompt)[0].tolist()
-        out.append((len(ids), ids + generator.vanilla_generate(ids, CALIBRATION_NEW_TOKENS).token_ids))
+        out.append((len(ids), ids + generator.vanilla_generate(ids, new_tokens).token_ids))
     return out
 
 
-def decoding_states(generator: SpeculativeGenerator, sequences: list[tuple[int, list[int]]]) -> list[State]:
-    """States along each greedy continuation, every STATE_STRIDE tokens, each with a caught-up draft cache."""
+def decoding_states(generator: SpeculativeGenerator, sequences: list[tuple[int, list[int]]],
+                    stride: int = STATE_STRIDE) -> list[State]:
+    """States along each greedy continuation, every `stride` tokens, each with a caught-up draft cache."""
     states = []
     for n, seq in sequences:
         out = generator.target(torch.tensor([seq], device=generator.target.device), aux_layer_ids=generator.aux_layer_ids)
         features = out.features(generator.draft.config.method)
-        for p in range(n, len(seq) - MAX_TUNE_DEPTH - 1, STATE_STRIDE):
+        for p in range(n, len(seq) - MAX_TUNE_DEPTH - 1, stride):
             drafter = Drafter(generator.draft, TreeConfig(kind="chain", depth=1))
             drafter.catch_up(torch.tensor([seq[1:p + 1]], device=features.device), features[:, :p])
             states.append(State(drafter, seq[p], torch.tensor(seq[p + 1:])))
@@ -202,18 +213,19 @@ def interpolate(table: dict[int, float], T: int) -> float:
 
 
 def step_rest_ms(generator: SpeculativeGenerator, prompt, tree: TreeConfig, propose_ms: float,
-                 forward_ms: dict[int, float], size: int) -> float:
+                 forward_ms: dict[int, float], size: int, new_tokens: int) -> float:
     """Per-step time that is neither propose nor the target forward, from one real speculative run."""
     gen = generator.with_tree(tree)
     start = time.perf_counter()
-    out = gen.generate(prompt, CALIBRATION_NEW_TOKENS)
+    out = gen.generate(prompt, new_tokens)
     wall = time.perf_counter() - start
     steps = max(1, out.stats.target_forwards - 1)
     prefill_ms = forward_ms[max(FORWARD_TOKEN_COUNTS)]  # an upper bound of the prompt's forward, small beside the steps
     return max(0.0, (1e3 * wall - prefill_ms) / steps - propose_ms - interpolate(forward_ms, size))
 
 
-def _decode_all(generator: SpeculativeGenerator, tree: TreeConfig | None, prompts: list) -> tuple[float, float]:
+def _decode_all(generator: SpeculativeGenerator, tree: TreeConfig | None, prompts: list,
+                new_tokens: int) -> tuple[float, float]:
     """(tokens/s, tau) of decoding every prompt with `tree` (None: vanilla), as bench counts them."""
     gen = generator if tree is None else generator.with_tree(tree)
     tokens = forwards = 0
@@ -221,13 +233,13 @@ def _decode_all(generator: SpeculativeGenerator, tree: TreeConfig | None, prompt
     for prompt in prompts:
         start = time.perf_counter()
         decode = gen.vanilla_generate if tree is None else gen.generate
-        out = decode(prompt, CALIBRATION_NEW_TOKENS)
+        out = decode(prompt, new_tokens)
         seconds += time.perf_counter() - start
         tokens, forwards = tokens + out.stats.new_tokens, forwards + out.stats.target_forwards
     return tokens / seconds, tokens / max(1, forwards)
 
 
-def measure_trees(generator: SpeculativeGenerator, trees: list[TreeConfig], prompts: list,
+def measure_trees(generator: SpeculativeGenerator, trees: list[TreeConfig], prompts: list, new_tokens: int,
                   rounds: int = MEASURE_ROUNDS) -> tuple[list[tuple[float, float]], float]:
     """Real decoding of the prompts with each tree and with vanilla, in interleaved rounds (forward, then
     reversed order) -> ([(median tokens/s, tau)] per tree, vanilla's median tokens/s)."""
@@ -236,20 +248,20 @@ def measure_trees(generator: SpeculativeGenerator, trees: list[TreeConfig], prom
     taus = [0.0] * len(runs)
     for r in range(rounds):
         for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
-            speed, taus[i] = _decode_all(generator, runs[i], prompts)
+            speed, taus[i] = _decode_all(generator, runs[i], prompts, new_tokens)
             speeds[i].append(speed)
     medians = [statistics.median(s) for s in speeds]
     return list(zip(medians[1:], taus[1:])), medians[0]
 
 
 def rank_candidates(generator: SpeculativeGenerator, states: list[State], forward_ms: dict[int, float],
-                    prompt) -> tuple[list[tuple[TreeConfig, Candidate]], float]:
+                    prompt, new_tokens: int) -> tuple[list[tuple[TreeConfig, Candidate]], float]:
     """Every candidate tree with its cost-model prediction, best first, and the per-step rest (ms)."""
     method = generator.draft.config.method
     evaluated = [(tree, *evaluate_tree(generator, tree, states))
                  for tree in candidate_trees(method, generator.draft.config.draft_vocab_size)]
     ref_tree, _, ref_propose, ref_size = next(e for e in evaluated if e[0] == TreeConfig(kind="chain", depth=4))
-    rest = step_rest_ms(generator, prompt, ref_tree, ref_propose, forward_ms, ref_size)
+    rest = step_rest_ms(generator, prompt, ref_tree, ref_propose, forward_ms, ref_size, new_tokens)
     ranked = []
     for tree, tau, propose_ms, size in evaluated:
         fwd = interpolate(forward_ms, size)
@@ -265,17 +277,21 @@ def finalists(ranked: list[tuple[TreeConfig, Candidate]]) -> list[tuple[TreeConf
     return [(tree, candidate) for tree, candidate in ranked if tree in wanted]
 
 
-def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=print) -> TuneResult:
-    """Measure and pick the fastest tree for this target, draft and hardware (see the module docstring)."""
+def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=print,
+              new_tokens: int | None = None) -> TuneResult:
+    """Measure and pick the fastest tree for this target, draft and hardware (see the module docstring);
+    `new_tokens`: the answer length to tune for (default CALIBRATION_NEW_TOKENS)."""
     prompts = prompts or calibration_prompts(generator)
-    sequences = greedy_sequences(generator, prompts)
+    new_tokens = new_tokens or CALIBRATION_NEW_TOKENS
+    sequences = greedy_sequences(generator, prompts, new_tokens)
     forward_ms = time_forwards(generator, max(sequences, key=lambda s: len(s[1]))[1])
     log("target forward ms by tokens: " + ", ".join(f"{t}: {ms:.1f}" for t, ms in forward_ms.items()))
-    states = decoding_states(generator, sequences)
-    ranked, rest = rank_candidates(generator, states, forward_ms, prompts[0])
+    stride = max(STATE_STRIDE, STATE_STRIDE * new_tokens // CALIBRATION_NEW_TOKENS)  # as many states at any length
+    states = decoding_states(generator, sequences, stride)
+    ranked, rest = rank_candidates(generator, states, forward_ms, prompts[0], new_tokens)
     final = finalists(ranked)
-    log(f"timing {len(final)} trees by real decoding of {len(prompts)} calibration prompts")
-    measured, vanilla = measure_trees(generator, [tree for tree, _ in final], prompts)
+    log(f"timing {len(final)} trees by real decoding of {len(prompts)} calibration prompts ({new_tokens} new tokens)")
+    measured, vanilla = measure_trees(generator, [tree for tree, _ in final], prompts, new_tokens)
     for (_, candidate), (speed, tau) in zip(final, measured):
         candidate.measured_tokens_per_s, candidate.measured_tau = speed, tau
     best = max((c for _, c in final), key=lambda c: c.measured_tokens_per_s)
@@ -283,7 +299,7 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
                                                               -(c.measured_tokens_per_s or c.predicted_tokens_per_s)))
     context = max(len(seq) for _, seq in sequences)
     return TuneResult(best.tree, best.measured_tokens_per_s, best.measured_tau, vanilla, forward_ms, rest, context,
-                      len(states), candidates)
+                      len(states), new_tokens, candidates)
 
 
 def write_tuned_tree(draft_dir, result: TuneResult, generator: SpeculativeGenerator):
@@ -300,6 +316,7 @@ def write_tuned_tree(draft_dir, result: TuneResult, generator: SpeculativeGenera
         "tree": result.choice, "predicted_tokens_per_s": round(result.predicted_tokens_per_s, 2),
         "predicted_tau": round(result.predicted_tau, 3),
         "vanilla_predicted_tokens_per_s": round(result.vanilla_predicted_tokens_per_s, 2),
+        "new_tokens": result.new_tokens,
         "tuned_on": machine_info(generator.target.device, generator.target.dtype),
     }
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
