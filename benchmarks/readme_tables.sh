@@ -14,14 +14,16 @@ out=${3:-bench-results}
 here="$(cd "$(dirname "$0")/.." && pwd)"
 shared=${SHARED:-$here/../shared}
 mtbench="$shared/data/eval/eagle_mt_bench_question.jsonl"
+alpaca="$shared/data/eval/eagle_alpaca_question.jsonl"  # --tree auto's calibration for MT-bench: requests of the
+#                                                          same kind, none of the benchmark's
 
 if [ "$base" = stories260K ]; then
-    # a base model: MT-bench turns as plain text (exactness on text it was not trained for), and story openings
-    # (benchmarks/story_prompts.txt, the text it knows: the check of --tree auto's prediction)
+    # a base model: MT-bench turns as plain text (exactness on text it was not trained for; tuned on Alpaca
+    # requests), and story openings (benchmarks/story_prompts.txt, the text it knows; tuned on the built-in ones)
     for dtype in float32 bfloat16; do
         eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 4 --first-turn-only \
             --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
-            --dtype "$dtype" --tree auto --output "$out/stories260K-mtbench-$dtype"
+            --dtype "$dtype" --tree auto --calibration "$alpaca" --output "$out/stories260K-mtbench-$dtype"
         eaglespec bench --base "$base" --draft "$draft" --questions "$here/benchmarks/story_prompts.txt" \
             --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 3 \
             --dtype "$dtype" --tree auto --output "$out/stories260K-stories-$dtype"
