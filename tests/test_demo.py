@@ -20,3 +20,28 @@ def test_demo_small_and_cached(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "self-distillation: sampling" not in out and "24 stories (cached in" in out
     assert again.comparison.all_identical
+
+
+def test_chat_demo_marks_accepted_tokens_and_checks_exactness(tmp_path, capsys):
+    """`eaglespec demo --target T --draft D` on a chat model: stories260K with a small chat template and an
+    untrained EAGLE-3 draft (fp32, so every answer must be identical to vanilla greedy)."""
+    import json
+    import shutil
+
+    from eaglespec import bundled_model_path
+    from eaglespec.cli import main
+    from eaglespec.demo import run_chat_demo
+
+    target = tmp_path / "stories-chat"
+    shutil.copytree(bundled_model_path(), target)
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    (target / "tokenizer_config.json").write_text(json.dumps(config))
+    assert main(["init-draft", "--base", str(target), "--method", "eagle3", "--output", str(tmp_path / "draft")]) == 0
+    report = run_chat_demo(str(target), tmp_path / "draft", max_new_tokens=12,
+                           prompts=("Once upon a time", "Tom had a ball."), colour=False, dtype="float32")
+    out = capsys.readouterr().out
+    assert len(report.results) == 2 and report.tau >= 1.0
+    for item in ("> Once upon a time", "> Tom had a ball.", "tau", "speculative", "vanilla", "tok/s",
+                 "identical to vanilla greedy: exact, exact"):
+        assert item in out, item
