@@ -103,7 +103,10 @@ def test_eaglespec_serve_command_serves(model_dirs, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err  # stopped by Ctrl-C after a clean uvicorn shutdown (the usual exit code)
+    # Stopped by Ctrl-C after a clean uvicorn shutdown: uvicorn re-raises the SIGINT once it has shut down, and
+    # asyncio turns it into KeyboardInterrupt (exit 130) only if the server task is still running when it lands;
+    # on a loaded machine the task may finish first and the command returns 0. A crash (1) or a hang still fails.
+    assert proc.returncode in (0, 130), err
     assert f"http://127.0.0.1:{port}/" in err and "warning" not in err.lower()
 
 
