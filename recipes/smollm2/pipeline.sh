@@ -6,8 +6,8 @@
 #
 #   bash recipes/smollm2/pipeline.sh [RUN_DIR]      # default runs/smollm2
 #
-# REGEN_LIMIT caps the self-distilled set at the first N prompts (the README's figures: REGEN_LIMIT=1216;
-# default: all 2750).
+# REGEN_LIMIT caps the self-distilled set at the first N prompts (default: all 2750, as committed in
+# recipes/smollm2/data/regen.jsonl.gz; REGEN_LIMIT=1216 is the README's first, smaller draft).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 run=${1:-runs/smollm2}
@@ -31,13 +31,13 @@ eaglespec regenerate --model smollm2-135m --input "$prompts" --output "$run/rege
 eaglespec dump-features --model smollm2-135m --data "$run/prepared" --method eagle3 --output "$run/features" \
     --target-dtype bf16 --batch-size 8 --shard-size 200
 
-# 3. EAGLE-3 (8k draft vocabulary, 6 epochs: ~27 min here) and, for comparison, EAGLE-1 on the same features
-#    (2 epochs: ~15 min, about EAGLE-3's time to its epoch 3); one after the other, each with the whole machine
+# 3. EAGLE-3 (8k draft vocabulary, 4 epochs of 2612 chats: ~46 min here) and, for comparison, EAGLE-1 on the same
+#    features (2 epochs); one after the other, each with the whole machine
 common=(--basepath smollm2-135m --bs 8 --lr 2e-3 --precision bf16 --target-dtype bf16 --group-by-length
         --sim-states 8 --eval-every 2 --no-progress)
 resume=(); [ -d "$run/eagle3" ] && resume=(--resume)
 eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features" --savedir "$run/eagle3" \
-    --num_epochs 6 --ttt-length 4 --draft-vocab-size 8192 2>&1 | tee "$run/train-eagle3.log"
+    --num_epochs 4 --ttt-length 4 --draft-vocab-size 8192 2>&1 | tee "$run/train-eagle3.log"
 resume=(); [ -d "$run/eagle1" ] && resume=(--resume)
 eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features" --cpdir "$run/eagle1" \
     --num_epochs 2 --warmup-steps 6 --save-freq 1 2>&1 | tee "$run/train-eagle1.log"
