@@ -149,8 +149,8 @@ def test_bench_puts_the_measured_speed_next_to_the_prediction():
     predicted = {"predicted_tokens_per_s": 30.0, "predicted_tau": 2.0, "vanilla_predicted_tokens_per_s": 20.0,
                  "new_tokens": 128}
     check_prediction(predicted, {"eagle": {"tokens_per_s": 27.0, "tau": 1.9}, "vanilla": {"tokens_per_s": 18.0}})
-    assert predicted["error"] == pytest.approx(-0.1)  # 27 measured against 30 predicted
+    assert predicted["prediction_error"] == pytest.approx(30 / 27 - 1)  # 30 predicted, 27 measured: 11.1% high
     assert predicted["predicted_at_run_vanilla"] == pytest.approx(27.0)  # 1.5x of this run's vanilla 18
-    assert predicted["error_at_run_vanilla"] == pytest.approx(0.0)
-    assert "-10.0%" in prediction_line(predicted) and "+0.0%" in prediction_line(predicted)
-    assert "128 new tokens" in _tune_line(predicted) and "-10.0%" in _tune_line(predicted)
+    assert predicted["prediction_error_at_run_vanilla"] == pytest.approx(0.0)
+    assert "+11.1% off" in prediction_line(predicted) and "+0.0%" in prediction_line(predicted)
+    assert "128 new tokens" in _tune_line(predicted) and "+11.1% off" in _tune_line(predicted)

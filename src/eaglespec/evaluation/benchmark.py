@@ -91,25 +91,27 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
 def check_prediction(tune: dict, overall: dict) -> None:
     """Put the measured eagle figure next to tune's prediction, in absolute terms and at this run's vanilla speed
     (the predicted speedup times the vanilla tokens/s measured here: what the prediction says once the machine's
-    own drift between the tune and the run is taken out)."""
+    own drift between the tune and the run is taken out). An error is the prediction's, relative to the measured
+    figure (predicted / measured - 1)."""
     measured = overall["eagle"]["tokens_per_s"]
     tune["measured_tokens_per_s"] = measured
     tune["measured_tau"] = overall["eagle"]["tau"]
-    tune["error"] = measured / tune["predicted_tokens_per_s"] - 1
+    tune["prediction_error"] = tune["predicted_tokens_per_s"] / measured - 1
     if "vanilla" in overall:
         speedup = tune["predicted_tokens_per_s"] / tune["vanilla_predicted_tokens_per_s"]
         tune["predicted_at_run_vanilla"] = speedup * overall["vanilla"]["tokens_per_s"]
-        tune["error_at_run_vanilla"] = measured / tune["predicted_at_run_vanilla"] - 1
+        tune["prediction_error_at_run_vanilla"] = tune["predicted_at_run_vanilla"] / measured - 1
 
 
 def prediction_line(tune: dict) -> str:
     line = (f"tuned tree: predicted {tune['predicted_tokens_per_s']:.1f} tokens/s (tau {tune['predicted_tau']:.2f}), "
-            f"measured {tune['measured_tokens_per_s']:.1f} (tau {tune['measured_tau']:.2f}): "
-            f"{100 * tune['error']:+.1f}%")
+            f"measured {tune['measured_tokens_per_s']:.1f} (tau {tune['measured_tau']:.2f}): the prediction is "
+            f"{100 * tune['prediction_error']:+.1f}% off")
     if "predicted_at_run_vanilla" in tune:
-        line += (f"; at this run's vanilla speed the predicted "
-                 f"{tune['predicted_tokens_per_s'] / tune['vanilla_predicted_tokens_per_s']:.2f}x is "
-                 f"{tune['predicted_at_run_vanilla']:.1f} tokens/s: {100 * tune['error_at_run_vanilla']:+.1f}%")
+        speedup = tune["predicted_tokens_per_s"] / tune["vanilla_predicted_tokens_per_s"]
+        line += (f"; at this run's vanilla speed the predicted {speedup:.2f}x is "
+                 f"{tune['predicted_at_run_vanilla']:.1f} tokens/s: "
+                 f"{100 * tune['prediction_error_at_run_vanilla']:+.1f}%")
     return line
 
 

@@ -79,11 +79,11 @@ def _tune_line(t: dict) -> str:
             f"vanilla {t['vanilla_predicted_tokens_per_s']:.1f} alongside)")
     if "measured_tokens_per_s" not in t:
         return line + "."
-    line += (f"; measured here {t['measured_tokens_per_s']:.1f}, tau {t['measured_tau']:.2f} "
-             f"({100 * t['error']:+.1f}%)")
+    line += (f"; measured here {t['measured_tokens_per_s']:.1f}, tau {t['measured_tau']:.2f} (the prediction "
+             f"{100 * t['prediction_error']:+.1f}% off)")
     if "predicted_at_run_vanilla" in t:
         line += (f"; the predicted speedup at this run's vanilla speed is {t['predicted_at_run_vanilla']:.1f} tokens/s "
-                 f"({100 * t['error_at_run_vanilla']:+.1f}%)")
+                 f"({100 * t['prediction_error_at_run_vanilla']:+.1f}%)")
     return line + "."
 
 
