@@ -143,14 +143,14 @@ def test_a_draft_slower_than_vanilla_is_said_to_be(monkeypatch, generator, small
 
 
 def test_bench_puts_the_measured_speed_next_to_the_prediction():
-    from eaglespec.evaluation.benchmark import check_prediction, prediction_line
-    from eaglespec.evaluation.report import _tune_line
+    from eaglespec.evaluation.benchmark import check_prediction
+    from eaglespec.evaluation.report import tune_line
 
     predicted = {"predicted_tokens_per_s": 30.0, "predicted_tau": 2.0, "vanilla_predicted_tokens_per_s": 20.0,
-                 "new_tokens": 128}
+                 "predicted_speedup": 1.5, "new_tokens": 128}
     check_prediction(predicted, {"eagle": {"tokens_per_s": 27.0, "tau": 1.9}, "vanilla": {"tokens_per_s": 18.0}})
     assert predicted["prediction_error"] == pytest.approx(30 / 27 - 1)  # 30 predicted, 27 measured: 11.1% high
     assert predicted["predicted_at_run_vanilla"] == pytest.approx(27.0)  # 1.5x of this run's vanilla 18
     assert predicted["prediction_error_at_run_vanilla"] == pytest.approx(0.0)
-    assert "+11.1% off" in prediction_line(predicted) and "+0.0%" in prediction_line(predicted)
-    assert "128 new tokens" in _tune_line(predicted) and "+11.1% off" in _tune_line(predicted)
+    assert "+11.1% off" in tune_line(predicted) and "+0.0%" in tune_line(predicted)
+    assert "128 new tokens" in tune_line(predicted) and "1.50x" in tune_line(predicted)

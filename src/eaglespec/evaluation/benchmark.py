@@ -72,6 +72,7 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
         result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens)
         gen = gen.with_tree(result.tree_config())
         tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
+        tune["predicted_speedup"] = result.predicted_speedup
         tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
         log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
             f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
@@ -98,21 +99,8 @@ def check_prediction(tune: dict, overall: dict) -> None:
     tune["measured_tau"] = overall["eagle"]["tau"]
     tune["prediction_error"] = tune["predicted_tokens_per_s"] / measured - 1
     if "vanilla" in overall:
-        speedup = tune["predicted_tokens_per_s"] / tune["vanilla_predicted_tokens_per_s"]
-        tune["predicted_at_run_vanilla"] = speedup * overall["vanilla"]["tokens_per_s"]
+        tune["predicted_at_run_vanilla"] = tune["predicted_speedup"] * overall["vanilla"]["tokens_per_s"]
         tune["prediction_error_at_run_vanilla"] = tune["predicted_at_run_vanilla"] / measured - 1
-
-
-def prediction_line(tune: dict) -> str:
-    line = (f"tuned tree: predicted {tune['predicted_tokens_per_s']:.1f} tokens/s (tau {tune['predicted_tau']:.2f}), "
-            f"measured {tune['measured_tokens_per_s']:.1f} (tau {tune['measured_tau']:.2f}): the prediction is "
-            f"{100 * tune['prediction_error']:+.1f}% off")
-    if "predicted_at_run_vanilla" in tune:
-        speedup = tune["predicted_tokens_per_s"] / tune["vanilla_predicted_tokens_per_s"]
-        line += (f"; at this run's vanilla speed the predicted {speedup:.2f}x is "
-                 f"{tune['predicted_at_run_vanilla']:.1f} tokens/s: "
-                 f"{100 * tune['prediction_error_at_run_vanilla']:+.1f}%")
-    return line
 
 
 def run_benchmark(opts: BenchOptions, log=print) -> int:
@@ -120,7 +108,7 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
     whether a MISMATCH was found (1) or the run was interrupted (130)."""
     from tqdm import tqdm
 
-    from eaglespec.evaluation.report import console_summary, machine_info, results_dict, write_outputs
+    from eaglespec.evaluation.report import console_summary, machine_info, results_dict, tune_line, write_outputs
 
     if opts.batch_size is not None:
         return run_throughput(opts, log)
@@ -145,7 +133,7 @@ def run_benchmark(opts: BenchOptions, log=print) -> int:
     paths = write_outputs(Path(opts.output), data, result, names)
     log(console_summary(data, result, names))
     if tune and "eagle" in data["overall"]:
-        log(prediction_line(data["tune"]))
+        log(tune_line(data["tune"]))
     log("wrote " + ", ".join(str(p) for p in paths))
     bad = mismatches(result)
     for method, qid, e in bad:

@@ -73,7 +73,8 @@ def results_dict(result: BenchResult, methods: list[str], config: dict, machine:
     }
 
 
-def _tune_line(t: dict) -> str:
+def tune_line(t: dict) -> str:
+    """tune's prediction and, after the run, the measured figure beside it (report.md and the console)."""
     line = (f"Tuned tree (`--tree auto`) predicted {t['predicted_tokens_per_s']:.1f} tokens/s, tau "
             f"{t['predicted_tau']:.2f} (its speed on tune's calibration prompts, {t.get('new_tokens', '?')} new tokens, "
             f"vanilla {t['vanilla_predicted_tokens_per_s']:.1f} alongside)")
@@ -82,8 +83,8 @@ def _tune_line(t: dict) -> str:
     line += (f"; measured here {t['measured_tokens_per_s']:.1f}, tau {t['measured_tau']:.2f} (the prediction "
              f"{100 * t['prediction_error']:+.1f}% off)")
     if "predicted_at_run_vanilla" in t:
-        line += (f"; the predicted speedup at this run's vanilla speed is {t['predicted_at_run_vanilla']:.1f} tokens/s "
-                 f"({100 * t['prediction_error_at_run_vanilla']:+.1f}%)")
+        line += (f"; the predicted {t['predicted_speedup']:.2f}x at this run's vanilla speed is "
+                 f"{t['predicted_at_run_vanilla']:.1f} tokens/s ({100 * t['prediction_error_at_run_vanilla']:+.1f}%)")
     return line + "."
 
 
@@ -115,7 +116,7 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
               f"Config: {json.dumps({k: data['config'][k] for k in ('base', 'draft', 'max_new_tokens', 'repeats', 'temperature') if k in data['config']})}",
               f"Tree: {json.dumps(data.get('tree'))}", ""]
     if data.get("tune"):
-        lines += [_tune_line(data["tune"]), ""]
+        lines += [tune_line(data["tune"]), ""]
     if result.skipped:
         lines += [f"Skipped {len(result.skipped)} question(s) whose prompt does not fit the model's context: "
                   + ", ".join(sorted(result.skipped)), ""]
