@@ -104,7 +104,7 @@ def test_generation_ends_at_eos_or_bos_which_are_not_in_the_text():
     scripted = ScriptedModel([[once, upon, 2, once, once], [upon, 1, once, 0, 0], [once, upon, upon, once, once]])
     gen = rg.Generator(scripted, tok, rg.SamplingSettings(max_new_tokens=5))
     assert gen.stop_ids == [2, 1]
-    new = gen._model_generate([[1], [1], [1]], seed="k")  # the lockstep path (with --min-new-tokens)
+    new = gen._model_generate([[1], [1], [1]], seed="k", settings=gen.settings)  # the lockstep path (with --min-new-tokens)
     assert new == [[once, upon], [upon], [once, upon, upon, once, once]]
     assert gen.hit_max_new_tokens == 1
     assert [tok.decode(ids, skip_special_tokens=True) for ids in new[:2]] == ["Once upon", "upon"]
@@ -310,7 +310,8 @@ def test_cli_from_bos_and_chat_template_flag(tmp_path, capsys):
 
 def test_cli_needs_input_or_from_bos(tmp_path, capsys):
     assert main(["regenerate", "--model", "stories260K", "--output", str(tmp_path / "o.jsonl")]) == 1
-    assert "give --input FILE and --data-format chat|fim|text, or --from-bos N" in capsys.readouterr().err
+    assert "give --input FILE and --data-format chat|fim|text, or --from-bos N, or --sample-chats N" in \
+        capsys.readouterr().err
 
 
 def test_a_record_prepare_would_reject_is_counted_not_written(model, tmp_path, monkeypatch):
@@ -320,8 +321,8 @@ def test_a_record_prepare_would_reject_is_counted_not_written(model, tmp_path, m
 
     real = rg.Generator.generate
 
-    def first_row_samples_eos(self, prompts, seed_key, ids, batch_size=None):
-        out = real(self, prompts, seed_key, ids, batch_size)
+    def first_row_samples_eos(self, prompts, seed_key, ids, batch_size=None, settings=None):
+        out = real(self, prompts, seed_key, ids, batch_size, settings)
         return [[] if i == "bos-00001" else new for i, new in zip(ids, out)]
 
     monkeypatch.setattr(rg.Generator, "generate", first_row_samples_eos)
@@ -355,3 +356,59 @@ def test_continuous_batching_gives_the_greedy_continuation_and_per_record_sample
     together = sampled.generate(prompts, "0", ids, batch_size=3)
     alone = [sampled.generate([p], "0", [i], batch_size=1)[0] for p, i in zip(prompts, ids)]
     assert together == alone  # a record's sample does not depend on which records share its batch
+
+
+# --------------------------------------------------------------------------------------------------
+# --sample-chats
+# --------------------------------------------------------------------------------------------------
+
+def test_sampled_chats_are_a_sampled_user_turn_and_the_greedy_answer_to_it(model, tmp_path):
+    from eaglespec.data.chat import ChatEncoder
+    from eaglespec.data.prepare import prepare_dataset
+
+    tok = stories260k_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    gen = make_generator(model, max_new_tokens=12, tokenizer=tok)
+    prompt_settings = rg.SamplingSettings(max_new_tokens=10, temperature=1.0, seed=5)
+    rg.regenerate_sampled_chats(gen, 4, tmp_path / "a.jsonl", prompt_settings, batch_size=2)
+    records = read_jsonl(tmp_path / "a.jsonl")
+    assert [r["id"] for r in records] == ["chat-00000", "chat-00001", "chat-00002", "chat-00003"]
+    users = [r["conversations"][0]["value"] for r in records]
+    assert len(set(users)) == 4 and all(users)  # sampled, not the same greedy text four times
+    prefix = tok(tok.bos_token + "user: ", add_special_tokens=False)["input_ids"]
+    assert rg.user_turn_prefix(ChatEncoder(tok)) == prefix
+    for record, user in zip(records, users):
+        messages = [{"role": "user", "content": user}]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        answer = greedy_reference(model, tok(text, add_special_tokens=False)["input_ids"], 12)
+        assert record["conversations"][1] == {"from": "gpt", "value": tok.decode(answer, skip_special_tokens=True).strip()}
+    rg.regenerate_sampled_chats(gen, 4, tmp_path / "b.jsonl", prompt_settings, batch_size=2)
+    assert read_jsonl(tmp_path / "b.jsonl") == records  # seeded: a rerun writes the same chats
+    (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
+    stats = prepare_dataset([tmp_path / "a.jsonl"], "stories260K", tmp_path / "prepared", data_format="chat",
+                            chat_template=tmp_path / "t.jinja")
+    assert stats.kept == 4
+
+
+def test_user_turn_prefix_keeps_the_templates_default_system_prompt():
+    from transformers import AutoTokenizer
+
+    from eaglespec.data.chat import ChatEncoder
+
+    tok = AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen2.5"))
+    text = tok.decode(rg.user_turn_prefix(ChatEncoder(tok)))
+    assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_end|>\n<|im_start|>user\n")
+
+
+def test_cli_sample_chats_flags_are_checked(tmp_path, capsys):
+    out = str(tmp_path / "o.jsonl")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "c", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["regenerate", "--model", "stories260K", "--sample-chats", "2", "--input", str(src),
+                 "--data-format", "chat", "--output", out]) == 1
+    assert "--input and --sample-chats: give one of them" in capsys.readouterr().err
+    assert main(["regenerate", "--model", "stories260K", "--sample-chats", "2", "--data-format", "fim",
+                 "--output", out]) == 1
+    assert "--sample-chats writes chat records" in capsys.readouterr().err
+    assert main(["regenerate", "--model", "stories260K", "--sample-chats", "2", "--prompt-temperature", "0",
+                 "--output", out]) == 1
+    assert "--prompt-temperature 0" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`eaglespec regenerate`: replace a dataset's answers with the target's own output (self-distillation),
-or sample unconditional texts from BOS with `--from-bos N`. Resumable: rerun the same command."""
+sample unconditional texts from BOS with `--from-bos N`, or have a chat model write N conversations itself with
+`--sample-chats N` (a user turn sampled from its chat template, then its answer). Resumable: rerun the same command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 
 DEFAULT_MAX_NEW_TOKENS = 256
 BOS_DEFAULT_TEMPERATURE = 1.0  # unconditional samples must differ from each other: greedy would repeat one text
+PROMPT_DEFAULT_MAX_TOKENS = 128  # a sampled user turn; longer ones are cut there (and still answered)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -17,6 +19,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="chat: assistant turns; fim: middles; text: completions of {prompt, completion}")
     p.add_argument("--from-bos", type=int, metavar="N", default=None,
                    help="instead of --input: sample N unconditional texts starting at BOS")
+    p.add_argument("--sample-chats", type=int, metavar="N", default=None,
+                   help="instead of --input: the chat model writes N one-turn chats, each a user turn sampled from its "
+                        "own chat template (--prompt-temperature) and its answer (--temperature)")
+    p.add_argument("--prompt-temperature", type=float, default=BOS_DEFAULT_TEMPERATURE,
+                   help=f"--sample-chats: temperature of the user turns (default {BOS_DEFAULT_TEMPERATURE})")
+    p.add_argument("--prompt-max-tokens", type=int, default=PROMPT_DEFAULT_MAX_TOKENS,
+                   help=f"--sample-chats: longest user turn in tokens (default {PROMPT_DEFAULT_MAX_TOKENS})")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"per generation (default {DEFAULT_MAX_NEW_TOKENS}, bounded by the model's context)")
     p.add_argument("--min-new-tokens", type=int, default=0, help="suppress EOS before this many new tokens")
@@ -39,10 +48,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.from_bos is None and (args.input is None or args.data_format is None):
-        raise ValueError("give --input FILE and --data-format chat|fim|text, or --from-bos N")
-    if args.from_bos is not None and args.input is not None:
-        raise ValueError("--from-bos samples without input; do not combine it with --input")
+    sources = [flag for flag, value in (("--input", args.input), ("--from-bos", args.from_bos),
+                                        ("--sample-chats", args.sample_chats)) if value is not None]
+    if not sources or (args.input is not None and args.data_format is None):
+        raise ValueError("give --input FILE and --data-format chat|fim|text, or --from-bos N, or --sample-chats N")
+    if len(sources) > 1:
+        raise ValueError(f"{' and '.join(sources)}: give one of them (--from-bos and --sample-chats need no input)")
+    if args.sample_chats is not None and args.data_format not in (None, "chat"):
+        raise ValueError(f"--sample-chats writes chat records; --data-format {args.data_format} does not apply")
+    if args.sample_chats is not None and args.prompt_temperature <= 0:
+        raise ValueError(f"--prompt-temperature {args.prompt_temperature:g} would write the same user turn "
+                         f"{args.sample_chats} times; sampled chats need a temperature > 0 (default {BOS_DEFAULT_TEMPERATURE})")
 
 
 def _load(args: argparse.Namespace):
@@ -62,6 +78,21 @@ def _load(args: argparse.Namespace):
     return model, tokenizer
 
 
+def _jobs(args: argparse.Namespace, generator, settings) -> tuple[list, str]:
+    """The jobs of this run and the format `prepare` will read their records in."""
+    import dataclasses
+
+    from eaglespec.data import regenerate as rg
+
+    if args.from_bos is not None:
+        return rg.bos_jobs(args.from_bos, generator), "text"
+    if args.sample_chats is not None:
+        prompt_settings = dataclasses.replace(settings, temperature=args.prompt_temperature,
+                                              max_new_tokens=args.prompt_max_tokens, min_new_tokens=0)
+        return rg.sampled_chat_jobs(args.sample_chats, generator, prompt_settings), "chat"
+    return rg.build_jobs(args.input, args.data_format, generator, args.fim_tokens, args.fim_order), args.data_format
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -76,11 +107,8 @@ def run(args: argparse.Namespace) -> int:
                                    continuous=args.continuous_batching)
     model, tokenizer = _load(args)
     generator = rg.Generator(model, tokenizer, settings)
-    if args.from_bos is not None:
-        jobs = rg.bos_jobs(args.from_bos, generator)
-    else:
-        jobs = rg.build_jobs(args.input, args.data_format, generator, args.fim_tokens, args.fim_order)
-    plan = rg.plan_regeneration(jobs, args.output, "text" if args.from_bos is not None else args.data_format)
+    jobs, data_format = _jobs(args, generator, settings)
+    plan = rg.plan_regeneration(jobs, args.output, data_format)
     if plan.already_done:
         print(f"resuming {args.output}: {plan.already_done} of {plan.total} records already done")
     with tqdm(total=len(plan.todo), unit="rec", desc="regenerate") as bar:
