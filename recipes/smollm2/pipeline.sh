@@ -25,21 +25,29 @@ if [ -n "${REGEN_LIMIT:-}" ]; then head -n "$REGEN_LIMIT" "$run/prompts.jsonl" >
 eaglespec regenerate --model smollm2-135m --input "$prompts" --output "$run/regen.jsonl" --data-format chat \
     --batch-size 32 --dtype bf16 --max-new-tokens 200
 
+# 1b. 1000 chats the target writes itself: a user turn sampled from its own chat template (temperature 1,
+#     top-p 0.95), then its greedy answer; they bring the writing / advice / rewriting requests the sets above lack
+[ -f "$run/sampled.jsonl" ] || gunzip -c "$here/recipes/smollm2/data/sampled.jsonl.gz" > "$run/sampled.jsonl"
+eaglespec regenerate --model smollm2-135m --sample-chats 1000 --prompt-temperature 1.0 --top-p 0.95 \
+    --output "$run/sampled.jsonl" --batch-size 32 --dtype bf16 --max-new-tokens 200
+
 # 2. tokenise with the chat template's exact loss masks, and run the target once (bf16) for the features
-[ -d "$run/prepared" ] || eaglespec prepare --data-format chat --input "$run/regen.jsonl" --tokenizer smollm2-135m \
-    --output "$run/prepared"
-eaglespec dump-features --model smollm2-135m --data "$run/prepared" --method eagle3 --output "$run/features" \
-    --target-dtype bf16 --batch-size 8 --shard-size 200
+for part in regen sampled; do
+    [ -d "$run/prepared-$part" ] || eaglespec prepare --data-format chat --input "$run/$part.jsonl" \
+        --tokenizer smollm2-135m --output "$run/prepared-$part"
+    eaglespec dump-features --model smollm2-135m --data "$run/prepared-$part" --method eagle3 \
+        --output "$run/features-$part" --target-dtype bf16 --batch-size 8 --shard-size 200
+done
 
 # 3. EAGLE-3 (8k draft vocabulary, 4 epochs of 2612 chats: ~46 min here) and, for comparison, EAGLE-1 on the same
 #    features (2 epochs); one after the other, each with the whole machine
 common=(--basepath smollm2-135m --bs 8 --lr 2e-3 --precision bf16 --target-dtype bf16 --group-by-length
         --sim-states 8 --eval-every 2 --no-progress)
 resume=(); [ -d "$run/eagle3" ] && resume=(--resume)
-eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features" --savedir "$run/eagle3" \
+eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features-regen" "$run/features-sampled" --savedir "$run/eagle3" \
     --num_epochs 4 --ttt-length 4 --draft-vocab-size 8192 2>&1 | tee "$run/train-eagle3.log"
 resume=(); [ -d "$run/eagle1" ] && resume=(--resume)
-eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features" --cpdir "$run/eagle1" \
+eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features-regen" "$run/features-sampled" --cpdir "$run/eagle1" \
     --num_epochs 2 --warmup-steps 6 --save-freq 1 2>&1 | tee "$run/train-eagle1.log"
 
 # 4. tune the tree for this machine (writes `decoding` into the draft's config.json), then the README tables

@@ -113,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {args.output}: {plan.already_done} of {plan.total} records already done")
     with tqdm(total=len(plan.todo), unit="rec", desc="regenerate") as bar:
         summary = rg.run_plan(plan, generator, args.batch_size, progress=bar.update)
+    limit = f"--max-new-tokens={args.max_new_tokens}"
+    if args.sample_chats is not None:
+        limit = f"their limit (user turns --prompt-max-tokens={args.prompt_max_tokens}, answers {limit})"
     print(f"wrote {summary.generated} records to {args.output} ({summary.total} in all)"
-          + (f"; {summary.hit_max_new_tokens} generations stopped at --max-new-tokens={args.max_new_tokens}"
-             if summary.hit_max_new_tokens else ""))
+          + (f"; {summary.hit_max_new_tokens} generations stopped at {limit}" if summary.hit_max_new_tokens else ""))
     if summary.skipped:
         print(f"not written: {sum(summary.skipped.values())} records that `prepare` would reject "
               f"({', '.join(f'{n} {r}' for r, n in summary.skipped.items())}); a rerun tries them again")
