@@ -334,8 +334,13 @@ class SampledChatJob:
     def __init__(self, id: str, user_prefix: list[int], encoder: Any, generator: Generator,
                  prompt_settings: SamplingSettings):
         self.id, self.user_prefix, self.encoder, self.generator = id, user_prefix, encoder, generator
-        self.settings: SamplingSettings | None = prompt_settings  # for the next prompt; None = the generator's
+        self.prompt_settings = prompt_settings
         self.messages: list[dict] = []
+
+    @property
+    def settings(self) -> SamplingSettings | None:
+        """Sampling of the next prompt: the user turn's settings, then None (the generator's) for the answer."""
+        return None if self.messages else self.prompt_settings
 
     def next_prompt(self) -> list[int] | None:
         if not self.messages:
@@ -348,7 +353,6 @@ class SampledChatJob:
     def fill(self, new_ids: list[int]) -> None:
         text = self.generator.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant" if self.messages else "user", "content": text})
-        self.settings = None
 
     def record(self) -> dict:
         turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in self.messages]
@@ -558,8 +562,11 @@ def _complete_group(group: list[RegenerationJob], generator: Generator, batch_si
         pending = [(job, prompt) for job in group if (prompt := job.next_prompt()) is not None]
         if not pending:
             return
-        for settings in {id(s): s for s in (getattr(job, "settings", None) for job, _ in pending)}.values():
-            part = [(job, prompt) for job, prompt in pending if getattr(job, "settings", None) is settings]
+        parts: dict[int, tuple[SamplingSettings | None, list]] = {}
+        for job, prompt in pending:
+            settings = getattr(job, "settings", None)  # only jobs with their own sampling define it
+            parts.setdefault(id(settings), (settings, []))[1].append((job, prompt))
+        for settings, part in parts.values():
             new = generator.generate([prompt for _, prompt in part], seed_key=str(step), ids=[job.id for job, _ in part],
                                      batch_size=batch_size, settings=settings)
             for (job, _), new_ids in zip(part, new):
