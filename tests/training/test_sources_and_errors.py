@@ -98,6 +98,65 @@ def test_existing_checkpoints_need_resume(tiny_prepared, tmp_path):
         train_eagle1(Eagle1TrainConfig(train_config(out, max_steps=1), data=tiny_prepared))
 
 
+def test_resume_without_training_state_is_refused_and_keeps_the_drafts(tiny_prepared, tmp_path):
+    # An EAGLE-3 run stopped after epoch 1 of 2 (SIGTERM) leaves a 16-bit draft only: --resume must not
+    # start from scratch over it, and names --init-from as the way on.
+    out = tmp_path / "out"
+    full = train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=1), data=tiny_prepared, ttt_length=2))
+    marker = json.loads((out / "state_1" / "checkpoint.json").read_text())
+    (out / "state_1" / "checkpoint.json").write_text(json.dumps({**marker, "resumable": False}))
+    before = (out / "state_1" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match=r"none with the training state.*--init-from .*state_1"):
+        train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=1, resume=True), data=tiny_prepared,
+                                       ttt_length=2))
+    assert (out / "state_1" / "model.safetensors").read_bytes() == before
+    assert full.last_checkpoint == out / "state_1"
+
+
+@pytest.mark.parametrize("method", ["eagle1", "eagle3"])
+def test_init_from_starts_from_the_drafts_weights(method, tiny_prepared, tmp_path):
+    def run(out, **kw):
+        common = train_config(out, num_epochs=1, **kw)
+        if method == "eagle1":
+            return train_eagle1(Eagle1TrainConfig(common, data=tiny_prepared))
+        return train_eagle3(Eagle3TrainConfig(common, data=tiny_prepared, ttt_length=2, draft_vocab_size=64))
+
+    first = run(tmp_path / "first")
+    second = run(tmp_path / "second", init_from=first.last_checkpoint, lr=1e-9)  # ~no update: weights carried over
+    a = EagleDraftModel.from_pretrained(first.last_checkpoint, target=_stories_target()).state_dict()
+    b = EagleDraftModel.from_pretrained(second.last_checkpoint, target=_stories_target()).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name].float(), a[name].float(), rtol=1e-2, atol=1e-3)
+    fresh = EagleDraftModel.from_pretrained(run(tmp_path / "fresh", lr=1e-9).last_checkpoint,
+                                            target=_stories_target()).state_dict()
+    assert any(not torch.allclose(fresh[n].float(), a[n].float(), atol=1e-3) for n in a if "embed" not in n)
+    other = "eagle3" if method == "eagle1" else "eagle1"
+    common = train_config(tmp_path / "x", init_from=first.last_checkpoint)
+    with pytest.raises(ValueError, match=f"an {method} draft, but this is train {other}"):
+        if other == "eagle1":
+            train_eagle1(Eagle1TrainConfig(common, data=tiny_prepared))
+        else:
+            train_eagle3(Eagle3TrainConfig(common, data=tiny_prepared))
+
+
+def test_init_from_refuses_another_draft_vocabulary(tiny_prepared, tmp_path):
+    first = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "a", max_steps=1), data=tiny_prepared,
+                                           ttt_length=2, draft_vocab_size=64))
+    with pytest.raises(ValueError, match="--draft-vocab-size 128: the --init-from draft .* has 64"):
+        train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "b", init_from=first.last_checkpoint),
+                                       data=tiny_prepared, draft_vocab_size=128))
+    with pytest.raises(FileNotFoundError, match="--init-from .*config.json"):
+        train_config(tmp_path / "c", init_from=tmp_path / "nothing")
+
+
+def _stories_target():
+    from eaglespec import resolve_model_path
+    from eaglespec.models import TargetModel
+
+    return TargetModel.from_pretrained(resolve_model_path("stories260K"))
+
+
 def test_ds_config_mismatch_is_a_clear_error(tmp_path):
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,

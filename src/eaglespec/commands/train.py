@@ -27,6 +27,9 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
     p.add_argument("--test-split", type=float, default=0.05, help="held-out fraction (seeded) for test metrics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest complete resumable checkpoint")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DRAFT_DIR",
+                   help="start from this draft's weights with a fresh optimizer and lr schedule (train a finished "
+                        "or published draft further; --resume instead continues an interrupted run)")
     p.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none")
     p.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many optimizer steps")
     p.add_argument("--time-budget-minutes", type=float, default=None,
@@ -92,7 +95,7 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
         grad_clip=args.grad_clip, clip_mode=args.clip_mode, test_split=args.test_split, seed=args.seed,
         resume=args.resume, report_to=args.report_to, max_steps=args.max_steps,
         time_budget_minutes=args.time_budget_minutes, progress=args.progress, target_dtype=args.target_dtype,
-        eval_every=args.eval_every, group_by_length=args.group_by_length,
+        eval_every=args.eval_every, group_by_length=args.group_by_length, init_from=args.init_from,
         **({} if args.sim_states is None else {"sim_states": args.sim_states}),
     )
 

@@ -44,6 +44,7 @@ class CommonTrainConfig:
     sim_states: int = SIM_TREE_STATES_PER_BATCH  # simulated decoding states per test batch (0: no simulation)
     target_dtype: str = "auto"  # dtype of the frozen target (its features and logits; loss math stays fp32)
     group_by_length: bool = False  # batches of similar length (less padding); the order stays seeded per epoch
+    init_from: Path | None = None  # start from this draft's weights (a fresh optimizer and lr schedule)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -74,6 +75,10 @@ class CommonTrainConfig:
             raise ValueError(f"--eval-every: expected >= 1, got {self.eval_every}")
         if self.sim_states < 0:
             raise ValueError(f"--sim-states: expected >= 0, got {self.sim_states}")
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
+            if not (self.init_from / "config.json").is_file():
+                raise FileNotFoundError(f"--init-from {self.init_from}: no draft there (config.json not found)")
         if self.target_dtype not in TARGET_DTYPES:
             raise ValueError(f"--target-dtype: expected one of {TARGET_DTYPES}, got {self.target_dtype!r}")
 

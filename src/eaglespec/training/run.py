@@ -107,10 +107,32 @@ def _paths_text(paths: list[Path]) -> str:
 
 
 def _check_fresh_output(common: CommonTrainConfig) -> None:
+    """A new run never overwrites checkpoints; --resume needs one it can resume from if any exist."""
     out = common.output_dir
-    if not common.resume and out.is_dir() and any(STATE_DIR.match(p.name) for p in out.iterdir()):
+    states = sorted(p.name for p in out.iterdir() if STATE_DIR.match(p.name)) if out.is_dir() else []
+    if states and not common.resume:
         raise FileExistsError(f"{out}: already holds checkpoints (state_*); pass --resume to continue that run "
                               "or choose another output directory")
+    if states and find_latest_complete(out, resumable=True) is None:
+        latest = find_latest_complete(out, resumable=False)
+        hint = f"; to train {latest} further with a fresh lr schedule, pass --init-from {latest} and another " \
+               "output directory" if latest is not None else ""
+        raise FileExistsError(f"--resume: {out} holds {', '.join(states)} but none with the training state "
+                              "(optimizer, schedule, data position) to resume from: it is written every "
+                              "--full-save-every (EAGLE-1: --save-freq) epochs and at the end" + hint)
+
+
+def _initial_draft(common: CommonTrainConfig, target: TargetModel, method: str, device: torch.device, build):
+    """`build()` (a new draft), or the --init-from draft in fp32 after checking it is a `method` draft for
+    `target`. Its tuned tree is dropped: it was chosen for the old weights."""
+    if common.init_from is None:
+        return build().to(device)
+    draft = EagleDraftModel.from_pretrained(common.init_from, target=target, dtype=torch.float32, device=device)
+    if draft.config.method != method:
+        raise ValueError(f"--init-from {common.init_from}: an {draft.config.method} draft, but this is train {method}")
+    draft.config.decoding = None
+    logger.info("starting from the weights of %s", common.init_from)
+    return draft
 
 
 def _optimizer_config(common: CommonTrainConfig, n_train: int, world_size: int, default_warmup: int,
@@ -176,7 +198,7 @@ def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
     train_idx, test_idx = _split(dataset, common, what)
     _check_trainable(dataset, train_idx, common.max_len, what)
     data = TrainData(dataset, train_idx, dataset, test_idx, source, target)
-    draft = build_draft(target, "eagle1", seed=common.seed).to(device)
+    draft = _initial_draft(common, target, "eagle1", device, lambda: build_draft(target, "eagle1", seed=common.seed))
     opt = _optimizer_config(common, len(train_idx), launch_world_size(), default_warmup=0)
     engine = make_engine(draft, opt, None, precision, common.grad_accum)
     method = Eagle1Method(cfg.noise, cfg.noise_std, cfg.v_w, cfg.p_w, common.sim_states)
@@ -258,6 +280,18 @@ def _check_draft_vocab_trainable(data: TrainData, draft: EagleDraftModel, common
                      "--draft-vocab-size or check the loss masks")
 
 
+def _check_init_shape(cfg: Eagle3TrainConfig, draft: EagleDraftModel) -> None:
+    """--draft-vocab-size / --aux-layers given with --init-from must be the initial draft's own."""
+    if cfg.common.init_from is None:
+        return
+    own = draft.config
+    for flag, value, kept in (("--draft-vocab-size", cfg.draft_vocab_size, own.draft_vocab_size),
+                              ("--aux-layers", cfg.aux_layers, own.aux_layer_ids)):
+        if value is not None and value != kept:
+            raise ValueError(f"{flag} {value}: the --init-from draft {cfg.common.init_from} has {kept}; drop the "
+                             "flag to keep the draft's own")
+
+
 def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     common = cfg.common
     _check_fresh_output(common)
@@ -272,8 +306,10 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
     what = str(cfg.trainpath or cfg.data or _paths_text(cfg.features))
     _check_trainable(train_ds, train_idx, common.max_len, what)
-    used = _draft_vocab(cfg, train_ds, train_idx, target)
-    draft = build_draft(target, "eagle3", aux_layer_ids=cfg.aux_layers, used_tokens=used, seed=common.seed).to(device)
+    draft = _initial_draft(common, target, "eagle3", device, lambda: build_draft(
+        target, "eagle3", aux_layer_ids=cfg.aux_layers, used_tokens=_draft_vocab(cfg, train_ds, train_idx, target),
+        seed=common.seed))
+    _check_init_shape(cfg, draft)
     if isinstance(source, OnlineTargetSource):
         source.aux_layer_ids = draft.config.aux_layer_ids
     data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
