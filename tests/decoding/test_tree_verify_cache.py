@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from eaglespec.decoding.cache import keep_positions, new_cache
-from eaglespec.decoding.sampling import SamplingConfig, target_probs
+from eaglespec.decoding.sampling import SamplingConfig, greedy_token, target_probs
 from eaglespec.decoding.tree import MC_SIM_7B_63, DraftTree, StaticTreeSpec, chain_paths, select_dynamic_nodes
 from eaglespec.decoding.verify import verify_greedy
 
@@ -46,6 +46,15 @@ def test_dynamic_rerank_keeps_a_connected_subtree_on_ties():
     tree = select_dynamic_nodes(scores, parents, torch.tensor([5, 6, 7, 8]), num_nodes=2)
     assert tree.parents.tolist() == [-1, 0, 1]  # a then its child c; never c without a
     assert tree.tokens[1:].tolist() == [5, 7]
+
+
+def test_greedy_token_is_argmax_first_index_on_ties_in_every_dtype():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for _ in range(50):
+            logits = torch.randint(0, 3, (8, 40), generator=g).to(dtype)  # many exact ties
+            assert torch.equal(greedy_token(logits), logits.argmax(-1))
+    assert greedy_token(torch.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], dtype=torch.bfloat16)).tolist() == [1, 0]
 
 
 def test_greedy_acceptance_by_hand():

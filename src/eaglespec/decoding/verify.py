@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eaglespec.decoding.sampling import SamplingConfig, sample, target_probs
+from eaglespec.decoding.sampling import SamplingConfig, greedy_token, sample, target_probs
 from eaglespec.decoding.tree import DraftTree
 
 
@@ -32,7 +32,7 @@ class VerifyResult:
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> VerifyResult:
     """logits [T, V] of the tree forward -> the longest path of argmax-matching nodes and the bonus argmax."""
-    argmax = logits.argmax(dim=-1)  # [T]
+    argmax = greedy_token(logits)  # [T]
     matches = tree.tokens == argmax[tree.parents.clamp(min=0)]
     matches[0] = True  # the root is given
     accepted = (matches[None, :] | ~tree.mask).all(dim=-1)  # every node on the root path matches
