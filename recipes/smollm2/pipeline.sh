@@ -44,9 +44,11 @@ done
 common=(--basepath smollm2-135m --bs 8 --lr 2e-3 --precision bf16 --target-dtype bf16 --group-by-length
         --sim-states 8 --eval-every 2 --no-progress)
 #    The draft benched in the README was trained further from the 4-epoch run's epoch-3 draft (the run was
-#    stopped in epoch 4): 3 more epochs from its weights with a fresh schedule at lr 1e-3 (--init-from)
+#    stopped in epoch 4; its state_3 was the bf16 draft, here it is the fp32 resumable state): 3 more epochs from
+#    its weights with a fresh schedule at lr 1e-3 (--init-from). Once state_3 exists the first run is not needed.
 resume=(); [ -d "$run/eagle3" ] && resume=(--resume)
-eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features-regen" "$run/features-sampled" --savedir "$run/eagle3" \
+[ -f "$run/eagle3/state_3/checkpoint.json" ] || eaglespec train eagle3 "${common[@]}" "${resume[@]}" \
+    --features "$run/features-regen" "$run/features-sampled" --savedir "$run/eagle3" \
     --num_epochs 4 --ttt-length 4 --draft-vocab-size 8192 --full-save-every 1 2>&1 | tee "$run/train-eagle3.log"
 resume=(); [ -d "$run/eagle3-more" ] && resume=(--resume)
 eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features-regen" "$run/features-sampled" \

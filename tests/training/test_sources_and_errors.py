@@ -123,6 +123,7 @@ def test_init_from_starts_from_the_drafts_weights(method, tiny_prepared, tmp_pat
 
     first = run(tmp_path / "first")
     second = run(tmp_path / "second", init_from=first.last_checkpoint, lr=1e-9)  # ~no update: weights carried over
+    assert second.state.step == first.state.step  # a fresh schedule, not a resumed one
     a = EagleDraftModel.from_pretrained(first.last_checkpoint, target=_stories_target()).state_dict()
     b = EagleDraftModel.from_pretrained(second.last_checkpoint, target=_stories_target()).state_dict()
     assert a.keys() == b.keys()
@@ -146,6 +147,9 @@ def test_init_from_refuses_another_draft_vocabulary(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="--draft-vocab-size 128: the --init-from draft .* has 64"):
         train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "b", init_from=first.last_checkpoint),
                                        data=tiny_prepared, draft_vocab_size=128))
+    with pytest.raises(ValueError, match=r"--aux-layers \[1, 2, 3\]: the --init-from draft .* has \[1, 2, 4\]"):
+        train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "b", init_from=first.last_checkpoint),
+                                       data=tiny_prepared, aux_layers=[1, 2, 3]))
     with pytest.raises(FileNotFoundError, match="--init-from .*config.json"):
         train_config(tmp_path / "c", init_from=tmp_path / "nothing")
 

@@ -97,7 +97,7 @@ class Eagle1TrainConfig:
     method = "eagle1"
     # Settings that define the data order and the lr schedule: --resume refuses to change them.
     SCHEDULE_KEYS = ("method", "lr", "batch_size", "grad_accum", "num_epochs", "warmup_steps", "max_len", "seed",
-                     "test_split", "max_steps")
+                     "test_split", "max_steps", "init_from")
 
     def __post_init__(self) -> None:
         self.tmpdir = _path_list(self.tmpdir)

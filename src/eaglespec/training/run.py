@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 
 from eaglespec import resolve_model_path
 from eaglespec.models import TargetModel, build_draft
+from eaglespec.models.config import DraftConfig
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.checkpoint import STATE_DIR, TrainState, find_latest_complete, load_checkpoint
 from eaglespec.training.config import (
@@ -122,14 +124,30 @@ def _check_fresh_output(common: CommonTrainConfig) -> None:
                               "--full-save-every (EAGLE-1: --save-freq) epochs and at the end" + hint)
 
 
-def _initial_draft(common: CommonTrainConfig, target: TargetModel, method: str, device: torch.device, build):
-    """`build()` (a new draft), or the --init-from draft in fp32 after checking it is a `method` draft for
-    `target`. Its tuned tree is dropped: it was chosen for the old weights."""
+def _init_draft_config(common: CommonTrainConfig, method: str) -> DraftConfig | None:
+    """The --init-from draft's config, checked before anything is loaded (None without --init-from)."""
+    if common.init_from is None:
+        return None
+    try:
+        config = DraftConfig.load(common.init_from)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"--init-from {common.init_from}: {e} (a reference EAGLE or speculators checkpoint is "
+                         "converted with `eaglespec import` first)") from e
+    if config.method != method:
+        raise ValueError(f"--init-from {common.init_from}: an {config.method} draft, but this is train {method}")
+    return config
+
+
+def _initial_draft(common: CommonTrainConfig, target: TargetModel, device: torch.device, build):
+    """`build()` (a new draft), or the --init-from draft in fp32, made this target's as `build_draft` makes a
+    new one: its embedding is the target's and its config names the target. Its tuned tree is dropped: it was
+    chosen for the old weights."""
     if common.init_from is None:
         return build().to(device)
     draft = EagleDraftModel.from_pretrained(common.init_from, target=target, dtype=torch.float32, device=device)
-    if draft.config.method != method:
-        raise ValueError(f"--init-from {common.init_from}: an {draft.config.method} draft, but this is train {method}")
+    with torch.no_grad():
+        draft.embed_tokens.weight.copy_(target.embed_tokens.weight.float())
+    draft.config.target = target.info()
     draft.config.decoding = None
     logger.info("starting from the weights of %s", common.init_from)
     return draft
@@ -187,6 +205,7 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
 def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
     common = cfg.common
     _check_fresh_output(common)
+    _init_draft_config(common, "eagle1")
     device = _device()
     precision = _precision(common, device)
     target = _load_target(common, device, precision)
@@ -198,7 +217,7 @@ def train_eagle1(cfg: Eagle1TrainConfig) -> TrainResult:
     train_idx, test_idx = _split(dataset, common, what)
     _check_trainable(dataset, train_idx, common.max_len, what)
     data = TrainData(dataset, train_idx, dataset, test_idx, source, target)
-    draft = _initial_draft(common, target, "eagle1", device, lambda: build_draft(target, "eagle1", seed=common.seed))
+    draft = _initial_draft(common, target, device, lambda: build_draft(target, "eagle1", seed=common.seed))
     opt = _optimizer_config(common, len(train_idx), launch_world_size(), default_warmup=0)
     engine = make_engine(draft, opt, None, precision, common.grad_accum)
     method = Eagle1Method(cfg.noise, cfg.noise_std, cfg.v_w, cfg.p_w, common.sim_states)
@@ -280,21 +299,23 @@ def _check_draft_vocab_trainable(data: TrainData, draft: EagleDraftModel, common
                      "--draft-vocab-size or check the loss masks")
 
 
-def _check_init_shape(cfg: Eagle3TrainConfig, draft: EagleDraftModel) -> None:
-    """--draft-vocab-size / --aux-layers given with --init-from must be the initial draft's own."""
-    if cfg.common.init_from is None:
-        return
-    own = draft.config
-    for flag, value, kept in (("--draft-vocab-size", cfg.draft_vocab_size, own.draft_vocab_size),
-                              ("--aux-layers", cfg.aux_layers, own.aux_layer_ids)):
-        if value is not None and value != kept:
-            raise ValueError(f"{flag} {value}: the --init-from draft {cfg.common.init_from} has {kept}; drop the "
+def _with_init_shape(cfg: Eagle3TrainConfig, init: DraftConfig | None) -> Eagle3TrainConfig:
+    """With --init-from, the draft vocabulary size and aux layers are the draft's own (so the features are
+    checked against them and the run records them); flags that say otherwise are an error."""
+    if init is None:
+        return cfg
+    for flag, value, own in (("--draft-vocab-size", cfg.draft_vocab_size, init.draft_vocab_size),
+                             ("--aux-layers", cfg.aux_layers, list(init.aux_layer_ids))):
+        if value is not None and value != own:
+            raise ValueError(f"{flag} {value}: the --init-from draft {cfg.common.init_from} has {own}; drop the "
                              "flag to keep the draft's own")
+    return dataclasses.replace(cfg, draft_vocab_size=init.draft_vocab_size, aux_layers=list(init.aux_layer_ids))
 
 
 def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     common = cfg.common
     _check_fresh_output(common)
+    cfg = _with_init_shape(cfg, _init_draft_config(common, "eagle3"))
     world_size = launch_world_size()
     ds = None
     if cfg.deepspeed_config is not None:
@@ -306,10 +327,9 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
     what = str(cfg.trainpath or cfg.data or _paths_text(cfg.features))
     _check_trainable(train_ds, train_idx, common.max_len, what)
-    draft = _initial_draft(common, target, "eagle3", device, lambda: build_draft(
+    draft = _initial_draft(common, target, device, lambda: build_draft(
         target, "eagle3", aux_layer_ids=cfg.aux_layers, used_tokens=_draft_vocab(cfg, train_ds, train_idx, target),
         seed=common.seed))
-    _check_init_shape(cfg, draft)
     if isinstance(source, OnlineTargetSource):
         source.aux_layer_ids = draft.config.aux_layer_ids
     data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
