@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from fixtures import stories260k
 from transformers import AutoTokenizer
 
 from eaglespec import bundled_model_path
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+from eaglespec.decoding.cache import new_cache
 from eaglespec.evaluation import tune
 from eaglespec.models import TargetModel, build_draft
 
@@ -154,3 +156,26 @@ def test_bench_puts_the_measured_speed_next_to_the_prediction():
     assert predicted["prediction_error_at_run_vanilla"] == pytest.approx(0.0)
     assert "+11.1% off" in tune_line(predicted) and "+0.0%" in tune_line(predicted)
     assert "128 new tokens" in tune_line(predicted) and "1.50x" in tune_line(predicted)
+
+
+def test_forward_sizes_are_timed_in_interleaved_rounds(monkeypatch, generator):
+    """A load that passes while the table is taken (as another job ending) must not land on a few sizes
+    only: the sizes alternate direction round by round and each size's figure is the median of its rounds."""
+    order, clock = [], iter(range(1, 100))
+
+    def fake_forward(gen, cache, last, n, T):
+        order.append(T)
+        return 1.0 if next(clock) == 2 else T / 1000  # the second forward of the run hits a passing load
+
+    monkeypatch.setattr(tune, "_forward_seconds", fake_forward)
+    table = tune.time_forwards(generator, [1, 5, 7, 9], counts=(1, 4, 16), repeats=3)
+    assert order == [1, 4, 16, 16, 4, 1, 1, 4, 16]
+    assert table == pytest.approx({1: 1.0, 4: 4.0, 16: 16.0})
+
+
+def test_a_forward_is_timed_on_the_cached_sequence_and_the_cache_is_cut_back(generator):
+    cache = new_cache()
+    ids = torch.tensor([[1, 5, 7, 9]])
+    generator.target(ids, cache=cache)
+    assert tune._forward_seconds(generator, cache, ids[:, -1:], 4, 8) > 0
+    assert cache.get_seq_length() == 4

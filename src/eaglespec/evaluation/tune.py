@@ -177,28 +177,34 @@ def evaluate_tree(generator: SpeculativeGenerator, tree: TreeConfig, states: lis
 
 
 @torch.no_grad()
-def time_forwards(generator: SpeculativeGenerator, sequence: list[int],
-                  counts=FORWARD_TOKEN_COUNTS) -> dict[int, float]:
-    """Median ms of one target forward over T new tokens (chain mask) on top of the cached `sequence`."""
+def time_forwards(generator: SpeculativeGenerator, sequence: list[int], counts=FORWARD_TOKEN_COUNTS,
+                  repeats: int | None = None) -> dict[int, float]:
+    """Median ms of one target forward over T new tokens (chain mask) on top of the cached `sequence`.
+    The sizes are timed in interleaved rounds (1..64, then 64..1, ...), so a passing load on the machine
+    spreads over every size instead of inflating the few timed while it lasted."""
     target, device = generator.target, generator.target.device
     ids = torch.tensor([sequence], device=device)
     cache, n = new_cache(), ids.shape[1]
     target(ids, cache=cache)
-    out = {}
-    for T in counts:
-        tokens = ids[:, -1:].expand(1, T).contiguous()
-        mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
-        times = []
-        for _ in range(FORWARD_REPEATS):
-            start = time.perf_counter()
-            target(tokens, position_ids=torch.arange(n, n + T, device=device)[None], attention_mask=mask[None, None],
-                   cache=cache, aux_layer_ids=generator.aux_layer_ids)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-            truncate(cache, n)
-        out[T] = 1e3 * statistics.median(times)
-    return out
+    times: dict[int, list[float]] = {T: [] for T in counts}
+    for r in range(repeats or FORWARD_REPEATS):
+        for T in (counts if r % 2 == 0 else tuple(reversed(counts))):
+            times[T].append(_forward_seconds(generator, cache, ids[:, -1:], n, T))
+    return {T: 1e3 * statistics.median(ts) for T, ts in times.items()}
+
+
+def _forward_seconds(generator: SpeculativeGenerator, cache, last: torch.Tensor, n: int, T: int) -> float:
+    """One timed target forward of T tokens after the n cached ones; the cache is cut back to n after it."""
+    device = last.device
+    mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
+    start = time.perf_counter()
+    generator.target(last.expand(1, T).contiguous(), position_ids=torch.arange(n, n + T, device=device)[None],
+                     attention_mask=mask[None, None], cache=cache, aux_layer_ids=generator.aux_layer_ids)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    truncate(cache, n)
+    return seconds
 
 
 def interpolate(table: dict[int, float], T: int) -> float:
