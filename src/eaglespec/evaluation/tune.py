@@ -1,8 +1,9 @@
 """Choose the draft tree for this hardware by measurement (`--tree auto`, `eaglespec tune`).
 
-1. Cost model, measured here: the target's forward over T tokens (T in FORWARD_TOKEN_COUNTS) on top of a cached
-   calibration sequence (prompt and continuation: the context decoding runs at), the draft's `propose` for every
-   candidate tree, and the per-step rest (catch-up, acceptance, cache surgery, stopping) from one real run.
+1. Cost model, measured here: the target's forward over T tokens (T in FORWARD_TOKEN_COUNTS, timed in
+   interleaved rounds) on top of a cached calibration sequence (prompt and continuation: the context decoding
+   runs at), the draft's `propose` for every candidate tree, and the per-step rest (catch-up, acceptance,
+   cache surgery, stopping) from one real run.
 2. Acceptance, measured on calibration prompts (never the benchmark's): the target's greedy continuation of each
    prompt gives decoding states; at each state every candidate tree is drafted by the decoder's own `Drafter`
    and the accepted length is what greedy verification would accept (the path matching the continuation).
