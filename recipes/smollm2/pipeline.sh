@@ -30,9 +30,13 @@ eaglespec regenerate --model smollm2-135m --input "$prompts" --output "$run/rege
 [ -f "$run/sampled.jsonl" ] || gunzip -c "$here/recipes/smollm2/data/sampled.jsonl.gz" > "$run/sampled.jsonl"
 eaglespec regenerate --model smollm2-135m --sample-chats 1000 --prompt-temperature 1.0 --top-p 0.95 \
     --output "$run/sampled.jsonl" --batch-size 32 --dtype bf16 --max-new-tokens 200
+#     and 1200 more of them (another seed, so other user turns)
+[ -f "$run/sampled2.jsonl" ] || gunzip -c "$here/recipes/smollm2/data/sampled2.jsonl.gz" > "$run/sampled2.jsonl"
+eaglespec regenerate --model smollm2-135m --sample-chats 1200 --prompt-temperature 1.0 --top-p 0.95 --seed 1 \
+    --output "$run/sampled2.jsonl" --batch-size 32 --dtype bf16 --max-new-tokens 200
 
 # 2. tokenise with the chat template's exact loss masks, and run the target once (bf16) for the features
-for part in regen sampled; do
+for part in regen sampled sampled2; do
     [ -d "$run/prepared-$part" ] || eaglespec prepare --data-format chat --input "$run/$part.jsonl" \
         --tokenizer smollm2-135m --output "$run/prepared-$part"
     eaglespec dump-features --model smollm2-135m --data "$run/prepared-$part" --method eagle3 \
@@ -54,12 +58,18 @@ resume=(); [ -d "$run/eagle3-more" ] && resume=(--resume)
 eaglespec train eagle3 "${common[@]}" "${resume[@]}" --features "$run/features-regen" "$run/features-sampled" \
     --savedir "$run/eagle3-more" --init-from "$run/eagle3/state_3" --lr 1e-3 --num_epochs 3 --eval-every 3 \
     --ttt-length 4 --full-save-every 1 2>&1 | tee "$run/train-eagle3-more.log"
+#    then 2 more epochs with the 1200 more self-written chats: the draft benched last in the README
+resume=(); [ -d "$run/eagle3-more2" ] && resume=(--resume)
+eaglespec train eagle3 "${common[@]}" "${resume[@]}" \
+    --features "$run/features-regen" "$run/features-sampled" "$run/features-sampled2" \
+    --savedir "$run/eagle3-more2" --init-from "$run/eagle3-more/state_3" --lr 1e-3 --num_epochs 2 \
+    --ttt-length 4 --full-save-every 1 2>&1 | tee "$run/train-eagle3-more2.log"
 resume=(); [ -d "$run/eagle1" ] && resume=(--resume)
 eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features-regen" "$run/features-sampled" --cpdir "$run/eagle1" \
     --num_epochs 2 --warmup-steps 6 --save-freq 1 2>&1 | tee "$run/train-eagle1.log"
 
 # 4. tune the tree for this machine (writes `decoding` into the draft's config.json), then the README tables
 latest() { ls -d "$1"/state_* | sort -V | tail -n 1; }
-eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3-more")" --dtype bfloat16
+eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3-more2")" --dtype bfloat16
 eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle1")" --dtype bfloat16
-bash "$here/benchmarks/readme_tables.sh" smollm2-135m "$(latest "$run/eagle3-more")" "$run/bench"
+bash "$here/benchmarks/readme_tables.sh" smollm2-135m "$(latest "$run/eagle3-more2")" "$run/bench"
