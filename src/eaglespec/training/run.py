@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,19 +110,25 @@ def _paths_text(paths: list[Path]) -> str:
 
 
 def _check_fresh_output(common: CommonTrainConfig) -> None:
-    """A new run never overwrites checkpoints; --resume needs one it can resume from if any exist."""
+    """A new run never overwrites checkpoints. --resume over checkpoints none of which holds the training
+    state (a run killed before its first full save, or stopped with 16-bit drafts only) starts over, after
+    moving them aside, so a finished draft is never overwritten."""
     out = common.output_dir
     states = sorted(p.name for p in out.iterdir() if STATE_DIR.match(p.name)) if out.is_dir() else []
     if states and not common.resume:
         raise FileExistsError(f"{out}: already holds checkpoints (state_*); pass --resume to continue that run "
                               "or choose another output directory")
     if states and find_latest_complete(out, resumable=True) is None:
-        latest = find_latest_complete(out, resumable=False)
-        hint = f"; to train {latest} further with a fresh lr schedule, pass --init-from {latest} and another " \
-               "output directory" if latest is not None else ""
-        raise FileExistsError(f"--resume: {out} holds {', '.join(states)} but none with the training state "
-                              "(optimizer, schedule, data position) to resume from: it is written every "
-                              "--full-save-every (EAGLE-1: --save-freq) epochs and at the end" + hint)
+        kept = out / f"not-resumable-{time.strftime('%Y%m%d-%H%M%S')}"
+        if detect_launch().rank != 0:  # every rank makes the same decision; rank 0 moves the checkpoints
+            return
+        kept.mkdir()
+        for name in states:
+            (out / name).rename(kept / name)
+        logger.warning("--resume: %s holds %s but none with the training state (optimizer, schedule, data "
+                       "position; written every --full-save-every, EAGLE-1: --save-freq, epochs and at the end): "
+                       "starting over from epoch 1; they were moved to %s (train one further with --init-from "
+                       "and another output directory)", out, ", ".join(states), kept)
 
 
 def _init_draft_config(common: CommonTrainConfig, method: str) -> DraftConfig | None:
