@@ -119,9 +119,9 @@ def _check_fresh_output(common: CommonTrainConfig) -> None:
         raise FileExistsError(f"{out}: already holds checkpoints (state_*); pass --resume to continue that run "
                               "or choose another output directory")
     if states and find_latest_complete(out, resumable=True) is None:
-        kept = out / f"not-resumable-{time.strftime('%Y%m%d-%H%M%S')}"
         if detect_launch().rank != 0:  # every rank makes the same decision; rank 0 moves the checkpoints
             return
+        kept = out / f"not-resumable-{time.strftime('%Y%m%d-%H%M%S')}"
         kept.mkdir()
         for name in states:
             (out / name).rename(kept / name)
