@@ -35,8 +35,8 @@ else
         --output "$out/$(basename "$base")-greedy"
     # --tree auto's prediction against the measured speed, and its tree against the default tree and chain-4
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,eagle,eagle-chain,eagle-default --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
-        --tree auto --output "$out/$(basename "$base")-auto"
+        --methods vanilla,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --tree auto --calibration "$alpaca" --output "$out/$(basename "$base")-auto"
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
         --methods vanilla,eagle --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         --output "$out/$(basename "$base")-t0.7"
