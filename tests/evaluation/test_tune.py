@@ -179,3 +179,51 @@ def test_a_forward_is_timed_on_the_cached_sequence_and_the_cache_is_cut_back(gen
     generator.target(ids, cache=cache)
     assert tune._forward_seconds(generator, cache, ids[:, -1:], 4, 8) > 0
     assert cache.get_seq_length() == 4
+
+
+def test_short_calibration_prompts_get_the_workloads_context_from_the_others(generator):
+    ids = [generator._encode(p)[0].tolist() for p in PROMPTS + ["A cat sat on a mat."]]
+    padded = tune.with_context(generator, PROMPTS + ["A cat sat on a mat."], 12)
+    assert [len(p) for p in padded] == [max(12, len(p)) for p in ids]
+    for prompt, out in zip(ids, padded):
+        assert out[len(out) - len(prompt):] == prompt  # the prompt itself ends the context, unchanged
+    assert padded[0][:-len(ids[0])] == (ids[2] + ids[1])[-(12 - len(ids[0])):]  # the next prompt nearest, cut on the left
+    assert tune.with_context(generator, PROMPTS, None) == ids[:2]
+    assert tune.with_context(generator, PROMPTS, 2) == ids[:2]  # longer prompts are left as they are
+
+
+def test_tune_decodes_at_the_prompt_length_it_is_given(monkeypatch, generator, small_search):
+    seen = []
+
+    def fake_decode(gen, tree, prompts, new_tokens):
+        seen.append([len(p) for p in prompts])
+        return 100.0, 1.5
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    plain = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    padded = tune.tune_tree(generator, PROMPTS, log=lambda *_: None, prompt_tokens=30)
+    assert padded.prompt_tokens == 30 and plain.prompt_tokens < 10
+    assert seen[-1] == [30, 30]  # vanilla and every tree decode the lengthened prompts
+    assert padded.context_tokens > plain.context_tokens
+
+
+def test_bench_tunes_at_its_questions_mean_prompt_length(monkeypatch, tmp_path, generator, small_search):
+    from eaglespec.evaluation import benchmark
+    from eaglespec.evaluation.questions import load_question_set
+
+    questions = tmp_path / "q.txt"
+    questions.write_text("Once upon a time there was a girl who liked to run in the park with her big brown dog, "
+                         "and every day after school they ran to the old tree by the river and back again\nTom had a dog\n")
+    qs = load_question_set([str(questions)])
+    want = round(sum(len(generator.tokenizer(q.turns[0])["input_ids"]) for q in qs.questions) / 2)
+    seen = {}
+
+    def fake_decode(gen, tree, prompts, new_tokens):
+        seen["lengths"] = [len(p) for p in prompts]
+        return 100.0, 1.5
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    opts = benchmark.BenchOptions(base="stories260K", questions=[str(questions)], tree="auto", max_new_tokens=16)
+    _, result = benchmark.tune_for_workload(generator, opts, qs, None, log=lambda *_: None)
+    assert want > max(len(generator._encode(p)[0]) for p in tune.CALIBRATION_TEXT)  # the built-in ones are shorter
+    assert result["prompt_tokens"] == want and seen["lengths"] == [want] * len(tune.CALIBRATION_TEXT)

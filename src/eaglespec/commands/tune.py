@@ -16,6 +16,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length to tune for: acceptance and step cost change along an answer (default: "
                         "eaglespec.evaluation.tune.CALIBRATION_NEW_TOKENS; bench --tree auto uses its own)")
+    p.add_argument("--prompt-tokens", type=int, default=None, metavar="N",
+                   help="your traffic's mean prompt length: shorter calibration prompts are preceded by the other "
+                        "calibration prompts' tokens up to N, so the speeds are timed at that context (bench "
+                        "--tree auto passes its questions' mean)")
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write it")
 
 
@@ -24,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from eaglespec.evaluation.tune import calibration_prompts, tune_tree, write_tuned_tree
 
     gen = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device)
-    result = tune_tree(gen, calibration_prompts(gen, args.calibration), new_tokens=args.max_new_tokens)
+    result = tune_tree(gen, calibration_prompts(gen, args.calibration), new_tokens=args.max_new_tokens,
+                       prompt_tokens=args.prompt_tokens)
     for c in (c for c in result.candidates if c.measured_tokens_per_s is not None):
         print(f"  {c.tree}: measured {c.measured_tokens_per_s:.1f} tokens/s (tau {c.measured_tau:.2f}); cost model "
               f"{c.predicted_tokens_per_s:.1f} (tau {c.predicted_tau:.2f}, propose {c.propose_ms:.1f} ms, forward of "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from eaglespec.evaluation.bench import BenchSetup, check_exactness, mismatches, run_rounds
 from eaglespec.evaluation.methods import DEFAULT_CHAIN_DEPTH, DEFAULT_METHODS, OUR_METHODS, Sampling, build_methods
-from eaglespec.evaluation.questions import load_question_set
+from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
 EXIT_MISMATCH = 1
 EXIT_INTERRUPTED = 130
@@ -58,7 +59,6 @@ def check_calibration(opts: BenchOptions) -> None:
 
 def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
 
     needs_draft = [m for m in opts.methods if m in OUR_METHODS and m != "vanilla"]
     if needs_draft and opts.draft is None:
@@ -67,26 +67,38 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
     gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device,
                                                **_explicit_tree(opts))
-    tune = None
-    if opts.tree == "auto":
-        result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens)
-        gen = gen.with_tree(result.tree_config())
-        tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
-        tune["predicted_speedup"] = result.predicted_speedup
-        tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
-        log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
-            f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
-            f"tune's calibration prompts")
-        if result.vanilla_note():
-            log(result.vanilla_note())
     fim = None
     if any(q.kind == "fim" for q in questions.questions):
         from eaglespec.data.fim import detect_fim_tokens
 
         fim = detect_fim_tokens(gen.tokenizer)
+    tune = None
+    if opts.tree == "auto":
+        gen, tune = tune_for_workload(gen, opts, questions, fim, log)
     methods = build_methods(opts.methods, gen, opts.chain_depth)
     sampling = Sampling(opts.temperature, opts.top_p)
     return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
+
+
+def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print):
+    """--tree auto: tune on the calibration prompts at the benchmark's answer length and mean first-turn prompt
+    length (only the lengths of its questions are used) -> (generator with the chosen tree, tune dict)."""
+    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
+
+    lengths = [len(prompt_ids(q, 0, [], gen.tokenizer, fim)) for q in questions.questions]
+    prompt_tokens = round(statistics.fmean(lengths)) if lengths else None
+    result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens,
+                       prompt_tokens=prompt_tokens)
+    gen = gen.with_tree(result.tree_config())
+    tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
+    tune["predicted_speedup"] = result.predicted_speedup
+    tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
+    log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
+        f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
+        f"tune's calibration prompts (mean prompt {result.prompt_tokens:.0f} tokens, the benchmark's {prompt_tokens})")
+    if result.vanilla_note():
+        log(result.vanilla_note())
+    return gen, tune
 
 
 def check_prediction(tune: dict, overall: dict) -> None:
