@@ -227,3 +227,18 @@ def test_bench_tunes_at_its_questions_mean_prompt_length(monkeypatch, tmp_path, 
     _, result = benchmark.tune_for_workload(generator, opts, qs, None, log=lambda *_: None)
     assert want > max(len(generator._encode(p)[0]) for p in tune.CALIBRATION_TEXT)  # the built-in ones are shorter
     assert result["prompt_tokens"] == want and seen["lengths"] == [want] * len(tune.CALIBRATION_TEXT)
+
+
+def test_the_workload_length_leaves_out_questions_bench_skips_and_leaves_room_to_answer():
+    from eaglespec.evaluation.benchmark import workload_prompt_tokens
+
+    assert workload_prompt_tokens([100, 200, 634], 512, 128) == 150  # 634 >= 512 tokens: bench skips it
+    assert workload_prompt_tokens([400, 450], 512, 128) == 384  # capped: a 128-token answer still fits
+    assert workload_prompt_tokens([600], 512, 128) is None  # nothing bench would run: tune as it is
+    assert workload_prompt_tokens([10], 512, 1024) == 1
+
+
+def test_tune_refuses_a_prompt_length_that_leaves_no_room_for_the_answer(generator):
+    with pytest.raises(ValueError, match="exceed the model's context"):
+        tune.tune_tree(generator, PROMPTS, log=lambda *_: None, new_tokens=16,
+                       prompt_tokens=generator.context_length - 8)

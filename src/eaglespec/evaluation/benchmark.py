@@ -86,7 +86,7 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print):
     from eaglespec.evaluation.tune import calibration_prompts, tune_tree
 
     lengths = [len(prompt_ids(q, 0, [], gen.tokenizer, fim)) for q in questions.questions]
-    prompt_tokens = round(statistics.fmean(lengths)) if lengths else None
+    prompt_tokens = workload_prompt_tokens(lengths, gen.context_length, opts.max_new_tokens)
     result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens,
                        prompt_tokens=prompt_tokens)
     gen = gen.with_tree(result.tree_config())
@@ -95,10 +95,20 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print):
     tune["top_candidates"] = [asdict(c) for c in result.candidates[:10]]
     log(f"--tree auto chose {json.dumps(result.choice)}: predicted {result.predicted_tokens_per_s:.1f} tokens/s "
         f"(tau {result.predicted_tau:.2f}; vanilla {result.vanilla_predicted_tokens_per_s:.1f}), as measured on "
-        f"tune's calibration prompts (mean prompt {result.prompt_tokens:.0f} tokens, the benchmark's {prompt_tokens})")
+        f"tune's calibration prompts (mean prompt {result.prompt_tokens:.0f} tokens; the benchmark's questions that fit "
+        f"the context: {prompt_tokens})")
     if result.vanilla_note():
         log(result.vanilla_note())
     return gen, tune
+
+
+def workload_prompt_tokens(lengths: list[int], context_length: int, new_tokens: int) -> int | None:
+    """The prompt length tune should time at: the mean over the questions bench will run (those shorter than the
+    context; longer ones are skipped), capped so that a calibration answer of `new_tokens` still fits."""
+    fitting = [n for n in lengths if n < context_length]
+    if not fitting:
+        return None
+    return max(1, min(round(statistics.fmean(fitting)), context_length - new_tokens))
 
 
 def check_prediction(tune: dict, overall: dict) -> None:

@@ -313,8 +313,11 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
     """Measure and pick the fastest tree for this target, draft and hardware (see the module docstring);
     `new_tokens`: the answer length to tune for (default CALIBRATION_NEW_TOKENS); `prompt_tokens`: the
     workload's mean prompt length, which shorter calibration prompts are brought to (default: as they are)."""
-    prompts = with_context(generator, prompts or calibration_prompts(generator), prompt_tokens)
     new_tokens = new_tokens or CALIBRATION_NEW_TOKENS
+    if prompt_tokens and prompt_tokens + new_tokens > generator.context_length:
+        raise ValueError(f"prompt_tokens {prompt_tokens} + new_tokens {new_tokens} exceed the model's context of "
+                         f"{generator.context_length} tokens, so the calibration answers would be cut short")
+    prompts = with_context(generator, prompts or calibration_prompts(generator), prompt_tokens)
     sequences = greedy_sequences(generator, prompts, new_tokens)
     forward_ms = time_forwards(generator, max(sequences, key=lambda s: len(s[1]))[1])
     log("target forward ms by tokens: " + ", ".join(f"{t}: {ms:.1f}" for t, ms in forward_ms.items()))
