@@ -303,3 +303,11 @@ def test_transformers_methods_stop_where_the_context_ends_as_ours_do(tmp_path):
     lengths = {r["method"]: len(r["turns"][0]) for r in data["runs"]}
     assert lengths["vanilla"] < 32 and lengths["hf"] == lengths["pld"] == lengths["vanilla"]
     assert all(c["counts"]["MISMATCH"] == 0 for c in data["exactness"].values())
+
+
+def test_a_ratio_without_its_baseline_is_a_dash_not_dash_x():
+    from eaglespec.evaluation.bench import MethodSummary
+    from eaglespec.evaluation.report import method_table
+
+    rows = method_table({"eagle": MethodSummary("eagle", 30.0, [30.0], 128, 64, 2.0, [0.5], None, speedup=1.25)})
+    assert rows[-1].startswith("| eagle | 30.0 | 1.25x | - | 2.00 |")

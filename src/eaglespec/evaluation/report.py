@@ -92,6 +92,10 @@ def _fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None = None) -> list[str]:
     head = "| method | tokens/s | speedup vs vanilla | vs hf | tau | draft / verify / other ms per forward | exactness |"
     lines = [head, "|---|---|---|---|---|---|---|"]
@@ -101,7 +105,7 @@ def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None
         if result is not None and m in result.exactness:
             c = exactness_counts(result, m)
             exact = f"{c[EXACT]} exact, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
-        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_fmt(s.speedup)}x | {_fmt(s.speedup_vs_hf)}x | {s.tau:.2f} "
+        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_ratio(s.speedup)} | {_ratio(s.speedup_vs_hf)} | {s.tau:.2f} "
                      f"| {split} | {exact} |")
     return lines
 
