@@ -235,7 +235,7 @@ def test_the_workload_length_leaves_out_questions_bench_skips_and_leaves_room_to
     assert workload_prompt_tokens([100, 200, 634], 512, 128) == 150  # 634 >= 512 tokens: bench skips it
     assert workload_prompt_tokens([400, 450], 512, 128) == 384  # capped: a 128-token answer still fits
     assert workload_prompt_tokens([600], 512, 128) is None  # nothing bench would run: tune as it is
-    assert workload_prompt_tokens([10], 512, 1024) == 1
+    assert workload_prompt_tokens([10], 512, 1024) is None  # answers longer than the context: no padding
 
 
 def test_tune_refuses_a_prompt_length_that_leaves_no_room_for_the_answer(generator):

@@ -104,11 +104,12 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print):
 
 def workload_prompt_tokens(lengths: list[int], context_length: int, new_tokens: int) -> int | None:
     """The prompt length tune should time at: the mean over the questions bench will run (those shorter than the
-    context; longer ones are skipped), capped so that a calibration answer of `new_tokens` still fits."""
+    context; longer ones are skipped), capped so that a calibration answer of `new_tokens` still fits. None (tune's
+    prompts as they are) when no question fits or no prompt leaves room for such an answer."""
     fitting = [n for n in lengths if n < context_length]
-    if not fitting:
+    if not fitting or new_tokens >= context_length:
         return None
-    return max(1, min(round(statistics.fmean(fitting)), context_length - new_tokens))
+    return min(round(statistics.fmean(fitting)), context_length - new_tokens)
 
 
 def check_prediction(tune: dict, overall: dict) -> None:
