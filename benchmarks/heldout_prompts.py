@@ -28,7 +28,7 @@ def main() -> None:
     args = p.parse_args()
     dataset, _ = load_prepared(args.data)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer))
-    _, test = split_indices(len(dataset), args.test_split, args.seed)
+    _, test = split_indices(dataset, args.test_split, args.seed)
     if len(test) < args.num:
         raise SystemExit(f"the test split has only {len(test)} samples, fewer than --num {args.num}")
     with open(args.output, "w", encoding="utf-8") as f:

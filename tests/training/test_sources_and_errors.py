@@ -188,3 +188,18 @@ def test_cli_reports_bad_config_before_training(tmp_path, capsys):
                "--cpdir", str(tmp_path / "out"), "--noise-std", "-1"])
     assert rc == 1
     assert "--noise-std" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_split_the_old_way_is_refused(tiny_prepared, tmp_path):
+    # Runs saved before the token-hash split (a seeded shuffle of the indices) have no split_rule: resuming one
+    # would train on another split than it started with, so it is refused, naming the setting.
+    from eaglespec.training.checkpoint import TRAINING_STATE
+
+    out = tmp_path / "out"
+    train_eagle1(Eagle1TrainConfig(train_config(out, num_epochs=1), data=tiny_prepared, save_freq=1))
+    state_file = out / "state_1" / TRAINING_STATE
+    state = torch.load(state_file, weights_only=False)
+    del state["config"]["split_rule"]
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match="split_rule: checkpoint None, now 'token-hash'"):
+        train_eagle1(Eagle1TrainConfig(train_config(out, num_epochs=1, resume=True), data=tiny_prepared, save_freq=1))

@@ -449,6 +449,14 @@ class FeatureDataset(torch.utils.data.Dataset):
             names += ["aux_hidden"] + (["target_argmax"] if f"{index}.target_argmax" in self._keys[shard.file] else [])
         return {name: handle.get_tensor(f"{index}.{name}") for name in names}
 
+    def sample_tokens(self, index: int) -> dict[str, torch.Tensor]:
+        """input_ids and loss_mask of sample `index`, without reading its features."""
+        import bisect
+
+        shard = self.manifest.shards[bisect.bisect_right(self._starts, index) - 1]
+        handle = self._open(shard.file)
+        return {name: handle.get_tensor(f"{index}.{name}") for name in ("input_ids", "loss_mask")}
+
     def sample_length(self, index: int) -> int:
         """Tokens of sample `index`, from the shard header (no tensor is read)."""
         import bisect
@@ -504,4 +512,8 @@ class FeatureDatasets(torch.utils.data.Dataset):
     def sample_length(self, index: int) -> int:
         part, i = self._locate(index)
         return part.sample_length(i)
+
+    def sample_tokens(self, index: int) -> dict[str, torch.Tensor]:
+        part, i = self._locate(index)
+        return part.sample_tokens(i)
 

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from eaglespec.training.data import SPLIT_RULE
 from eaglespec.training.engine import PRECISIONS
 from eaglespec.training.metrics import REPORT_TO
 from eaglespec.training.noise import NOISE_KINDS
@@ -45,6 +46,8 @@ class CommonTrainConfig:
     target_dtype: str = "auto"  # dtype of the frozen target (its features and logits; loss math stays fp32)
     group_by_length: bool = False  # batches of similar length (less padding); the order stays seeded per epoch
     init_from: Path | None = None  # start from this draft's weights (a fresh optimizer and lr schedule)
+    # How the train/test split is drawn (not a flag): recorded so --resume refuses a run split another way.
+    split_rule: str = dataclasses.field(default=SPLIT_RULE, init=False)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -97,7 +100,7 @@ class Eagle1TrainConfig:
     method = "eagle1"
     # Settings that define the data order and the lr schedule: --resume refuses to change them.
     SCHEDULE_KEYS = ("method", "lr", "batch_size", "grad_accum", "num_epochs", "warmup_steps", "max_len", "seed",
-                     "test_split", "max_steps", "init_from")
+                     "test_split", "split_rule", "max_steps", "init_from")
 
     def __post_init__(self) -> None:
         self.tmpdir = _path_list(self.tmpdir)

@@ -12,8 +12,8 @@ keeps the full sequences; `training.methods` shifts them. Example, T = 5 tokens 
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,24 +115,51 @@ def load_prepared_dataset(path: str | Path) -> TokenDataset:
     return dataset.with_format("torch", columns=["input_ids", "loss_mask"])
 
 
+def sample_tokens(dataset: TokenDataset, index: int) -> dict:
+    """input_ids and loss_mask of one sample; feature datasets read them without their features."""
+    read = getattr(dataset, "sample_tokens", None)
+    return read(index) if read is not None else dataset[index]
+
+
 def trained_token_count(dataset: TokenDataset, indices: list[int], max_len: int) -> int:
     """Number of loss-masked tokens the draft can train on (positions >= 2 within max_len)."""
     total = 0
     for i in indices:
-        mask = torch.as_tensor(dataset[i]["loss_mask"])[:max_len]
+        mask = torch.as_tensor(sample_tokens(dataset, i)["loss_mask"])[:max_len]
         total += int(mask[2:].sum())  # the first two tokens are never a draft prediction target
     return total
 
 
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (seeded) train/test split of n items: ceil(n * fraction) test items (>= 1 if
-    fraction > 0 and n > 1)."""
+# The split rule `split_indices` implements, recorded in training checkpoints: runs saved before it (a seeded
+# shuffle of the indices) split differently, so --resume refuses them instead of mixing two splits.
+SPLIT_RULE = "token-hash"
+
+
+def _split_key(input_ids, seed: int) -> float:
+    """A sample's place in [0, 1) for the split: a keyed hash of its tokens, so it depends on nothing else."""
+    tokens = torch.as_tensor(input_ids, dtype=torch.int64).numpy().tobytes()
+    digest = hashlib.blake2b(tokens, digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
+def split_indices(dataset: TokenDataset, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/test split: a sample is a test sample iff the seeded hash of its tokens falls
+    below `test_fraction`. A sample's side depends only on its tokens and the seed, so it stays put when data
+    is added or reordered (an `--init-from` run on more data never tests on what it trained on), and
+    duplicates land on the same side. About n * fraction test samples; at least one on each side when
+    fraction > 0 and n > 1 (the lowest / highest keys)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test split: expected a fraction in [0, 1), got {test_fraction}")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_test = min(n - 1, math.ceil(n * test_fraction)) if test_fraction > 0 and n > 1 else 0
-    return sorted(order[n_test:]), sorted(order[:n_test])
+    n = len(dataset)
+    if test_fraction == 0 or n < 2:
+        return list(range(n)), []
+    keys = [_split_key(sample_tokens(dataset, i)["input_ids"], seed) for i in range(n)]
+    test = {i for i in range(n) if keys[i] < test_fraction}
+    if not test:
+        test = {min(range(n), key=keys.__getitem__)}
+    elif len(test) == n:
+        test.discard(max(range(n), key=keys.__getitem__))
+    return [i for i in range(n) if i not in test], sorted(test)
 
 
 def collate(items: list[dict], max_len: int, pad_id: int = PAD_ID) -> TokenBatch:

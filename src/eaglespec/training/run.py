@@ -81,7 +81,7 @@ def _load_target(common: CommonTrainConfig, device: torch.device, precision: str
 def _split(dataset, common: CommonTrainConfig, what: str) -> tuple[list[int], list[int]]:
     if len(dataset) == 0:
         raise ValueError(f"{what}: the dataset is empty")
-    return split_indices(len(dataset), common.test_split, common.seed)
+    return split_indices(dataset, common.test_split, common.seed)
 
 
 def _check_trainable(dataset, indices: list[int], max_len: int, what: str) -> None:
