@@ -24,6 +24,7 @@ TREES = [
     TreeConfig(kind="static"),  # EAGLE-1 mc_sim_7b_63
     TreeConfig(kind="chain", depth=4),
     TreeConfig(kind="static", paths=((0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0))),
+    TreeConfig(kind="dynamic", top_k=4, depth=3, total_tokens=8, lookup=8),  # n-gram lookup merged in
 ]
 DRAFTS = [("eagle1", None), ("eagle3", None), ("eagle3", 48)]  # (method, draft vocab size; None = full)
 COMBOS = list(itertools.product(DRAFTS, TREES))

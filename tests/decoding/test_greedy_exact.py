@@ -29,6 +29,8 @@ TREES = [
     TreeConfig(kind="chain", depth=3),
     TreeConfig(kind="chain", depth=6),
     TreeConfig(kind="static", paths=((0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0))),
+    TreeConfig(kind="dynamic", top_k=4, depth=3, total_tokens=8, lookup=8),  # n-gram lookup merged in
+    TreeConfig(kind="chain", depth=2, lookup=10),
 ]
 DRAFTS = [("eagle1", None), ("eagle3", None), ("eagle3", 48)]  # (method, draft vocab size; None = full)
 COMBOS = list(itertools.product(DRAFTS, TREES))
@@ -47,7 +49,7 @@ def test_fixture_architectures_match_hf_greedy(arch):
     target = TargetModel(model)
     drafts = {(m, vd): build_draft(target, m, draft_vocab_size=vd, seed=7) for m, vd in DRAFTS}
     ties = 0
-    # 5 prompts x 4 combos each = 20 runs per architecture, covering all 18 (draft, tree) combos.
+    # 5 prompts x 4 combos each = 20 runs per architecture, covering all 24 (draft, tree) combos.
     offset = ARCHITECTURES.index(arch)
     for p, ids in enumerate(_prompts(target.vocab_size, 5, seed=offset)):
         expected = greedy_reference(model, ids, MAX_NEW)

@@ -40,8 +40,7 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_vocab_model():
+def tiny_vocab_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
@@ -52,17 +51,32 @@ def tiny_vocab_model():
     return model
 
 
-@pytest.fixture(scope="module")
-def logit_table(tiny_vocab_model):
-    """context (tuple of generated tokens, length 0..2) -> target logits [V] after PROMPT + context."""
+def logits_after(model, prompt: list[int]) -> dict:
+    """context (tuple of generated tokens, length 0..2) -> target logits [V] after prompt + context."""
     table = {}
     with torch.no_grad():
         for length in range(NUM_TOKENS):
             contexts = list(itertools.product(range(VOCAB), repeat=length))
-            ids = torch.tensor([PROMPT + list(c) for c in contexts])
-            logits = tiny_vocab_model(ids).logits[:, -1]
+            ids = torch.tensor([prompt + list(c) for c in contexts])
+            logits = model(ids).logits[:, -1]
             table.update({c: logits[i] for i, c in enumerate(contexts)})
     return table
+
+
+def build_logit_table(prompt: list[int]):
+    """(the tiny-vocabulary model, its logit table after `prompt`)."""
+    model = tiny_vocab_llama()
+    return model, logits_after(model, prompt)
+
+
+@pytest.fixture(scope="module")
+def tiny_vocab_model():
+    return tiny_vocab_llama()
+
+
+@pytest.fixture(scope="module")
+def logit_table(tiny_vocab_model):
+    return logits_after(tiny_vocab_model, PROMPT)
 
 
 def reference_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:

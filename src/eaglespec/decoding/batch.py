@@ -72,6 +72,7 @@ from eaglespec.decoding.generate import (
     _Request,
     _sync,
 )
+from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.sampling import SamplingConfig
 from eaglespec.decoding.stopping import StopRule, StreamProgress
 from eaglespec.decoding.tree import DraftTree
@@ -142,6 +143,8 @@ class _Row:
     root: int = -1
     admitted: float = 0.0
     first_token: float = 0.0
+    lookup: NgramIndex | None = None  # the row's tokens for the n-gram lookup (TreeConfig.lookup > 0)
+    drafted: int = 0  # nodes of this step's tree the draft proposed (the lookup's own come after them)
 
 
 class RunningBatch:
@@ -234,6 +237,8 @@ class RunningBatch:
         if self.drafter is not None:
             next_ids = torch.cat([row.request.input_ids[:, 1:], torch.tensor([[root]], device=gen.target.device)], 1)
             self.drafter.admit(next_ids, features)
+            if gen.tree.lookup:
+                row.lookup = NgramIndex(row.request.input_ids[0].tolist() + [root])
         row.stats.draft_time += time.perf_counter() - clock
         return event
 
@@ -275,7 +280,12 @@ class RunningBatch:
         if self.drafter is None:
             return [root_only_tree(r.root, device) for r in rows]
         depths = [self.generator.context_length - r.length - 2 for r in rows]  # room for the bonus token
-        return self.drafter.propose([r.root for r in rows], [r.length for r in rows], depths)
+        trees = self.drafter.propose([r.root for r in rows], [r.length for r in rows], depths)
+        for b, row in enumerate(rows):
+            row.drafted = trees[b].size
+            if row.lookup is not None:
+                trees[b] = trees[b].with_chain(row.lookup.continuation(min(self.generator.tree.lookup, depths[b])))
+        return trees
 
     def _verify_forward(self, trees: list[DraftTree], lengths: list[int]) -> TargetOutput:
         """One target forward over every row's tree, padded to the largest tree (see the module docstring)."""
@@ -312,10 +322,12 @@ class RunningBatch:
 
     def _accept(self, row: _Row, tree: DraftTree, result: VerifyResult) -> StepEvent:
         if self.drafter is not None:
-            row.stats.record_step(result.accept_length, tree.depth)
+            row.stats.record_step(result.accept_length, tree.depth, int((result.path >= row.drafted).sum()))
         accepted = tree.tokens[result.path[1:]].tolist()
         row.length += result.path.numel()
         row.root = result.bonus_token
+        if row.lookup is not None:
+            row.lookup.extend(accepted + [row.root])
         event = self._emit(row, accepted + [result.bonus_token], [True] * len(accepted) + [False])
         return self._finish(row, event) if self._finished(row) else event
 

@@ -21,9 +21,10 @@ import torch
 
 from eaglespec.decoding.cache import keep_positions, new_cache
 from eaglespec.decoding.drafter import Drafter
+from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.sampling import SamplingConfig, next_token
 from eaglespec.decoding.stopping import StopRule, StreamProgress
-from eaglespec.decoding.tree import TreeConfig
+from eaglespec.decoding.tree import DraftTree, TreeConfig
 from eaglespec.decoding.verify import verify
 from eaglespec.models import EagleDraftModel, TargetModel, check_draft_matches_target
 
@@ -41,6 +42,7 @@ class GenerationStats:
     accept_lengths: list[int] = field(default_factory=list)  # draft tokens accepted per step (bonus excluded)
     depth_attempts: list[int] = field(default_factory=list)  # [d-1]: steps whose walk reached depth d-1
     depth_accepts: list[int] = field(default_factory=list)  # [d-1]: steps that accepted a node at depth d
+    lookup_tokens: int = 0  # of the accepted draft tokens (accept_lengths), those only the n-gram lookup proposed
     draft_time: float = 0.0  # seconds in draft forwards and tree building
     verify_time: float = 0.0  # seconds in target forwards (prefill included) and acceptance
     other_time: float = 0.0  # the rest of the wall time (cache surgery, stopping, text; while streaming,
@@ -56,8 +58,9 @@ class GenerationStats:
     def acceptance_rate_per_depth(self) -> list[float]:
         return [a / n if n else 0.0 for a, n in zip(self.depth_accepts, self.depth_attempts)]
 
-    def record_step(self, accept_length: int, tree_depth: int) -> None:
+    def record_step(self, accept_length: int, tree_depth: int, lookup_tokens: int = 0) -> None:
         self.accept_lengths.append(accept_length)
+        self.lookup_tokens += lookup_tokens
         while len(self.depth_attempts) < tree_depth:
             self.depth_attempts.append(0)
             self.depth_accepts.append(0)
@@ -291,6 +294,16 @@ class SpeculativeGenerator:
             token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
             _sync(device)
 
+    def _propose(self, drafter: Drafter, lookup: NgramIndex | None, root: int, max_depth: int
+                 ) -> tuple[DraftTree, int]:
+        """The draft's tree, with the n-gram lookup chain merged in when enabled -> (tree, nodes the draft
+        proposed: the lookup's own nodes come after them)."""
+        tree = drafter.propose(root, max_depth=max_depth)
+        drafted = tree.size
+        if lookup is not None:
+            tree = tree.with_chain(lookup.continuation(min(self.tree.lookup, max_depth)))
+        return tree, drafted
+
     def _speculative_steps(self, request: _Request, stats: GenerationStats
                            ) -> Iterator[tuple[list[int], list[bool]]]:
         """Prefill, then draft -> verify -> accept -> update caches until the consumer stops or context fills."""
@@ -306,8 +319,9 @@ class SpeculativeGenerator:
         clock = time.perf_counter()
         drafter.reset()
         drafter.catch_up(torch.cat([request.input_ids[:, 1:], torch.tensor([[root]], device=device)], 1), features)
+        lookup = NgramIndex(request.input_ids[0].tolist() + [root]) if self.tree.lookup else None
         while length + 2 <= self.context_length:  # room for the root and at least the bonus token
-            tree = drafter.propose(root, max_depth=self.context_length - length - 2)
+            tree, drafted = self._propose(drafter, lookup, root, max_depth=self.context_length - length - 2)
             _sync(device)
             stats.draft_time += time.perf_counter() - clock
             clock = time.perf_counter()
@@ -317,12 +331,14 @@ class SpeculativeGenerator:
             result = verify(tree, out.logits[0], request.sampling, request.generator)
             _sync(device)
             stats.verify_time += time.perf_counter() - clock
-            stats.record_step(result.accept_length, tree.depth)
+            stats.record_step(result.accept_length, tree.depth, int((result.path >= drafted).sum()))
             keep_positions(cache, length, result.path)
             accepted = tree.tokens[result.path[1:]].tolist()
             yield accepted + [result.bonus_token], [True] * len(accepted) + [False]
             clock = time.perf_counter()
             length += result.path.numel()
             root = result.bonus_token
+            if lookup is not None:
+                lookup.extend(accepted + [root])
             next_ids = torch.tensor([accepted + [root]], device=device)  # x_{t+1} for the path positions t
             drafter.catch_up(next_ids, out.features(method)[:, result.path])

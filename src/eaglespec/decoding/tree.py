@@ -65,6 +65,26 @@ class DraftTree:
     def size(self) -> int:
         return int(self.tokens.shape[0])
 
+    def with_chain(self, chain: list[int]) -> "DraftTree":
+        """This tree with `chain` (the tokens to follow the root, in order) merged in: the chain walks down the
+        existing nodes while they spell it, and the rest hangs below the last one as new nodes (appended, so
+        parents still come before children; siblings stay distinct)."""
+        tokens, parents = self.tokens.tolist(), self.parents.tolist()
+        node, matched = 0, 0
+        for token in chain:
+            child = next((c for c in range(node + 1, len(tokens)) if parents[c] == node and tokens[c] == token), None)
+            if child is None:
+                break
+            node, matched = child, matched + 1
+        rest = chain[matched:]
+        if not rest:
+            return self
+        first = len(tokens)
+        new_parents = [node] + list(range(first, first + len(rest) - 1))
+        device = self.tokens.device
+        return DraftTree.from_parents(torch.tensor(tokens + rest, device=device),
+                                      torch.tensor(parents + new_parents, device=device))
+
     @property
     def depth(self) -> int:
         return int(self.depths.max())
@@ -85,6 +105,7 @@ class TreeConfig:
     depth: int | None = None
     total_tokens: int = DEFAULT_TOTAL_TOKENS
     paths: tuple[tuple[int, ...], ...] | None = None  # static only; default MC_SIM_7B_63
+    lookup: int = 0  # at most this many n-gram lookup tokens merged into each tree (`decoding.lookup`); 0 = off
 
     def __post_init__(self) -> None:
         if self.kind not in TREE_KINDS:
@@ -95,6 +116,8 @@ class TreeConfig:
             raise ValueError(f"tree top_k must be >= 1, got {self.top_k}")
         if self.total_tokens < 1:
             raise ValueError(f"total_tokens must be >= 1 (the root), got {self.total_tokens}")
+        if self.lookup < 0:
+            raise ValueError(f"lookup must be >= 0 (tokens; 0 = off), got {self.lookup}")
         if self.paths is not None and self.kind != "static":
             raise ValueError("tree paths apply to kind='static' only")
 
@@ -109,12 +132,14 @@ class TreeConfig:
 
     def summary(self, method: str) -> dict:
         """The fields that define this tree for `method` (depth resolved), as stored by `eaglespec tune`."""
+        lookup = {"lookup": self.lookup} if self.lookup else {}
         if self.kind == "chain":
-            return {"kind": "chain", "depth": self.resolved_depth(method)}
+            return {"kind": "chain", "depth": self.resolved_depth(method), **lookup}
         if self.kind == "static":
-            return {"kind": "static"} if self.paths is None else {"kind": "static", "paths": [list(p) for p in self.paths]}
+            paths = {} if self.paths is None else {"paths": [list(p) for p in self.paths]}
+            return {"kind": "static", **paths, **lookup}
         return {"kind": "dynamic", "depth": self.resolved_depth(method), "top_k": self.top_k,
-                "total_tokens": self.total_tokens}
+                "total_tokens": self.total_tokens, **lookup}
 
     def resolved_depth(self, method: str) -> int:
         return DEFAULT_DEPTH[method] if self.depth is None else self.depth
