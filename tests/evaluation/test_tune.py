@@ -30,7 +30,7 @@ def generator():
 @pytest.fixture
 def small_search(monkeypatch):
     """Few candidates and short continuations, so a whole tune takes seconds."""
-    for name, value in {"CALIBRATION_NEW_TOKENS": 16, "FORWARD_REPEATS": 1, "MAX_TUNE_DEPTH": 4,
+    for name, value in {"CALIBRATION_NEW_TOKENS": 16, "FORWARD_REPEATS": 1, "MAX_TUNE_DEPTH": 4, "LOOKUP_TOKENS": (0, 4),
                         "DYNAMIC_TOP_K": (2, 4), "DYNAMIC_DEPTHS": (3,), "DYNAMIC_TOTALS": (8, 12)}.items():
         monkeypatch.setattr(tune, name, value)
 
@@ -49,7 +49,7 @@ def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, s
     method = generator.draft.config.method
     trees = [c.tree for c in measured]
     assert TreeConfig().summary(method) in trees and chain4.summary(method) in trees
-    assert 3 <= len(measured) <= tune.FINALISTS + 2
+    assert 3 <= len(measured) <= tune.FINALISTS + 3
     assert result.choice == chain4.summary(method) and measured[0].tree == result.choice
     assert result.predicted_tokens_per_s == 1000 and result.predicted_tau == 1.5
     assert result.vanilla_predicted_tokens_per_s == 10 and result.vanilla_note() is None
@@ -242,3 +242,27 @@ def test_tune_refuses_a_prompt_length_that_leaves_no_room_for_the_answer(generat
     with pytest.raises(ValueError, match="exceed the model's context"):
         tune.tune_tree(generator, PROMPTS, log=lambda *_: None, new_tokens=16,
                        prompt_tokens=generator.context_length - 8)
+
+
+def test_every_tree_is_scored_with_and_without_lookup_and_the_best_plain_one_is_timed(monkeypatch, generator,
+                                                                                      small_search):
+    timed = []
+
+    def fake_decode(gen, tree, prompts, new_tokens):
+        timed.append(tree)
+        return (50.0 if tree is not None and tree.lookup else 10.0), 1.5
+
+    monkeypatch.setattr(tune, "_decode_all", fake_decode)
+    result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    by_tree = {json.dumps(c.tree, sort_keys=True): c for c in result.candidates}
+    method = generator.draft.config.method
+    for tree in tune.candidate_trees(method, generator.draft.config.draft_vocab_size):
+        plain = by_tree[json.dumps(tree.summary(method), sort_keys=True)]
+        looked = by_tree[json.dumps(TreeConfig(**{**tree.__dict__, "lookup": 4}).summary(method), sort_keys=True)]
+        assert plain.propose_ms == looked.propose_ms  # the same proposals, scored twice
+        assert looked.size >= plain.size and looked.predicted_tau >= plain.predicted_tau
+    ranked_plain = [c for c in result.candidates if "lookup" not in c.tree]
+    best_plain = max(ranked_plain, key=lambda c: c.predicted_tokens_per_s)
+    assert best_plain.measured_tokens_per_s is not None  # timed even when lookup trees fill the shortlist
+    assert result.choice.get("lookup") == 4  # the faster measured variant wins, and is stored with its lookup
+    assert TreeConfig.merged(result.choice, {}).lookup == 4

@@ -16,7 +16,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", nargs="+", required=True,
                    help="MT-bench / Spec-Bench question.jsonl, HumanEval(.gz), HumanEval-infilling, or plain text lines")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma list of vanilla, eagle, eagle-chain, eagle-default, hf, pld, assisted=PATH")
+                   help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, hf, pld, assisted=PATH")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
@@ -29,6 +29,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--draft-top-k", type=int, default=None)
     p.add_argument("--total-tokens", type=int, default=None)
+    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's; eagle-nolookup is eagle's tree without it)")
     p.add_argument("--chain-depth", type=int, default=DEFAULTS.chain_depth, help="depth of eagle-chain")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None)
     p.add_argument("--device", default=None)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(base=args.base, draft=args.draft, questions=args.questions, methods=methods,
                         max_new_tokens=args.max_new_tokens, repeats=args.repeats, temperature=args.temperature,
                         top_p=args.top_p, tree=args.tree, depth=args.depth, draft_top_k=args.draft_top_k,
-                        total_tokens=args.total_tokens, chain_depth=args.chain_depth, dtype=args.dtype,
+                        total_tokens=args.total_tokens, lookup=args.lookup, chain_depth=args.chain_depth, dtype=args.dtype,
                         device=args.device, limit=args.limit, every=args.every, first_turn_only=args.first_turn_only,
                         seed=args.seed, output=args.output, batch_size=args.batch_size,
                         calibration=args.calibration)

@@ -23,6 +23,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
     p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
     p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
+    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
     p.add_argument("--show-accepted", action="store_true", help="colour tokens that came from the draft")
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.draft is None and not args.vanilla:
         raise ValueError("--draft is required (or pass --vanilla for plain decoding)")
     tree = {key: value for key, value in (("kind", args.tree), ("depth", args.depth), ("top_k", args.draft_top_k),
-                                          ("total_tokens", args.total_tokens)) if value is not None}
+                                          ("total_tokens", args.total_tokens), ("lookup", args.lookup))
+            if value is not None}
     gen = SpeculativeGenerator.from_pretrained(args.base, None if args.vanilla else args.draft,
                                                dtype=args.dtype, device=args.device, **tree)
     sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)

@@ -39,6 +39,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
     p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
     p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
+    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     tree = {"kind": args.tree}
-    for key, value in (("depth", args.depth), ("top_k", args.draft_top_k), ("total_tokens", args.total_tokens)):
+    for key, value in (("depth", args.depth), ("top_k", args.draft_top_k), ("total_tokens", args.total_tokens),
+                       ("lookup", args.lookup)):
         if value is not None:
             tree[key] = value
     generator = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device, **tree)

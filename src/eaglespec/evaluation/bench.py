@@ -53,6 +53,7 @@ class MethodSummary:
     ms_per_forward: dict[str, float] | None  # draft / verify / other, per target forward
     speedup: float | None = None  # vs vanilla, ratio of medians
     speedup_vs_hf: float | None = None
+    lookup_share: float | None = None  # of the accepted draft tokens, the share only the n-gram lookup proposed
 
 
 @dataclass
@@ -68,6 +69,7 @@ def merge_stats(total: GenerationStats, part: GenerationStats) -> None:
     total.new_tokens += part.new_tokens
     total.target_forwards += part.target_forwards
     total.accept_lengths += part.accept_lengths
+    total.lookup_tokens += part.lookup_tokens
     for d, (n, a) in enumerate(zip(part.depth_attempts, part.depth_accepts)):
         if d >= len(total.depth_attempts):
             total.depth_attempts.append(0)
@@ -180,8 +182,11 @@ def summarise(runs: list[QuestionRun], method: str, rounds: int) -> MethodSummar
         n = total.target_forwards
         split = {"draft": 1e3 * total.draft_time / n, "verify": 1e3 * total.verify_time / n,
                  "other": 1e3 * total.other_time / n}
+    accepted = sum(total.accept_lengths)
+    lookup_share = total.lookup_tokens / accepted if total.lookup_tokens and accepted else None
     return MethodSummary(method, statistics.median(per_round) if per_round else 0.0, per_round, total.new_tokens,
-                         total.target_forwards, total.tau, total.acceptance_rate_per_depth, split)
+                         total.target_forwards, total.tau, total.acceptance_rate_per_depth, split,
+                         lookup_share=lookup_share)
 
 
 def summarise_all(runs: list[QuestionRun], methods: list[str], rounds: int) -> dict[str, MethodSummary]:

@@ -29,6 +29,7 @@ class BenchOptions:
     depth: int | None = None
     draft_top_k: int | None = None
     total_tokens: int | None = None
+    lookup: int | None = None  # n-gram lookup tokens merged into eagle's tree (None: the tuned tree's)
     chain_depth: int = DEFAULT_CHAIN_DEPTH
     dtype: str | None = None
     device: str | None = None
@@ -43,7 +44,7 @@ class BenchOptions:
 
 def _explicit_tree(opts: BenchOptions) -> dict:
     tree = {"kind": None if opts.tree == "auto" else opts.tree, "depth": opts.depth, "top_k": opts.draft_top_k,
-            "total_tokens": opts.total_tokens}
+            "total_tokens": opts.total_tokens, "lookup": opts.lookup}
     return {k: v for k, v in tree.items() if v is not None}
 
 

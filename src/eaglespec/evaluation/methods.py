@@ -1,7 +1,8 @@
 """The decoding methods a benchmark compares, all on the same target, process and dtype.
 
 - `vanilla`: our one-token-per-forward loop (the baseline every speedup is relative to);
-- `eagle`: tree speculative decoding with the configured (or tuned) tree; `eagle-chain`: a chain of the
+- `eagle`: tree speculative decoding with the configured (or tuned) tree, n-gram lookup included when that tree
+  has it; `eagle-nolookup`: the same tree without the lookup (the draft alone); `eagle-chain`: a chain of the
   chain depth; `eagle-default`: the reference EAGLE-2 tree (60 tokens, depth 7/5, top-k 10);
 - `hf`: transformers `generate` (greedy or sampling: the baseline users know);
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
@@ -13,13 +14,14 @@ forwards are counted by a forward hook on the target, and the draft/verify split
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, TreeConfig
 
-OUR_METHODS = ("vanilla", "eagle", "eagle-chain", "eagle-default")
+OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
 HF_METHODS = ("hf", "pld")
 DEFAULT_METHODS = ("vanilla", "hf", "eagle", "eagle-chain", "pld")
 DEFAULT_CHAIN_DEPTH = 4
@@ -141,8 +143,9 @@ def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth
             methods.append(OurMethod(name, generator, vanilla=True))
         elif name == "eagle":
             methods.append(OurMethod(name, generator, tree=generator.tree))
-        elif name in ("eagle-chain", "eagle-default"):
-            tree = TreeConfig(kind="chain", depth=chain_depth) if name == "eagle-chain" else TreeConfig()
+        elif name in ("eagle-nolookup", "eagle-chain", "eagle-default"):
+            tree = {"eagle-nolookup": dataclasses.replace(generator.tree, lookup=0),
+                    "eagle-chain": TreeConfig(kind="chain", depth=chain_depth)}.get(name, TreeConfig())
             methods.append(OurMethod(name, generator.with_tree(tree), tree=tree))
         elif name == "hf":
             methods.append(HFMethod(name, generator, counter))

@@ -107,6 +107,8 @@ def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None
             exact = f"{c[EXACT]} exact, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
         lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_ratio(s.speedup)} | {_ratio(s.speedup_vs_hf)} | {s.tau:.2f} "
                      f"| {split} | {exact} |")
+    lines += [f"\n{m}: {100 * s.lookup_share:.1f}% of the accepted draft tokens came from the n-gram lookup alone"
+              for m, s in summaries.items() if s.lookup_share]
     return lines
 
 

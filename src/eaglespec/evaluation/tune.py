@@ -7,8 +7,11 @@
 2. Acceptance, measured on calibration prompts (never the benchmark's): the target's greedy continuation of each
    prompt gives decoding states; at each state every candidate tree is drafted by the decoder's own `Drafter`
    and the accepted length is what greedy verification would accept (the path matching the continuation).
-3. The cost model ranks every candidate: (accepted + 1) / (propose + forward(tree size) + rest).
-4. The model's best FINALISTS trees, the reference default tree and the depth-4 chain are then timed by real
+   Every tree is also scored with the n-gram lookup merged in (LOOKUP_TOKENS; `decoding.lookup`), on the same
+   proposals: the lookup's chain comes from each state's own sequence, as in decoding.
+3. The cost model ranks every candidate: (accepted + 1) / (propose + forward(mean tree size) + rest).
+4. The model's best FINALISTS trees (and its best without lookup), the reference default tree and the depth-4
+   chain are then timed by real
    decoding of the calibration prompts, interleaved with vanilla (A B C, then C B A); the fastest measured tree
    wins, and its measured tokens/s is the prediction `bench --tree auto` compares with. The model alone
    predicted 32.9 tokens/s for SmolLM2 on this CPU where bench measured 22.5, so it only short-lists.
@@ -24,6 +27,7 @@ like the calibration prompts: a benchmark of another domain accepts more or less
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 import time
@@ -34,6 +38,7 @@ import torch
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.cache import new_cache, truncate
 from eaglespec.decoding.drafter import Drafter
+from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.tree import dynamic_capacity
 from eaglespec.decoding.verify import accepted_length_on_path
 
@@ -47,6 +52,7 @@ DYNAMIC_TOP_K = (2, 4, 8)
 DYNAMIC_DEPTHS = (3, 4, 5, 6, 7)
 DYNAMIC_TOTALS = (8, 12, 16, 24, 32, 48, 64)
 FINALISTS = 3  # the cost model's best trees re-timed by real decoding (with the default tree and chain-4)
+LOOKUP_TOKENS = (0, 4, 8)  # n-gram lookup lengths every candidate tree is scored with (<= MAX_TUNE_DEPTH)
 MEASURE_ROUNDS = 2  # interleaved rounds of real decoding; the median of the rounds is reported
 
 # One prompt per kind of request chat users send (writing, role play, reasoning, math, code, extraction,
@@ -70,7 +76,7 @@ CALIBRATION_TEXT = ["Once upon a time, there was a little dog named", "The old m
 @dataclass
 class Candidate:
     tree: dict  # TreeConfig fields
-    size: int  # tokens verified per step (root included)
+    size: float  # tokens verified per step (root included; with lookup, the mean over the calibration states)
     predicted_tau: float
     propose_ms: float
     forward_ms: float
@@ -160,6 +166,7 @@ class State:
     drafter: Drafter  # caught up to position p (root = sequence[p])
     root: int
     continuation: torch.Tensor  # the target's greedy tokens after the root (longer than any candidate tree)
+    lookup: list[int]  # the n-gram lookup's chain at this state (at most max(LOOKUP_TOKENS) tokens)
 
 
 def greedy_sequences(generator: SpeculativeGenerator, prompts: list, new_tokens: int) -> list[tuple[int, list[int]]]:
@@ -181,23 +188,32 @@ def decoding_states(generator: SpeculativeGenerator, sequences: list[tuple[int, 
         for p in range(n, len(seq) - MAX_TUNE_DEPTH - 1, stride):
             drafter = Drafter(generator.draft, TreeConfig(kind="chain", depth=1))
             drafter.catch_up(torch.tensor([seq[1:p + 1]], device=features.device), features[:, :p])
-            states.append(State(drafter, seq[p], torch.tensor(seq[p + 1:])))
+            lookup = NgramIndex(seq[:p + 1]).continuation(max(LOOKUP_TOKENS))
+            states.append(State(drafter, seq[p], torch.tensor(seq[p + 1:]), lookup))
     return states
 
 
-def evaluate_tree(generator: SpeculativeGenerator, tree: TreeConfig, states: list[State]) -> tuple[float, float, int]:
-    """(mean accepted + 1, median propose ms, tree size) of `tree` over the states."""
+def evaluate_tree(generator: SpeculativeGenerator, tree: TreeConfig, states: list[State]
+                  ) -> list[tuple[TreeConfig, float, float, float]]:
+    """[(the tree with lookup n, mean accepted + 1, median propose ms, mean tree size) for n in LOOKUP_TOKENS]
+    over the states; the variants share the draft's proposals."""
     drafter = Drafter(generator.draft, tree)
-    accepted, times, size = [], [], 1
+    accepted = {n: [] for n in LOOKUP_TOKENS}
+    sizes = {n: [] for n in LOOKUP_TOKENS}
+    times = []
     for state in states:
         drafter.cache, drafter.length, drafter.last_hidden = (state.drafter.cache, state.drafter.length,
                                                               state.drafter.last_hidden)
         start = time.perf_counter()
         proposal = drafter.propose(state.root, max_depth=MAX_TUNE_DEPTH)
         times.append(time.perf_counter() - start)
-        accepted.append(accepted_length_on_path(proposal, state.continuation))
-        size = proposal.size
-    return 1 + statistics.fmean(accepted), 1e3 * statistics.median(times), size
+        for n in LOOKUP_TOKENS:  # no deeper than the continuation the acceptance is read from
+            merged = proposal.with_chain(state.lookup[:min(n, MAX_TUNE_DEPTH)])
+            accepted[n].append(accepted_length_on_path(merged, state.continuation))
+            sizes[n].append(merged.size)
+    propose_ms = 1e3 * statistics.median(times)
+    return [(dataclasses.replace(tree, lookup=n), 1 + statistics.fmean(accepted[n]), propose_ms,
+             statistics.fmean(sizes[n])) for n in LOOKUP_TOKENS]
 
 
 @torch.no_grad()
@@ -289,22 +305,24 @@ def rank_candidates(generator: SpeculativeGenerator, states: list[State], forwar
                     prompt, new_tokens: int) -> tuple[list[tuple[TreeConfig, Candidate]], float]:
     """Every candidate tree with its cost-model prediction, best first, and the per-step rest (ms)."""
     method = generator.draft.config.method
-    evaluated = [(tree, *evaluate_tree(generator, tree, states))
-                 for tree in candidate_trees(method, generator.draft.config.draft_vocab_size)]
+    evaluated = [variant for tree in candidate_trees(method, generator.draft.config.draft_vocab_size)
+                 for variant in evaluate_tree(generator, tree, states)]
     ref_tree, _, ref_propose, ref_size = next(e for e in evaluated if e[0] == TreeConfig(kind="chain", depth=4))
-    rest = step_rest_ms(generator, prompt, ref_tree, ref_propose, forward_ms, ref_size, new_tokens)
+    rest = step_rest_ms(generator, prompt, ref_tree, ref_propose, forward_ms, round(ref_size), new_tokens)
     ranked = []
     for tree, tau, propose_ms, size in evaluated:
         fwd = interpolate(forward_ms, size)
-        ranked.append((tree, Candidate(tree.summary(method), size, tau, propose_ms, fwd,
+        ranked.append((tree, Candidate(tree.summary(method), round(size, 1), tau, propose_ms, fwd,
                                        1e3 * tau / (propose_ms + fwd + rest))))
     ranked.sort(key=lambda e: -e[1].predicted_tokens_per_s)
     return ranked, rest
 
 
 def finalists(ranked: list[tuple[TreeConfig, Candidate]]) -> list[tuple[TreeConfig, Candidate]]:
-    """The model's FINALISTS best trees plus the reference default tree and the depth-4 chain, once each."""
-    wanted = [tree for tree, _ in ranked[:FINALISTS]] + [TreeConfig(), TreeConfig(kind="chain", depth=4)]
+    """The model's FINALISTS best trees, its best tree without lookup, the reference default tree and the
+    depth-4 chain, once each."""
+    best_plain = next(tree for tree, _ in ranked if not tree.lookup)
+    wanted = [tree for tree, _ in ranked[:FINALISTS]] + [best_plain, TreeConfig(), TreeConfig(kind="chain", depth=4)]
     return [(tree, candidate) for tree, candidate in ranked if tree in wanted]
 
 
