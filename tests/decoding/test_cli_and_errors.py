@@ -49,6 +49,17 @@ def test_cli_stream_show_accepted_and_vanilla(draft_dir, capsys):
     assert json.loads(capsys.readouterr().out)["tau"] == 1.0
 
 
+def test_cli_lookup_decoding_without_a_draft(capsys):
+    prompt = STORY_PROMPTS[0]
+    assert main(["generate", "--base", "stories260K", "--lookup", "8", "--prompt", prompt, "--max-new-tokens", "120",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    ids = stories260k_tokenizer()(prompt, return_tensors="pt")["input_ids"]
+    assert record["token_ids"] == greedy_reference(stories260k(), ids, 120) and record["tau"] > 1.0
+    assert main(["generate", "--base", "stories260K", "--prompt", prompt]) == 1
+    assert "--lookup N" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_input(draft_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no prompt field"}\n')

@@ -142,3 +142,20 @@ def test_batched_rows_use_their_own_lookup_as_alone(stories):
         assert out.stats.lookup_tokens == alone.stats.lookup_tokens
         assert out.stats.accept_lengths == alone.stats.accept_lengths
     assert sum(o.stats.lookup_tokens for o in result.outputs) > 20
+
+
+def test_lookup_alone_without_a_draft_is_exact_alone_and_batched(stories):
+    model, target, tok = stories
+    gen = SpeculativeGenerator(target, None, tokenizer=tok, tree=TreeConfig(lookup=8))
+    outputs = gen.generate_batch(STORY_PROMPTS[:4], 80).outputs
+    accepted = 0
+    for text, batched in zip(STORY_PROMPTS[:4], outputs):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        alone = gen.generate(ids, 80)
+        assert count_tie_or_fail(model, ids, greedy_reference(model, ids, 80), alone.token_ids) == 0
+        assert batched.token_ids == alone.token_ids and batched.stats.accept_lengths == alone.stats.accept_lengths
+        assert alone.stats.lookup_tokens == sum(alone.stats.accept_lengths)  # every proposal is the lookup's
+        accepted += alone.stats.lookup_tokens
+    assert accepted > 40
+    with pytest.raises(ValueError, match="draft model or n-gram lookup"):
+        SpeculativeGenerator(target, None, tokenizer=tok).generate("Once", 4)

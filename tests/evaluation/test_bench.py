@@ -314,7 +314,8 @@ def test_a_ratio_without_its_baseline_is_a_dash_not_dash_x():
 
 
 def test_eagle_with_lookup_next_to_the_same_tree_without_it(tmp_path):
-    """--lookup N gives eagle the n-gram lookup; eagle-nolookup runs the same tree without it; the report says
+    """--lookup N gives eagle the n-gram lookup; eagle-nolookup runs the same tree without it, lookup the lookup
+    without a draft; the report says
     what share of the accepted draft tokens only the lookup proposed, and both stay exact in fp32."""
     from eaglespec.cli import main
     from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
@@ -323,7 +324,7 @@ def test_eagle_with_lookup_next_to_the_same_tree_without_it(tmp_path):
     assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
     (tmp_path / "p.txt").write_text("Once upon a time, there was a little girl named Lily.\nTom and Sue were playing.\n")
     opts = BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")],
-                        methods=["vanilla", "eagle", "eagle-nolookup"], max_new_tokens=96, repeats=1,
+                        methods=["vanilla", "eagle", "eagle-nolookup", "lookup"], max_new_tokens=96, repeats=1,
                         tree="chain", depth=2, lookup=8, output=str(tmp_path / "out"))
     assert run_benchmark(opts, log=lambda *_: None) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -332,5 +333,6 @@ def test_eagle_with_lookup_next_to_the_same_tree_without_it(tmp_path):
     assert overall["eagle"]["lookup_share"] > 0.3  # an untrained draft: the lookup proposes most accepted tokens
     assert overall["eagle-nolookup"]["lookup_share"] is None
     assert overall["eagle"]["tau"] > overall["eagle-nolookup"]["tau"]
+    assert overall["lookup"]["lookup_share"] == 1.0 and overall["lookup"]["tau"] > 1.2  # no draft: all lookup
     assert all(c["counts"][EXACT] == 2 for c in data["exactness"].values())
     assert "came from the n-gram lookup alone" in (tmp_path / "out" / "report.md").read_text()

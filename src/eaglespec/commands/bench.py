@@ -16,7 +16,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", nargs="+", required=True,
                    help="MT-bench / Spec-Bench question.jsonl, HumanEval(.gz), HumanEval-infilling, or plain text lines")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, hf, pld, assisted=PATH")
+                   help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, lookup, hf, pld, assisted=PATH")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)

@@ -9,7 +9,7 @@ import sys
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="target model directory (or 'stories260K')")
-    p.add_argument("--draft", default=None, help="draft directory (eaglespec init-draft / train); needed unless --vanilla")
+    p.add_argument("--draft", default=None, help="draft directory (eaglespec init-draft / train); needed unless --vanilla or --lookup")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--input", help='JSONL of prompts ({"prompt": ...} or {"turns": [...]}) or plain text lines')
@@ -66,8 +66,9 @@ def _prompt_of_line(line: str, path: str, number: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from eaglespec.decoding import GenerationStats, SpeculativeGenerator
 
-    if args.draft is None and not args.vanilla:
-        raise ValueError("--draft is required (or pass --vanilla for plain decoding)")
+    if args.draft is None and not args.vanilla and not args.lookup:
+        raise ValueError("--draft is required (or pass --vanilla for plain decoding, or --lookup N for n-gram "
+                         "lookup decoding without a draft)")
     tree = {key: value for key, value in (("kind", args.tree), ("depth", args.depth), ("top_k", args.draft_top_k),
                                           ("total_tokens", args.total_tokens), ("lookup", args.lookup))
             if value is not None}

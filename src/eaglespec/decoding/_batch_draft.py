@@ -23,11 +23,6 @@ from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.tree import DraftTree, dynamic_capacity, select_dynamic_nodes
 
 
-def root_only_tree(root: int, device: torch.device) -> DraftTree:
-    """A tree with no draft node: verifying it is one vanilla decoding step."""
-    return DraftTree.from_parents(torch.tensor([root], device=device), torch.tensor([-1], device=device))
-
-
 class BatchDrafter:
     """Runs an EAGLE draft head for B sequences at once and proposes one `DraftTree` per row.
 
@@ -95,7 +90,7 @@ class BatchDrafter:
         device = self.last_hidden.device
         depth = min(self.depth, max(depths))
         if depth == 0:
-            return [root_only_tree(r, device) for r in roots]
+            return [DraftTree.root_only(r, device) for r in roots]
         slots = self.cache.get_seq_length()
         length = torch.tensor(lengths, device=device)
         try:
@@ -161,7 +156,7 @@ class BatchDrafter:
     def _dynamic_tree(self, scores, parents, tokens, root: int, depth: int) -> DraftTree:
         """Row rerank: the best total_tokens - 1 among the candidates of depth <= `depth`."""
         if depth == 0:
-            return root_only_tree(root, scores.device)
+            return DraftTree.root_only(root, scores.device)
         capacity = dynamic_capacity(self.top_k, depth)  # candidates are created depth by depth
         num_nodes = min(self.total_tokens - 1, capacity)
         tree = select_dynamic_nodes(scores[:capacity], parents[:capacity], tokens[:capacity], num_nodes)
@@ -194,7 +189,7 @@ class BatchDrafter:
     def _static_tree(self, tokens: torch.Tensor, root: int, depth: int) -> DraftTree:
         """Row b's static tree cut at `depth` (nodes are stored depth by depth, so it is a prefix)."""
         if depth == 0:
-            return root_only_tree(root, tokens.device)
+            return DraftTree.root_only(root, tokens.device)
         if depth not in self._skeletons:
             parents = self.static.truncated(depth).parents.to(tokens.device)
             self._skeletons[depth] = DraftTree.from_parents(torch.zeros_like(parents), parents)

@@ -61,7 +61,7 @@ import torch
 from transformers import DynamicCache
 
 from eaglespec.decoding._batch_cache import append_row, keep_row_positions, prefix_mask, select_rows
-from eaglespec.decoding._batch_draft import BatchDrafter, root_only_tree
+from eaglespec.decoding._batch_draft import BatchDrafter
 from eaglespec.decoding.cache import new_cache
 from eaglespec.decoding.generate import (
     GenerationOutput,
@@ -155,8 +155,9 @@ class RunningBatch:
     """
 
     def __init__(self, generator: SpeculativeGenerator, vanilla: bool = False, max_batch_size: int | None = None):
-        if not vanilla and generator.drafter is None:
-            raise ValueError("speculative decoding needs a draft model; use vanilla=True without one")
+        if not vanilla and generator.drafter is None and not generator.tree.lookup:
+            raise ValueError("speculative decoding needs a draft model or n-gram lookup (a tree with lookup > 0); "
+                             "use vanilla=True without either")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
         if length_dependent_rope(generator.target.config):
@@ -165,8 +166,9 @@ class RunningBatch:
         self.generator = generator
         self.vanilla = vanilla
         self.max_batch_size = max_batch_size
-        self.drafter = None if vanilla else BatchDrafter(generator.drafter)
-        self.aux_layer_ids = None if vanilla else generator.aux_layer_ids
+        self.drafter = None if vanilla or generator.drafter is None else BatchDrafter(generator.drafter)
+        self.aux_layer_ids = None if self.drafter is None else generator.aux_layer_ids
+        self.lookup = 0 if vanilla else generator.tree.lookup
         self.cache: DynamicCache | None = None  # target cache, one row per running request
         self.rows: list[_Row] = []  # running requests in cache-row order
         self.waiting: deque[_Row] = deque()
@@ -237,8 +239,8 @@ class RunningBatch:
         if self.drafter is not None:
             next_ids = torch.cat([row.request.input_ids[:, 1:], torch.tensor([[root]], device=gen.target.device)], 1)
             self.drafter.admit(next_ids, features)
-            if gen.tree.lookup:
-                row.lookup = NgramIndex(row.request.input_ids[0].tolist() + [root])
+        if self.lookup:
+            row.lookup = NgramIndex(row.request.input_ids[0].tolist() + [root])
         row.stats.draft_time += time.perf_counter() - clock
         return event
 
@@ -277,14 +279,15 @@ class RunningBatch:
 
     def _propose(self, rows: list[_Row]) -> list[DraftTree]:
         device = self.generator.target.device
-        if self.drafter is None:
-            return [root_only_tree(r.root, device) for r in rows]
         depths = [self.generator.context_length - r.length - 2 for r in rows]  # room for the bonus token
-        trees = self.drafter.propose([r.root for r in rows], [r.length for r in rows], depths)
+        if self.drafter is None:
+            trees = [DraftTree.root_only(r.root, device) for r in rows]  # vanilla, or n-gram lookup alone
+        else:
+            trees = self.drafter.propose([r.root for r in rows], [r.length for r in rows], depths)
         for b, row in enumerate(rows):
             row.drafted = trees[b].size
             if row.lookup is not None:
-                trees[b] = trees[b].with_chain(row.lookup.continuation(min(self.generator.tree.lookup, depths[b])))
+                trees[b] = trees[b].with_chain(row.lookup.continuation(min(self.lookup, depths[b])))
         return trees
 
     def _verify_forward(self, trees: list[DraftTree], lengths: list[int]) -> TargetOutput:
@@ -321,7 +324,7 @@ class RunningBatch:
         self.drafter.catch_up(ids, feats, counts, [lengths[b] for b in kept])
 
     def _accept(self, row: _Row, tree: DraftTree, result: VerifyResult) -> StepEvent:
-        if self.drafter is not None:
+        if not self.vanilla:
             row.stats.record_step(result.accept_length, tree.depth, int((result.path >= row.drafted).sum()))
         accepted = tree.tokens[result.path[1:]].tolist()
         row.length += result.path.numel()

@@ -2,11 +2,12 @@
 
 One speculative step reads like the paper:
     tree = drafter.propose(root)                         # draft: EAGLE-2 dynamic / static / chain tree
+    tree = tree.with_chain(lookup.continuation(n))       # (optional) n-gram lookup merged in (`lookup.py`)
     logits = target(tree tokens, tree mask, positions)  # verify: ONE target forward over the whole tree
     result = verify(tree, logits)                        # accept: greedy or lossless rejection sampling
     keep_positions(target cache, accepted path)          # update caches: keep exactly the accepted path
     drafter.catch_up(accepted tokens, target features)   # the draft cache follows the accepted prefix
-Batch size 1: every tensor carries a leading batch dimension of 1 so batching can be added later.
+Batch size 1 (`batch.py` batches it). Without a draft, n-gram lookup alone (`TreeConfig.lookup`) proposes.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ class SpeculativeGenerator:
         """Yield chunks of accepted tokens as each target forward accepts them. Pass `stats` to read the
         statistics (finish_reason included) once the iterator is exhausted."""
         request = self._request(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed)
-        if not vanilla and self.drafter is None:
-            raise ValueError("speculative decoding needs a draft model; use vanilla_generate() without one")
+        if not vanilla and self.drafter is None and not self.tree.lookup:
+            raise ValueError("speculative decoding needs a draft model or n-gram lookup (a tree with lookup > 0); "
+                             "use vanilla_generate() without either")
         stats = stats if stats is not None else GenerationStats()
         steps = self._vanilla_steps(request, stats) if vanilla else self._speculative_steps(request, stats)
         yield from self._apply_stopping(steps, request, stats)
@@ -296,9 +298,12 @@ class SpeculativeGenerator:
 
     def _propose(self, drafter: Drafter, lookup: NgramIndex | None, root: int, max_depth: int
                  ) -> tuple[DraftTree, int]:
-        """The draft's tree, with the n-gram lookup chain merged in when enabled -> (tree, nodes the draft
-        proposed: the lookup's own nodes come after them)."""
-        tree = drafter.propose(root, max_depth=max_depth)
+        """The draft's tree (no draft: the root alone), with the n-gram lookup chain merged in when enabled ->
+        (tree, nodes the draft proposed: the lookup's own nodes come after them)."""
+        if drafter is None:
+            tree = DraftTree.root_only(root, self.target.device)
+        else:
+            tree = drafter.propose(root, max_depth=max_depth)
         drafted = tree.size
         if lookup is not None:
             tree = tree.with_chain(lookup.continuation(min(self.tree.lookup, max_depth)))
@@ -308,8 +313,8 @@ class SpeculativeGenerator:
                            ) -> Iterator[tuple[list[int], list[bool]]]:
         """Prefill, then draft -> verify -> accept -> update caches until the consumer stops or context fills."""
         cache, device = new_cache(), self.target.device
-        drafter = copy.copy(self.drafter)  # per-stream draft cache, so interleaved streams keep their own state
-        method = self.draft.config.method
+        # per-stream draft cache, so interleaved streams keep their own state (None: n-gram lookup alone)
+        drafter = copy.copy(self.drafter) if self.drafter is not None else None
         clock = time.perf_counter()
         root, features = self._prefill(request, cache)
         _sync(device)
@@ -317,8 +322,10 @@ class SpeculativeGenerator:
         yield [root], [False]
         length = request.input_ids.shape[1]  # tokens in the target cache; the root sits at position `length`
         clock = time.perf_counter()
-        drafter.reset()
-        drafter.catch_up(torch.cat([request.input_ids[:, 1:], torch.tensor([[root]], device=device)], 1), features)
+        if drafter is not None:
+            drafter.reset()
+            drafter.catch_up(torch.cat([request.input_ids[:, 1:], torch.tensor([[root]], device=device)], 1),
+                             features)
         lookup = NgramIndex(request.input_ids[0].tolist() + [root]) if self.tree.lookup else None
         while length + 2 <= self.context_length:  # room for the root and at least the bonus token
             tree, drafted = self._propose(drafter, lookup, root, max_depth=self.context_length - length - 2)
@@ -340,5 +347,6 @@ class SpeculativeGenerator:
             root = result.bonus_token
             if lookup is not None:
                 lookup.extend(accepted + [root])
-            next_ids = torch.tensor([accepted + [root]], device=device)  # x_{t+1} for the path positions t
-            drafter.catch_up(next_ids, out.features(method)[:, result.path])
+            if drafter is not None:
+                next_ids = torch.tensor([accepted + [root]], device=device)  # x_{t+1} for the path positions t
+                drafter.catch_up(next_ids, out.features(self.draft.config.method)[:, result.path])

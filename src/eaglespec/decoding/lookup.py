@@ -14,6 +14,7 @@ are; merging keeps siblings distinct, as that needs.
 
 from __future__ import annotations
 
+DEFAULT_LOOKUP_TOKENS = 8  # chain length where none is configured (bench's `lookup` method); tune picks its own
 LOOKUP_MAX_NGRAM = 4
 LOOKUP_MIN_NGRAM = 2  # a single repeated token ("the", a space) matches too often to be worth verifying
 

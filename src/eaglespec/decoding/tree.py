@@ -61,6 +61,11 @@ class DraftTree:
             active = anc >= 0
         return cls(tokens=tokens, parents=parents, depths=depths, mask=mask)
 
+    @classmethod
+    def root_only(cls, root: int, device: torch.device) -> "DraftTree":
+        """A tree with no draft node: verifying it is one vanilla decoding step."""
+        return cls.from_parents(torch.tensor([root], device=device), torch.tensor([-1], device=device))
+
     @property
     def size(self) -> int:
         return int(self.tokens.shape[0])

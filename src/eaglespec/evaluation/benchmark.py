@@ -8,7 +8,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from eaglespec.evaluation.bench import BenchSetup, check_exactness, mismatches, run_rounds
-from eaglespec.evaluation.methods import DEFAULT_CHAIN_DEPTH, DEFAULT_METHODS, OUR_METHODS, Sampling, build_methods
+from eaglespec.evaluation.methods import (
+    DEFAULT_CHAIN_DEPTH,
+    DEFAULT_METHODS,
+    DRAFT_METHODS,
+    Sampling,
+    build_methods,
+)
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
 EXIT_MISMATCH = 1
@@ -61,7 +67,7 @@ def check_calibration(opts: BenchOptions) -> None:
 def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     from eaglespec.decoding import SpeculativeGenerator
 
-    needs_draft = [m for m in opts.methods if m in OUR_METHODS and m != "vanilla"]
+    needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
     if needs_draft and opts.draft is None:
         raise ValueError(f"methods {needs_draft} need --draft")
     check_calibration(opts)
@@ -76,7 +82,7 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     tune = None
     if opts.tree == "auto":
         gen, tune = tune_for_workload(gen, opts, questions, fim, log)
-    methods = build_methods(opts.methods, gen, opts.chain_depth)
+    methods = build_methods(opts.methods, gen, opts.chain_depth, opts.lookup)
     sampling = Sampling(opts.temperature, opts.top_p)
     return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
 

@@ -3,7 +3,8 @@
 - `vanilla`: our one-token-per-forward loop (the baseline every speedup is relative to);
 - `eagle`: tree speculative decoding with the configured (or tuned) tree, n-gram lookup included when that tree
   has it; `eagle-nolookup`: the same tree without the lookup (the draft alone); `eagle-chain`: a chain of the
-  chain depth; `eagle-default`: the reference EAGLE-2 tree (60 tokens, depth 7/5, top-k 10);
+  chain depth; `eagle-default`: the reference EAGLE-2 tree (60 tokens, depth 7/5, top-k 10); `lookup`: our n-gram
+  lookup alone, no draft (`--lookup`, default DEFAULT_LOOKUP_TOKENS; what the draft adds to it shows against `eagle`);
 - `hf`: transformers `generate` (greedy or sampling: the baseline users know);
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
 - `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer).
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, TreeConfig
+from eaglespec.decoding.lookup import DEFAULT_LOOKUP_TOKENS
 
-OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
+OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default", "lookup")
+DRAFT_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
 HF_METHODS = ("hf", "pld")
 DEFAULT_METHODS = ("vanilla", "hf", "eagle", "eagle-chain", "pld")
 DEFAULT_CHAIN_DEPTH = 4
@@ -133,8 +136,10 @@ def load_assistant(path: str, generator: SpeculativeGenerator):
     return assistant.eval()
 
 
-def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth: int = DEFAULT_CHAIN_DEPTH) -> list:
-    """Method objects by name; `generator` carries the configured tree for `eagle`."""
+def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth: int = DEFAULT_CHAIN_DEPTH,
+                  lookup: int | None = None) -> list:
+    """Method objects by name; `generator` carries the configured tree for `eagle`; `lookup`: the chain length of
+    the `lookup` method (None: DEFAULT_LOOKUP_TOKENS)."""
     methods, counter = [], None
     for name in names:
         if name in HF_METHODS or name.startswith("assisted="):
@@ -147,6 +152,10 @@ def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth
             tree = {"eagle-nolookup": dataclasses.replace(generator.tree, lookup=0),
                     "eagle-chain": TreeConfig(kind="chain", depth=chain_depth)}.get(name, TreeConfig())
             methods.append(OurMethod(name, generator.with_tree(tree), tree=tree))
+        elif name == "lookup":
+            tree = TreeConfig(lookup=lookup or DEFAULT_LOOKUP_TOKENS)
+            methods.append(OurMethod(name, SpeculativeGenerator(generator.target, None, generator.tokenizer, tree),
+                                     tree=tree))
         elif name == "hf":
             methods.append(HFMethod(name, generator, counter))
         elif name == "pld":
