@@ -244,25 +244,40 @@ def test_tune_refuses_a_prompt_length_that_leaves_no_room_for_the_answer(generat
                        prompt_tokens=generator.context_length - 8)
 
 
-def test_every_tree_is_scored_with_and_without_lookup_and_the_best_plain_one_is_timed(monkeypatch, generator,
-                                                                                      small_search):
-    timed = []
-
+def test_the_best_trees_are_replayed_with_and_without_lookup_and_the_best_plain_one_is_timed(
+        monkeypatch, generator, small_search):
     def fake_decode(gen, tree, prompts, new_tokens):
-        timed.append(tree)
         return (50.0 if tree is not None and tree.lookup else 10.0), 1.5
 
     monkeypatch.setattr(tune, "_decode_all", fake_decode)
     result = tune.tune_tree(generator, PROMPTS, log=lambda *_: None)
+    looked = [c for c in result.candidates if c.tree.get("lookup")]
+    assert len(looked) == tune.WALKED * (len(tune.LOOKUP_TOKENS) - 1)
     by_tree = {json.dumps(c.tree, sort_keys=True): c for c in result.candidates}
-    method = generator.draft.config.method
-    for tree in tune.candidate_trees(method, generator.draft.config.draft_vocab_size):
-        plain = by_tree[json.dumps(tree.summary(method), sort_keys=True)]
-        looked = by_tree[json.dumps(TreeConfig(**{**tree.__dict__, "lookup": 4}).summary(method), sort_keys=True)]
-        assert plain.propose_ms == looked.propose_ms  # the same proposals, scored twice
-        assert looked.size >= plain.size and looked.predicted_tau >= plain.predicted_tau
-    ranked_plain = [c for c in result.candidates if "lookup" not in c.tree]
-    best_plain = max(ranked_plain, key=lambda c: c.predicted_tokens_per_s)
+    for c in looked:  # the same draft proposals as the tree alone, so the same propose time
+        plain = by_tree[json.dumps({k: v for k, v in c.tree.items() if k != "lookup"}, sort_keys=True)]
+        assert plain.propose_ms == c.propose_ms and c.size >= plain.size
+    best_plain = max((c for c in result.candidates if "lookup" not in c.tree), key=lambda c: c.predicted_tokens_per_s)
     assert best_plain.measured_tokens_per_s is not None  # timed even when lookup trees fill the shortlist
     assert result.choice.get("lookup") == 4  # the faster measured variant wins, and is stored with its lookup
     assert TreeConfig.merged(result.choice, {}).lookup == 4
+
+
+@pytest.mark.parametrize("lookup", [0, 8])
+def test_a_replay_accepts_what_decoding_accepts(monkeypatch, generator, lookup):
+    """Replaying a greedy continuation from its states gives the steps real decoding takes (fp32)."""
+    monkeypatch.setattr(tune, "LOOKUP_TOKENS", (lookup,))
+    tree = TreeConfig(kind="dynamic", top_k=4, depth=3, total_tokens=8)
+    prompt = generator._encode("Once upon a time, there was a little girl named Lily.")[0].tolist()
+    decoded = generator.with_tree(TreeConfig(**{**tree.__dict__, "lookup": lookup})).generate(prompt, 100,
+                                                                                            eos_token_id=[])
+    walks = tune.decoding_states(generator, [(len(prompt), prompt + decoded.token_ids)])
+    (_, tau, _), = tune.replay_tree(generator, tree, walks)
+    steps, position = [], 0  # the decoded steps whose root lies in the replayed stretch
+    for accepted in decoded.stats.accept_lengths:
+        if position >= len(walks[0]):
+            break
+        steps.append(accepted + 1)
+        position += accepted + 1
+    assert tau == pytest.approx(sum(steps) / len(steps))
+    assert lookup == 0 or decoded.stats.lookup_tokens > 0
