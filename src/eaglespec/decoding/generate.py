@@ -296,7 +296,7 @@ class SpeculativeGenerator:
             token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
             _sync(device)
 
-    def _propose(self, drafter: Drafter, lookup: NgramIndex | None, root: int, max_depth: int
+    def _propose(self, drafter: Drafter | None, lookup: NgramIndex | None, root: int, max_depth: int
                  ) -> tuple[DraftTree, int]:
         """The draft's tree (no draft: the root alone), with the n-gram lookup chain merged in when enabled ->
         (tree, nodes the draft proposed: the lookup's own nodes come after them)."""
