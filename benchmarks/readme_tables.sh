@@ -29,19 +29,28 @@ if [ "$base" = stories260K ]; then
             --dtype "$dtype" --tree auto --output "$out/stories260K-stories-$dtype"
     done
 else
-    # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16
+    # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16, greedy, --tree auto
+    # calibrated on Alpaca requests (#10's acceptance command), with what each part of the tuned eagle brings:
+    # eagle-nolookup (its tree without n-gram lookup: the draft alone), lookup (the lookup alone, no draft)
+    name=$(basename "$base")
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
-        --output "$out/$(basename "$base")-greedy"
-    # --tree auto's prediction against the measured speed, and its tree against the default tree and chain-4
+        --methods vanilla,hf,eagle,eagle-nolookup,eagle-chain,lookup,pld --max-new-tokens 128 --repeats 2 \
+        --dtype bfloat16 --tree auto --calibration "$alpaca" --output "$out/$name-auto"
+    # the same tree at temperature 0.7 (sampled output has no token-for-token reference: no exactness column)
+    tree_flags=$(python - "$out/$name-auto/results.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["tree"]
+flags = {"kind": "--tree", "depth": "--depth", "top_k": "--draft-top-k", "total_tokens": "--total-tokens",
+         "lookup": "--lookup"}
+print(" ".join(f"{flags[k]} {v}" for k, v in t.items() if k in flags))
+PY
+)
+    # shellcheck disable=SC2086
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,eagle,eagle-chain,eagle-default,pld --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
-        --tree auto --calibration "$alpaca" --output "$out/$(basename "$base")-auto"
-    eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,eagle --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
-        --output "$out/$(basename "$base")-t0.7"
+        --methods vanilla,eagle,eagle-nolookup --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        $tree_flags --output "$out/$name-t0.7"
     for bs in 4 8; do
         eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-            --max-new-tokens 128 --repeats 2 --dtype bfloat16 --batch-size "$bs" --output "$out/$(basename "$base")-batch$bs"
+            --max-new-tokens 128 --repeats 2 --dtype bfloat16 --batch-size "$bs" --output "$out/$name-batch$bs"
     done
 fi

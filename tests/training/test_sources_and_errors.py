@@ -1,6 +1,7 @@
 """Offline (dumped features) vs online (target per batch) training, and the bad-input errors."""
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 from eaglespec.models import EagleDraftModel
 from eaglespec.training import Eagle1TrainConfig, Eagle3TrainConfig, train_eagle1, train_eagle3
+from eaglespec.training.data import load_prepared_dataset, split_indices
 from eaglespec.training.engine import load_ds_settings
 from eaglespec.training.loop import TrainingDiverged
 from fixtures import dump_stories260k_features, read_metrics, train_config
@@ -23,7 +25,8 @@ def eagle1_features(tiny_prepared, tmp_path_factory) -> Path:
 def test_offline_and_online_give_the_same_loss_curve(tiny_prepared, eagle1_features, tmp_path):
     online = train_eagle1(Eagle1TrainConfig(train_config(tmp_path / "online"), data=tiny_prepared))
     offline = train_eagle1(Eagle1TrainConfig(train_config(tmp_path / "offline"), tmpdir=eagle1_features))
-    assert online.state.step == offline.state.step == 10
+    train, _ = split_indices(load_prepared_dataset(tiny_prepared), 0.2, 0)  # both sources split the same samples
+    assert online.state.step == offline.state.step == 2 * math.ceil(len(train) / 2)  # 2 epochs, batches of 2
     for a, b in zip(read_metrics(tmp_path / "online"), read_metrics(tmp_path / "offline"), strict=True):
         assert a["split"] == b["split"] and a["epoch"] == b["epoch"]
         assert a["ploss"] == pytest.approx(b["ploss"], rel=1e-4)
