@@ -117,7 +117,10 @@ def format_config(fmt: str, config: DraftConfig, dtype: torch.dtype, target: _Ta
 def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLike,
                  target: str | os.PathLike | None = None, dtype: str | None = None,
                  speculative_tokens: int = configs.SPECULATIVE_TOKENS, overwrite: bool = False) -> ExportReport:
-    """Write the draft in `draft_dir` as `fmt` into `output` and check the result strictly."""
+    """Write the draft in `draft_dir` (or a committed draft's name) as `fmt` into `output`, checked strictly."""
+    from eaglespec import resolve_model_path
+
+    draft_dir = resolve_model_path(draft_dir)
     model = _load_draft(draft_dir, target)  # strict: our own layout first
     config = model.config
     info = _target_info(config, target)

@@ -1,0 +1,27 @@
+"""A committed draft is found by its name wherever a draft path is taken (on a stories260K draft saved as the
+SmolLM2 one will be: bf16, without the target's embedding), so the lookup is tested without the SmolLM2 target."""
+
+import pytest
+import torch
+
+import eaglespec
+from eaglespec import resolve_model_path
+from eaglespec.decoding import SpeculativeGenerator
+from eaglespec.models import TargetModel, build_draft
+from eaglespec.models.fetch import COMMITTED_DRAFTS
+
+def test_a_committed_draft_name_resolves_and_decodes(tmp_path, monkeypatch):
+    stories = resolve_model_path("stories260K")
+    target = TargetModel.from_pretrained(stories)
+    assets = tmp_path / "assets"
+    monkeypatch.setattr(eaglespec, "bundled_model_path", lambda: assets / "stories260K")
+    monkeypatch.setitem(COMMITTED_DRAFTS, "stories-test", "stories-test-eagle3")
+    with pytest.raises(FileNotFoundError, match="committed draft for stories-test is missing"):
+        resolve_model_path("stories-test-eagle3")
+    draft = build_draft(target, "eagle3", draft_vocab_size=256)
+    draft.save_pretrained(assets / "drafts" / "stories-test-eagle3", dtype=torch.bfloat16,
+                          target_embedding=target.embed_tokens.weight)
+    assert resolve_model_path("stories-test-eagle3") == str(assets / "drafts" / "stories-test-eagle3")
+    generator = SpeculativeGenerator.from_pretrained(stories, "stories-test-eagle3", dtype=torch.float32)
+    prompt = "Once upon a time"
+    assert generator.generate(prompt, 24).token_ids == generator.vanilla_generate(prompt, 24).token_ids
