@@ -10,6 +10,7 @@ from eaglespec.decoding import SpeculativeGenerator
 from eaglespec.models import TargetModel, build_draft
 from eaglespec.models.fetch import COMMITTED_DRAFTS
 
+
 def test_a_committed_draft_name_resolves_and_decodes(tmp_path, monkeypatch):
     stories = resolve_model_path("stories260K")
     target = TargetModel.from_pretrained(stories)

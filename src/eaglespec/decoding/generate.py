@@ -146,7 +146,8 @@ class SpeculativeGenerator:
         target = TargetModel.from_pretrained(base, dtype=dtype, device=device)
         model = None
         if draft is not None:
-            model = EagleDraftModel.from_pretrained(resolve_model_path(draft), target=target, dtype=target.dtype, device=target.device)
+            model = EagleDraftModel.from_pretrained(resolve_model_path(draft), target=target, dtype=target.dtype,
+                                                    device=target.device)
         tokenizer = AutoTokenizer.from_pretrained(base)
         tuned = (model.config.decoding or {}).get("tree") if model is not None else None
         return cls(target, model, tokenizer, TreeConfig.merged(tuned, tree_kwargs))
