@@ -95,24 +95,25 @@ def write(path, lines):
 
 
 def test_mt_bench_schema_and_categories(tmp_path):
-    from paths import SHARED
+    from paths import shared_path
 
-    qs = read_questions(SHARED / "data" / "eval" / "eagle_mt_bench_question.jsonl")
+    mt_bench = shared_path("data", "eval", "eagle_mt_bench_question.jsonl")
+    qs = read_questions(mt_bench)
     assert len(qs) == 80 and all(q.kind == "chat" and q.num_turns == 2 for q in qs)
     assert len({q.category for q in qs}) == 8
-    every_second = load_question_set([str(SHARED / "data" / "eval" / "eagle_mt_bench_question.jsonl")], every=2)
+    every_second = load_question_set([str(mt_bench)], every=2)
     assert len(every_second.questions) == 40 and len(every_second.categories) == 8
 
 
 def test_spec_bench_humaneval_infilling_and_plain_text(tmp_path):
-    from paths import SHARED
+    from paths import shared_path
 
     spec = read_questions(write(tmp_path / "s.jsonl", [{"category": "translation", "turns": ["Translate: hola"]}]))
     assert spec[0].kind == "chat" and spec[0].category == "translation"
-    he = read_questions(SHARED / "data" / "eval" / "HumanEval.jsonl.gz")
+    he = read_questions(shared_path("data", "eval", "HumanEval.jsonl.gz"))
     assert len(he) == 164 and he[0].kind == "completion" and he[0].category == "humaneval"
     assert he[0].id == "HumanEval/0" and he[0].turns[0].startswith("from typing import List")
-    fim = read_questions(SHARED / "data" / "fim" / "HumanEval-SingleLineInfilling.jsonl.gz")
+    fim = read_questions(shared_path("data", "fim", "HumanEval-SingleLineInfilling.jsonl.gz"))
     assert fim[0].kind == "fim" and fim[0].suffix
     (tmp_path / "plain.txt").write_text("Once upon a time\n\nThe cat\n")
     plain = read_questions(tmp_path / "plain.txt")
