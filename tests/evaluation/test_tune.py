@@ -281,3 +281,24 @@ def test_a_replay_accepts_what_decoding_accepts(monkeypatch, generator, lookup):
         position += accepted + 1
     assert tau == pytest.approx(sum(steps) / len(steps))
     assert lookup == 0 or decoded.stats.lookup_tokens > 0
+
+
+def test_bench_tunes_in_a_child_process_and_raises_its_errors(tmp_path):
+    """--tree auto tunes in a spawned process (a process that just tuned decodes slower); the choice comes back,
+    and an error in the child is raised in the parent."""
+    from eaglespec.evaluation import benchmark
+    from eaglespec.evaluation.questions import load_question_set
+
+    target = TargetModel(stories260k())
+    build_draft(target, "eagle3", seed=3).save_pretrained(tmp_path / "draft")
+    questions = tmp_path / "q.txt"
+    questions.write_text("Once upon a time\n")
+    qs = load_question_set([str(questions)])
+    generator = SpeculativeGenerator.from_pretrained("stories260K", tmp_path / "draft")
+    opts = benchmark.BenchOptions(base="stories260K", draft=str(tmp_path / "draft"), questions=[str(questions)],
+                                  tree="auto", max_new_tokens=24)
+    tuned, result = benchmark.tune_for_workload(generator, opts, qs, None, log=lambda *_: None, isolated=True)
+    assert tuned.tree.summary("eagle3") == result["choice"] and result["predicted_tokens_per_s"] > 0
+    opts.calibration = str(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        benchmark.tune_for_workload(generator, opts, qs, None, log=lambda *_: None, isolated=True)
