@@ -26,3 +26,25 @@ def test_a_committed_draft_name_resolves_and_decodes(tmp_path, monkeypatch):
     generator = SpeculativeGenerator.from_pretrained(stories, "stories-test-eagle3", dtype=torch.float32)
     prompt = "Once upon a time"
     assert generator.generate(prompt, 24).token_ids == generator.vanilla_generate(prompt, 24).token_ids
+
+
+def test_the_committed_smollm2_draft_is_small_bf16_without_embedding_and_tuned():
+    import json
+
+    from safetensors import safe_open
+
+    from eaglespec.models.fetch import committed_draft_path
+
+    path = committed_draft_path("smollm2-135m")
+    files = {p.name: p.stat().st_size for p in path.iterdir()}
+    assert set(files) == {"config.json", "model.safetensors", "README.md"}
+    assert sum(files.values()) <= 25 * 10**6
+    config = json.loads((path / "config.json").read_text())
+    assert config["method"] == "eagle3" and config["draft_vocab_size"] == 8192
+    assert config["target"]["name_or_path"] == "smollm2-135m"
+    assert (config["target"]["vocab_size"], config["target"]["hidden_size"]) == (49152, 576)
+    assert config["decoding"]["tree"]["kind"] in ("dynamic", "static", "chain")
+    with safe_open(path / "model.safetensors", framework="pt") as f:
+        names = list(f.keys())
+        assert {f.get_slice(name).get_dtype() for name in names} == {"BF16"}
+    assert not [name for name in names if "embed_tokens" in name]
