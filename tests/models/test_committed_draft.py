@@ -46,5 +46,7 @@ def test_the_committed_smollm2_draft_is_small_bf16_without_embedding_and_tuned()
     assert config["decoding"]["tree"]["kind"] in ("dynamic", "static", "chain")
     with safe_open(path / "model.safetensors", framework="pt") as f:
         names = list(f.keys())
-        assert {f.get_slice(name).get_dtype() for name in names} == {"BF16"}
+        dtypes = {name: f.get_slice(name).get_dtype() for name in names}
+    assert {dtype for name, dtype in dtypes.items() if name not in ("d2t", "t2d")} == {"BF16"}  # the weights
+    assert (dtypes["d2t"], dtypes["t2d"]) == ("I64", "BOOL")  # the draft-to-target vocabulary maps
     assert not [name for name in names if "embed_tokens" in name]
