@@ -31,10 +31,10 @@ if [ "$base" = stories260K ]; then
 else
     # a chat model: 40 MT-bench first turns (every second question: all 8 categories), bf16, greedy, --tree auto
     # calibrated on Alpaca requests (#10's acceptance command), with what each part of the tuned eagle brings:
-    # eagle-nolookup (its tree without n-gram lookup: the draft alone), lookup (the lookup alone, no draft)
+    # eagle-nolookup (its tree without n-gram lookup: the draft alone)
     name=$(basename "$base")
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,hf,eagle,eagle-nolookup,eagle-chain,lookup,pld --max-new-tokens 128 --repeats 2 \
+        --methods vanilla,hf,eagle,eagle-nolookup,eagle-chain,pld --max-new-tokens 128 --repeats 2 \
         --dtype bfloat16 --tree auto --calibration "$alpaca" --output "$out/$name-auto"
     # the same tree at temperature 0.7 (sampled output has no token-for-token reference: no exactness column)
     tree_flags=$(python - "$out/$name-auto/results.json" <<'PY'
@@ -47,7 +47,7 @@ PY
 )
     # shellcheck disable=SC2086
     eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \
-        --methods vanilla,eagle,eagle-nolookup --temperature 0.7 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
+        --methods vanilla,eagle --temperature 0.7 --seed 0 --max-new-tokens 128 --repeats 2 --dtype bfloat16 \
         $tree_flags --output "$out/$name-t0.7"
     for bs in 4 8; do
         eaglespec bench --base "$base" --draft "$draft" --questions "$mtbench" --every 2 --first-turn-only \

@@ -46,21 +46,35 @@ for part in regen sampled sampled2 sampled3; do
         --output "$run/features-$part" --target-dtype bf16 --batch-size 8 --shard-size 200
 done
 
-# 3. EAGLE-3 (8k draft vocabulary, all 6150 chats, 5 epochs of about 16 min here, one lr schedule) and, for
-#    comparison, EAGLE-1 on part of the same features (2 epochs); one after the other, each with the whole machine
+# 3. EAGLE-3 (8k draft vocabulary, all 6150 chats, 5 epochs of about 16 min here, one lr schedule)
 common=(--basepath smollm2-135m --bs 8 --lr 2e-3 --precision bf16 --target-dtype bf16 --group-by-length
-        --sim-states 8 --no-progress)
+        --no-progress)
 resume=(); [ -d "$run/eagle3" ] && resume=(--resume)
-eaglespec train eagle3 "${common[@]}" "${resume[@]}" \
+eaglespec train eagle3 "${common[@]}" "${resume[@]}" --sim-states 8 \
     --features "$run/features-regen" "$run/features-sampled" "$run/features-sampled2" "$run/features-sampled3" \
     --savedir "$run/eagle3" --num_epochs 5 --ttt-length 4 --draft-vocab-size 8192 --eval-every 5 \
     --full-save-every 1 2>&1 | tee "$run/train-eagle3.log"
-resume=(); [ -d "$run/eagle1" ] && resume=(--resume)
-eaglespec train eagle1 "${common[@]}" "${resume[@]}" --tmpdir "$run/features-regen" "$run/features-sampled" --cpdir "$run/eagle1" \
-    --num_epochs 2 --warmup-steps 6 --save-freq 1 --eval-every 2 2>&1 | tee "$run/train-eagle1.log"
+
+# 3b. EAGLE-3 against EAGLE-1: the same features (2750 re-answered + 1000 self-written chats) and the same
+#     8 minutes of training each (--max-steps sizes each one's lr schedule to end near the budget at its
+#     throughput here), then each decodes the same 10 MT-bench first turns with the same tree, no lookup
+cmp=(--num_epochs 1 --time-budget-minutes 8 --sim-states 0)
+mkdir -p "$run/cmp"   # a run is done once it saved its state_N (at the budget's end); else it restarts
+compgen -G "$run/cmp/eagle3/state_*" > /dev/null || eaglespec train eagle3 "${common[@]}" "${cmp[@]}" --max-steps 180 \
+    --features "$run/features-regen" "$run/features-sampled" --savedir "$run/cmp/eagle3" --ttt-length 4 \
+    --draft-vocab-size 8192 2>&1 | tee "$run/cmp/train-eagle3.log"
+compgen -G "$run/cmp/eagle1/state_*" > /dev/null || eaglespec train eagle1 "${common[@]}" "${cmp[@]}" \
+    --max-steps 230 --warmup-steps 6 --tmpdir "$run/features-regen" "$run/features-sampled" \
+    --cpdir "$run/cmp/eagle1" 2>&1 | tee "$run/cmp/train-eagle1.log"
+latest() { ls -d "$1"/state_* | sort -V | tail -n 1; }
+for method in eagle3 eagle1; do
+    eaglespec bench --base smollm2-135m --draft "$(latest "$run/cmp/$method")" \
+        --questions "$shared/data/eval/eagle_mt_bench_question.jsonl" --every 8 --first-turn-only \
+        --methods vanilla,eagle --max-new-tokens 128 --repeats 2 --dtype bfloat16 --tree dynamic --depth 3 \
+        --draft-top-k 4 --total-tokens 16 --lookup 0 --output "$run/cmp/bench-$method"
+done
 
 # 4. tune the tree for this machine (writes `decoding` into the draft's config.json), then the README tables
-latest() { ls -d "$1"/state_* | sort -V | tail -n 1; }
-eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3")" --dtype bfloat16
-eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle1")" --dtype bfloat16
+eaglespec tune --base smollm2-135m --draft "$(latest "$run/eagle3")" --dtype bfloat16 \
+    --calibration "$shared/data/eval/eagle_alpaca_question.jsonl" --max-new-tokens 128
 bash "$here/benchmarks/readme_tables.sh" smollm2-135m "$(latest "$run/eagle3")" "$run/bench"

@@ -364,7 +364,9 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
               new_tokens: int | None = None, prompt_tokens: int | None = None) -> TuneResult:
     """Measure and pick the fastest tree for this target, draft and hardware (see the module docstring);
     `new_tokens`: the answer length to tune for (default CALIBRATION_NEW_TOKENS); `prompt_tokens`: the
-    workload's mean prompt length, which shorter calibration prompts are brought to (default: as they are)."""
+    workload's mean prompt length, which shorter calibration prompts are brought to (default: as they are).
+    Time later decoding in another process: the one that tuned decodes slower afterwards (see
+    `benchmark.tune_for_workload`, which tunes in a child process for that reason)."""
     new_tokens = new_tokens or CALIBRATION_NEW_TOKENS
     if prompt_tokens and prompt_tokens + new_tokens > generator.context_length:
         raise ValueError(f"prompt_tokens {prompt_tokens} + new_tokens {new_tokens} exceed the model's context of "
