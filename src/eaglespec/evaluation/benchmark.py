@@ -95,15 +95,9 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print, isolat
     never tuned. Measured on SmolLM2 (bf16, this 2-core CPU): right after an in-process tune, decoding in the
     same process was 13-25% slower (vanilla 27.3 -> 23.7 tokens/s, eagle 54.9 -> 43.3 on the same 5 questions),
     and neither gc.collect() nor 90 s of idling restored it; a fresh process is not affected."""
-    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
-
     lengths = [len(prompt_ids(q, 0, [], gen.tokenizer, fim)) for q in questions.questions]
     prompt_tokens = workload_prompt_tokens(lengths, gen.context_length, opts.max_new_tokens)
-    if isolated:
-        result = _tune_in_child(opts, prompt_tokens)
-    else:
-        result = tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log,
-                           new_tokens=opts.max_new_tokens, prompt_tokens=prompt_tokens)
+    result = _tune_in_child(opts, prompt_tokens) if isolated else _tune(gen, opts, prompt_tokens, log)
     gen = gen.with_tree(result.tree_config())
     tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
     tune["predicted_speedup"] = result.predicted_speedup
@@ -115,6 +109,13 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print, isolat
     if result.vanilla_note():
         log(result.vanilla_note())
     return gen, tune
+
+
+def _tune(gen, opts: BenchOptions, prompt_tokens: int | None, log):
+    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
+
+    return tune_tree(gen, calibration_prompts(gen, opts.calibration), log=log, new_tokens=opts.max_new_tokens,
+                     prompt_tokens=prompt_tokens)
 
 
 def _tune_in_child(opts: BenchOptions, prompt_tokens: int | None):
@@ -141,13 +142,10 @@ def _tune_child(opts: BenchOptions, prompt_tokens: int | None, sender) -> None:
     import functools
 
     from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.tune import calibration_prompts, tune_tree
 
     try:
         gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device)
-        prompts = calibration_prompts(gen, opts.calibration)
-        sender.send(tune_tree(gen, prompts, log=functools.partial(print, flush=True), new_tokens=opts.max_new_tokens,
-                              prompt_tokens=prompt_tokens))
+        sender.send(_tune(gen, opts, prompt_tokens, functools.partial(print, flush=True)))
     except Exception as error:  # sent back: the parent raises it where an in-process tune would have
         try:
             sender.send(error)
