@@ -35,17 +35,18 @@ class BatchOracleDraft(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def project_target_features(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(*features.shape[:2], self.vocab_size)
+        return torch.zeros(*features.shape[:2], self.vocab_size, device=features.device)
 
     def forward(self, input_ids, hidden_states, position_ids=None, attention_mask=None, cache=None):
         B, T = input_ids.shape
-        logits = torch.randn(B, T, self.vocab_size, generator=self.generator)
-        width = self.sequences.shape[1]
+        logits = torch.randn(B, T, self.vocab_size, generator=self.generator).to(input_ids.device)
+        sequences = self.sequences.to(input_ids.device)
+        width = sequences.shape[1]
         pos = position_ids.expand(B, T).clamp(max=width - 3)
-        match = self.sequences[:, pos + 1] == input_ids[None]  # [R, B, T]
+        match = sequences[:, pos + 1] == input_ids[None]  # [R, B, T]
         found = match.any(0)
         first = match.int().argmax(0)  # the first matching sequence
-        proposal = self.sequences[first, pos + 2]
+        proposal = sequences[first, pos + 2]
         on_path = found & (proposal >= 0)
         hit = torch.zeros_like(logits).scatter_(-1, proposal.clamp(min=0)[..., None], 20.0)
         return logits + hit * on_path[..., None]

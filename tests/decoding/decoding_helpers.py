@@ -50,7 +50,7 @@ def count_tie_or_fail(model, ids: torch.Tensor, expected: list[int], got: list[i
         return 0
     i = next((j for j, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
     assert i < len(expected) and i < len(got), f"lengths differ with equal prefix: {expected} vs {got}"
-    prefix = torch.cat([ids[0], torch.tensor(expected[:i], dtype=torch.long)])[None]
+    prefix = torch.cat([ids[0], torch.tensor(expected[:i], dtype=torch.long, device=ids.device)])[None]
     with torch.no_grad():
         logits = model(prefix).logits[0, -1]
     gap = float((logits[expected[i]] - logits[got[i]]).abs())
@@ -77,13 +77,13 @@ class OracleDraft(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def project_target_features(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(*features.shape[:2], self.vocab_size)
+        return torch.zeros(*features.shape[:2], self.vocab_size, device=features.device)
 
     def forward(self, input_ids, hidden_states, position_ids=None, attention_mask=None, cache=None):
         B, T = input_ids.shape
-        logits = torch.randn(B, T, self.vocab_size, generator=self.generator)
+        logits = torch.randn(B, T, self.vocab_size, generator=self.generator).to(input_ids.device)
         pos = position_ids.expand(B, T)
-        seq = self.sequence
+        seq = self.sequence.to(input_ids.device)
         on_path = (pos + 2 < len(seq)) & (input_ids == seq[(pos + 1).clamp(max=len(seq) - 1)])
         target_tokens = seq[(pos + 2).clamp(max=len(seq) - 1)]
         hit = torch.zeros_like(logits).scatter_(-1, target_tokens[..., None], 20.0)
