@@ -34,3 +34,19 @@ def test_tokenizer_round_trip():
         ids = tok(text).input_ids
         assert ids[0] == 1
         assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_a_forward_without_the_cache_argument_is_refused_by_name():
+    """transformers < 5.24 calls it past_key_values= and would swallow our cache= into **kwargs (seen on a GPU
+    machine with 5.17: attention over the new tokens alone, a shape error deep in SDPA)."""
+    import pytest
+    from torch import nn
+
+    from eaglespec.models import TargetModel
+
+    class OldStyle(nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs):
+            return input_ids
+
+    with pytest.raises(RuntimeError, match=r"OldStyle.forward takes no `cache` argument .*transformers >= 5.24"):
+        TargetModel(OldStyle())

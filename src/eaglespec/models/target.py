@@ -6,6 +6,7 @@ No forked modeling files and no patching: the target runs through transformers' 
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -35,10 +36,24 @@ def bool_to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
+def require_cache_argument(model: nn.Module) -> None:
+    """Decoding passes its KV cache as `cache=`, the name transformers uses since 5.24 (`past_key_values=`
+    before). An older forward would take the cache into **kwargs and ignore it: attention over the new tokens
+    alone, wrong logits or a shape error far from the cause. Refuse such a model here instead."""
+    if "cache" not in inspect.signature(model.forward).parameters:
+        import transformers
+
+        raise RuntimeError(
+            f"{type(model).__name__}.forward takes no `cache` argument (transformers {transformers.__version__}); "
+            "eaglespec needs transformers >= 5.24, where `cache=` replaced `past_key_values=`: "
+            "pip install 'transformers>=5.24,<6'")
+
+
 class TargetModel:
     """Wraps a Hugging Face `*ForCausalLM` (frozen) and reads what EAGLE drafts need from it."""
 
     def __init__(self, model: nn.Module):
+        require_cache_argument(model)
         self.model = model
         self.config = model.config.get_text_config()
         for p in model.parameters():
