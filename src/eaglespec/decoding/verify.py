@@ -81,7 +81,7 @@ def accepted_length_on_path(tree: DraftTree, path: torch.Tensor) -> int:
     """Draft tokens greedy verification accepts when the target's greedy continuation is `path` [D >= tree depth]:
     the depth of the deepest node whose root path spells it (simulated acceptance, `tune`)."""
     depths = tree.depths
-    expected = path[(depths - 1).clamp(min=0, max=path.numel() - 1)].to(tree.tokens.device)
+    expected = path.to(depths.device)[(depths - 1).clamp(min=0, max=path.numel() - 1)]
     matches = (tree.tokens == expected) | (depths == 0)
     on_path = (matches[None, :] | ~tree.mask).all(dim=-1)  # every node on the root path matches
     return int(depths[on_path].max())

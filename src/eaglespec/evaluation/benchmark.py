@@ -147,6 +147,9 @@ def _tune_child(opts: BenchOptions, prompt_tokens: int | None, sender) -> None:
         gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device)
         sender.send(_tune(gen, opts, prompt_tokens, functools.partial(print, flush=True)))
     except Exception as error:  # sent back: the parent raises it where an in-process tune would have
+        import traceback
+
+        traceback.print_exc()  # where it broke: the traceback does not travel with the exception
         try:
             sender.send(error)
         except Exception:  # an error that does not pickle

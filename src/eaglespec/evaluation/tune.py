@@ -196,7 +196,8 @@ def decoding_states(generator: SpeculativeGenerator, sequences: list[tuple[int, 
             drafter = Drafter(generator.draft, TreeConfig(kind="chain", depth=1))
             drafter.catch_up(torch.tensor([seq[1:p + 1]], device=features.device), features[:, :p])
             index.extend([seq[p]])
-            walk.append(State(drafter, seq[p], torch.tensor(seq[p + 1:]), index.continuation(max(LOOKUP_TOKENS))))
+            continuation = torch.tensor(seq[p + 1:], device=features.device)
+            walk.append(State(drafter, seq[p], continuation, index.continuation(max(LOOKUP_TOKENS))))
         walks.append(walk)
     return walks
 
