@@ -1,0 +1,124 @@
+"""What one decoding step costs on this hardware for a model of a given shape, with no weights to download.
+
+A forward's time does not depend on the weights' values, so a target built from a `config.json` with random
+weights times like the real one. This measures, on the device and dtype given:
+- the target's forward over T tokens on top of a cached context (T = 1 ... 64: the verification cost of a tree
+  of T tokens; `eaglespec tune`'s cost table), and
+- the wall time per target forward of vanilla decoding and of speculative decoding with a draft (`--draft`: a
+  real draft directory for that target shape, e.g. the committed SmolLM2 one; otherwise a random EAGLE-3 head
+  of the target's shape) and a tree, over `--new-tokens` tokens. With random target weights nearly nothing is
+  accepted, so that is the cost of one speculative step at this tree size, not a speed-up.
+
+With `--tau X` (an acceptance length measured with the real models, e.g. by `eaglespec bench` elsewhere) it
+also prints the speed-up that step cost implies: X * vanilla ms / speculative ms. That is a projection, and the
+output says so.
+
+    python benchmarks/step_cost.py --config ~/.cache/eaglespec/models/smollm2-135m/config.json \
+        --draft src/eaglespec/assets/drafts/smollm2-135m-eagle3 --device cuda --dtype bfloat16 --tau 2.78
+    python benchmarks/step_cost.py --preset llama-3-8b --device cuda --dtype bfloat16 --output cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+from eaglespec.evaluation.tune import time_forwards
+from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+
+PRESETS = {  # public architecture shapes (no weights): Llama-3-8B and its EAGLE-3 draft vocabulary
+    "llama-3-8b": (dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), 32000),
+}
+
+
+def build_target(args) -> tuple[TargetModel, int | None]:
+    if args.preset:
+        fields, draft_vocab = PRESETS[args.preset]
+        config = LlamaConfig(**fields)
+    else:
+        config, draft_vocab = AutoConfig.from_pretrained(args.config), None
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
+    return TargetModel(model.eval()), draft_vocab
+
+
+def build_generator(args, target: TargetModel, draft_vocab: int | None) -> SpeculativeGenerator:
+    if args.draft:
+        draft = EagleDraftModel.from_pretrained(args.draft, target=target, dtype=target.dtype, device=target.device)
+    else:
+        used = torch.arange(draft_vocab) if draft_vocab else None
+        draft = build_draft(target, "eagle3", draft_vocab_size=draft_vocab, used_tokens=used, dtype=target.dtype,
+                            seed=0).to(target.device)
+    tuned = (draft.config.decoding or {}).get("tree") or {}
+    explicit = {k: v for k, v in dict(kind=args.tree, depth=args.depth, top_k=args.draft_top_k,
+                                      total_tokens=args.total_tokens).items() if v is not None}
+    return SpeculativeGenerator(target, draft, tree=TreeConfig.merged(tuned, explicit))
+
+
+def ms_per_forward(gen: SpeculativeGenerator, prompt: torch.Tensor, new_tokens: int, vanilla: bool) -> dict:
+    run = gen.vanilla_generate if vanilla else gen.generate
+    run(prompt, 8, eos_token_id=-1)  # warm-up; no EOS: random weights could emit one
+    walls, last = [], None
+    for _ in range(3):
+        if prompt.device.type == "cuda":
+            torch.cuda.synchronize()
+        last = run(prompt, new_tokens, eos_token_id=-1)
+        s = last.stats
+        walls.append((s.draft_time + s.verify_time + s.other_time) / s.target_forwards)
+    s = last.stats
+    return {"ms_per_forward": 1e3 * statistics.median(walls), "tau": s.tau, "target_forwards": s.target_forwards,
+            "split_ms": {k: 1e3 * getattr(s, f"{k}_time") / s.target_forwards for k in ("draft", "verify", "other")}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    shape = p.add_mutually_exclusive_group(required=True)
+    shape.add_argument("--config", help="a model's config.json (or its directory)")
+    shape.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--draft", help="a draft directory for that target shape (default: a random EAGLE-3 head)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--context", type=int, default=512, help="cached tokens before the timed forwards / decoding")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--tree", choices=["dynamic", "static", "chain"])
+    p.add_argument("--depth", type=int)
+    p.add_argument("--draft-top-k", type=int)
+    p.add_argument("--total-tokens", type=int)
+    p.add_argument("--tau", type=float, help="acceptance length measured with the real models: print a projection")
+    p.add_argument("--output", help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    target, draft_vocab = build_target(args)
+    gen = build_generator(args, target, draft_vocab)
+    g = torch.Generator().manual_seed(0)
+    context = torch.randint(3, target.vocab_size, (1, args.context), generator=g).to(target.device)
+    result = {"device": torch.cuda.get_device_name() if target.device.type == "cuda" else "cpu",
+              "dtype": args.dtype, "shape": args.preset or args.config, "context": args.context,
+              "tree": gen.tree.summary(gen.draft.config.method)}
+    for key, measure in (("forward_ms", lambda: time_forwards(gen, context[0].tolist())),
+                         ("vanilla", lambda: ms_per_forward(gen, context, args.new_tokens, vanilla=True)),
+                         ("speculative", lambda: ms_per_forward(gen, context, args.new_tokens, vanilla=False))):
+        result[key] = measure()
+        print(f"{key}: {json.dumps(result[key])}", file=sys.stderr, flush=True)  # each part as soon as it is known
+    ratio = result["speculative"]["ms_per_forward"] / result["vanilla"]["ms_per_forward"]
+    result["step_cost_vs_vanilla_forward"] = ratio
+    if args.tau:
+        result["projection"] = {"tau": args.tau, "speedup": args.tau / ratio}
+        print(f"projection (not a measurement): tau {args.tau} at {ratio:.2f}x a vanilla forward per step "
+              f"-> {args.tau / ratio:.2f}x", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
