@@ -265,6 +265,8 @@ def _forward_seconds(generator: SpeculativeGenerator, cache, last: torch.Tensor,
     device = last.device
     mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
     tokens, positions = last.expand(1, T).contiguous(), torch.arange(n, n + T, device=device)[None]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the previous round's cache cut is not timed with this forward
     start = time.perf_counter()  # only the forward is timed, as before the rounds were interleaved
     generator.target(tokens, position_ids=positions, attention_mask=mask[None, None], cache=cache,
                      aux_layer_ids=generator.aux_layer_ids)
