@@ -49,6 +49,15 @@ def test_doctor_fails_when_a_required_piece_is_missing(monkeypatch, capsys):
     assert "install datasets" in capsys.readouterr().err
 
 
+def test_doctor_fails_on_transformers_before_the_cache_argument(monkeypatch, capsys):
+    from eaglespec.commands import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda d: "5.17.0" if d == "transformers" else real(d))
+    assert main(["doctor"]) == 1  # 5.17 takes past_key_values=: every cached forward would ignore the cache
+    assert "transformers 5.17.0 is too old" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["eagle1", "eagle3"])
 def test_init_draft(tmp_path, method, capsys):
     out = tmp_path / method

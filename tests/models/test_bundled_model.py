@@ -36,17 +36,25 @@ def test_tokenizer_round_trip():
         assert tok.decode(ids, skip_special_tokens=True) == text
 
 
-def test_a_forward_without_the_cache_argument_is_refused_by_name():
+def test_a_forward_taking_past_key_values_is_refused_by_name(monkeypatch):
     """transformers < 5.24 calls it past_key_values= and would swallow our cache= into **kwargs (seen on a GPU
     machine with 5.17: attention over the new tokens alone, a shape error deep in SDPA)."""
     import pytest
     from torch import nn
 
-    from eaglespec.models import TargetModel
+    from eaglespec.models import TargetModel, target
 
     class OldStyle(nn.Module):
         def forward(self, input_ids, past_key_values=None, **kwargs):
             return input_ids
 
-    with pytest.raises(RuntimeError, match=r"OldStyle.forward takes no `cache` argument .*transformers >= 5.24"):
+    class Wrapper(nn.Module):  # torch.compile / PEFT style: passes every keyword through
+        def forward(self, *args, **kwargs):
+            return args
+
+    with pytest.raises(RuntimeError, match=r"OldStyle.forward takes `past_key_values`.* custom or remote-code"):
         TargetModel(OldStyle())
+    monkeypatch.setattr(target, "installed_transformers", lambda: "5.17.0")
+    with pytest.raises(RuntimeError, match=r"transformers 5.17.0\): eaglespec needs transformers >= 5.24"):
+        TargetModel(OldStyle())
+    target.require_cache_argument(Wrapper())  # not refused

@@ -66,8 +66,12 @@ def collect() -> tuple[list[tuple[str, str]], list[str]]:
         else:
             rows.append((dist, v))
     tf = _version("transformers")
-    if tf and int(tf.split(".")[0]) < 5:
-        problems.append(f"transformers {tf} is too old: pip install 'transformers>=5,<6'")
+    if tf:
+        from eaglespec.models.target import MIN_TRANSFORMERS, transformers_too_old
+
+        if transformers_too_old(tf):
+            problems.append(f"transformers {tf} is too old (decoding passes `cache=`, so named since "
+                            f"{MIN_TRANSFORMERS}): pip install 'transformers>={MIN_TRANSFORMERS},<6'")
     rows.append(("cpu bf16", _cpu_bf16()))
     rows.append(("cpu threads", str(torch.get_num_threads())))
     return rows, problems

@@ -36,17 +36,36 @@ def bool_to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
+MIN_TRANSFORMERS = "5.24"  # where `cache=` replaced `past_key_values=` (pyproject.toml pins the same)
+
+
+def installed_transformers() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def transformers_too_old(version: str) -> bool:
+    from packaging.version import Version
+
+    return Version(version) < Version(MIN_TRANSFORMERS)
+
+
 def require_cache_argument(model: nn.Module) -> None:
     """Decoding passes its KV cache as `cache=`, the name transformers uses since 5.24 (`past_key_values=`
-    before). An older forward would take the cache into **kwargs and ignore it: attention over the new tokens
-    alone, wrong logits or a shape error far from the cause. Refuse such a model here instead."""
-    if "cache" not in inspect.signature(model.forward).parameters:
-        import transformers
-
-        raise RuntimeError(
-            f"{type(model).__name__}.forward takes no `cache` argument (transformers {transformers.__version__}); "
-            "eaglespec needs transformers >= 5.24, where `cache=` replaced `past_key_values=`: "
-            "pip install 'transformers>=5.24,<6'")
+    before). A forward that still takes `past_key_values` would take the cache into **kwargs and ignore it:
+    attention over the new tokens alone, wrong logits or a shape error far from the cause. Refuse such a model
+    here instead (a forward of only *args / **kwargs, e.g. a torch.compile or PEFT wrapper, passes it through)."""
+    parameters = inspect.signature(model.forward).parameters
+    if "cache" in parameters or "past_key_values" not in parameters:
+        return
+    name, version = type(model).__name__, installed_transformers()
+    if transformers_too_old(version):
+        raise RuntimeError(f"{name}.forward takes `past_key_values`, not `cache` (transformers {version}): eaglespec "
+                           f"needs transformers >= {MIN_TRANSFORMERS}: pip install 'transformers>={MIN_TRANSFORMERS},<6'")
+    raise RuntimeError(f"{name}.forward takes `past_key_values`, not `cache`, although transformers {version} "
+                       "names it `cache`: a custom or remote-code model class written for older transformers; "
+                       "eaglespec passes its KV cache as `cache=`")
 
 
 class TargetModel:
