@@ -17,29 +17,34 @@ draft=${2:-}
 smollm2_config=${3:-}
 here="$(cd "$(dirname "$0")/.." && pwd)"
 limit=${PART_TIMEOUT:-900}
+py=${PYTHON:-python3}  # the interpreter with torch (CUDA) and eaglespec's requirements
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+if [ -n "$draft" ]; then draft="$(realpath "$draft")"; fi
+if [ -n "$smollm2_config" ]; then smollm2_config="$(realpath "$smollm2_config")"; fi
+cd "$here"  # the test paths below are the checkout's
 export PYTHONUNBUFFERED=1 PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  "$py" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-timeout "$limit" python3 -m pytest -m gpu -p no:cacheprovider -q -rs --durations 10 tests/decoding/test_on_cuda.py \
+timeout "$limit" "$py" -m pytest -m gpu -p no:cacheprovider -q -rs --durations 10 tests/decoding/test_on_cuda.py \
     tests/training/test_on_cuda.py tests/evaluation/test_on_cuda.py 2>&1 | tee "$out/gpu_tests.log"
 echo "gpu tests: exit ${PIPESTATUS[0]}" | tee -a "$out/gpu_tests.log"
 
 if [ -n "$draft" ]; then
-    timeout "$limit" python3 -m eaglespec bench --base stories260K --draft "$draft" \
+    timeout "$limit" "$py" -m eaglespec bench --base stories260K --draft "$draft" \
         --questions "$here/benchmarks/story_prompts.txt" --methods vanilla,hf,eagle,eagle-chain,eagle-default,pld \
         --max-new-tokens 128 --repeats 2 --device cuda --dtype bfloat16 --tree auto --output "$out/stories260K" \
         2>&1 | grep -v "it/s" | tail -40
     echo "stories260K bench: exit ${PIPESTATUS[0]}"
 fi
 if [ -n "$smollm2_config" ]; then
-    timeout "$limit" python3 "$here/benchmarks/step_cost.py" --config "$smollm2_config" \
+    timeout "$limit" "$py" "$here/benchmarks/step_cost.py" --config "$smollm2_config" \
         --draft "$here/src/eaglespec/assets/drafts/smollm2-135m-eagle3" --tau 2.78 --output "$out/step_cost_smollm2.json"
     echo "step cost smollm2: exit $?"
 fi
-timeout "$limit" python3 "$here/benchmarks/step_cost.py" --preset llama-3-8b --tree dynamic --depth 5 --draft-top-k 8 \
+timeout "$limit" "$py" "$here/benchmarks/step_cost.py" --preset llama-3-8b --tree dynamic --depth 5 --draft-top-k 8 \
     --total-tokens 48 --output "$out/step_cost_llama-3-8b.json"
 echo "step cost llama-3-8b: exit $?"

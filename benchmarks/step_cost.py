@@ -4,10 +4,11 @@ A forward's time does not depend on the weights' values, so a target built from 
 weights times like the real one. This measures, on the device and dtype given:
 - the target's forward over T tokens on top of a cached context (T = 1 ... 64: the verification cost of a tree
   of T tokens; `eaglespec tune`'s cost table), and
-- the wall time per target forward of vanilla decoding and of speculative decoding with a draft (`--draft`: a
-  real draft directory for that target shape, e.g. the committed SmolLM2 one; otherwise a random EAGLE-3 head
-  of the target's shape) and a tree, over `--new-tokens` tokens. With random target weights nearly nothing is
-  accepted, so that is the cost of one speculative step at this tree size, not a speed-up.
+- the wall time per target forward (the prefill left out) of vanilla decoding and of speculative decoding with
+  a draft (`--draft`: a real draft directory for that target shape, e.g. the committed SmolLM2 one; otherwise a
+  random EAGLE-3 head of the target's shape) and a tree, over `--new-tokens` tokens. With random target weights
+  the acceptance is not the real one (n-gram lookup may match the random output's repetitions), so that is the
+  cost of one speculative step at this tree size, not a speed-up.
 
 With `--tau X` (an acceptance length measured with the real models, e.g. by `eaglespec bench` elsewhere) it
 also prints the speed-up that step cost implies: X * vanilla ms / speculative ms. That is a projection, and the
@@ -64,19 +65,25 @@ def build_generator(args, target: TargetModel, draft_vocab: int | None) -> Specu
     return SpeculativeGenerator(target, draft, tree=TreeConfig.merged(tuned, explicit))
 
 
+def _wall(stats) -> float:
+    return stats.draft_time + stats.verify_time + stats.other_time
+
+
 def ms_per_forward(gen: SpeculativeGenerator, prompt: torch.Tensor, new_tokens: int, vanilla: bool) -> dict:
+    """ms per decoding step (target forward) without the prefill: a run of `new_tokens` minus a run of 1 (the
+    prefill alone), the median of 3 such pairs; the draft / verify / other split likewise."""
     run = gen.vanilla_generate if vanilla else gen.generate
     run(prompt, 8, eos_token_id=-1)  # warm-up; no EOS: random weights could emit one
-    walls, last = [], None
-    for _ in range(3):
-        if prompt.device.type == "cuda":
-            torch.cuda.synchronize()
-        last = run(prompt, new_tokens, eos_token_id=-1)
-        s = last.stats
-        walls.append((s.draft_time + s.verify_time + s.other_time) / s.target_forwards)
-    s = last.stats
-    return {"ms_per_forward": 1e3 * statistics.median(walls), "tau": s.tau, "target_forwards": s.target_forwards,
-            "split_ms": {k: 1e3 * getattr(s, f"{k}_time") / s.target_forwards for k in ("draft", "verify", "other")}}
+    pairs = [(run(prompt, 1, eos_token_id=-1).stats, run(prompt, new_tokens, eos_token_id=-1).stats)
+             for _ in range(3)]
+
+    def per_step(seconds) -> float:
+        return 1e3 * statistics.median((seconds(long) - seconds(short)) / (long.target_forwards - short.target_forwards)
+                                       for short, long in pairs)
+
+    last = pairs[-1][1]
+    return {"ms_per_forward": per_step(_wall), "tau": last.tau, "target_forwards": last.target_forwards,
+            "split_ms": {k: per_step(lambda st, k=k: getattr(st, f"{k}_time")) for k in ("draft", "verify", "other")}}
 
 
 def main(argv=None) -> int:
