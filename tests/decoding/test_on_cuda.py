@@ -18,7 +18,8 @@ from fixtures import ARCHITECTURES, stories260k, stories260k_tokenizer, tiny_mod
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.models import TargetModel, build_draft
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.usefixtures("no_tf32")]
 
 CUDA = torch.device("cuda")
 TREES = [
@@ -29,15 +30,6 @@ TREES = [
     TreeConfig(kind="dynamic", top_k=4, depth=3, total_tokens=8, lookup=8),
 ]
 DRAFTS = [("eagle1", None), ("eagle3", None), ("eagle3", 48)]
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32_matmuls():
-    """TF32 would make fp32 on the GPU round like bf16-ish; exactness is claimed for true fp32."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 @pytest.fixture(scope="module")

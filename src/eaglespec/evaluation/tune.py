@@ -42,6 +42,7 @@ import torch
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.cache import new_cache, truncate
 from eaglespec.decoding.drafter import Drafter
+from eaglespec.decoding.generate import _sync
 from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.tree import dynamic_capacity
 from eaglespec.decoding.verify import accepted_length_on_path
@@ -265,13 +266,11 @@ def _forward_seconds(generator: SpeculativeGenerator, cache, last: torch.Tensor,
     device = last.device
     mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
     tokens, positions = last.expand(1, T).contiguous(), torch.arange(n, n + T, device=device)[None]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the previous round's cache cut is not timed with this forward
+    _sync(device)  # the previous round's cache cut is not timed with this forward
     start = time.perf_counter()  # only the forward is timed, as before the rounds were interleaved
     generator.target(tokens, position_ids=positions, attention_mask=mask[None, None], cache=cache,
                      aux_layer_ids=generator.aux_layer_ids)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     seconds = time.perf_counter() - start
     truncate(cache, n)
     return seconds
