@@ -11,8 +11,8 @@ import json
 
 from transformers import AutoTokenizer
 
-from eaglespec import resolve_model_path
 from eaglespec.data import load_prepared
+from eaglespec.models import resolve_model_path
 from eaglespec.training.data import split_indices
 
 

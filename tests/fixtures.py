@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from eaglespec import bundled_model_path
+from eaglespec.models import bundled_model_path
 
 VOCAB = 128
 LAYERS = 8

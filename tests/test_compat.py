@@ -11,10 +11,9 @@ import pytest
 import torch
 from fixtures import stories260k, tiny_model
 
-from eaglespec import bundled_model_path
 from eaglespec.compat import EaModel
 from eaglespec.export import export_draft
-from eaglespec.models import DraftConfig, TargetModel, build_draft
+from eaglespec.models import DraftConfig, TargetModel, build_draft, bundled_model_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

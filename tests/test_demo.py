@@ -28,7 +28,7 @@ def test_chat_demo_marks_accepted_tokens_and_checks_exactness(tmp_path, capsys):
     import json
     import shutil
 
-    from eaglespec import bundled_model_path
+    from eaglespec.models import bundled_model_path
     from eaglespec.cli import main
     from eaglespec.demo import run_chat_demo
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eaglespec",
         description="Train EAGLE draft heads and decode losslessly with tree speculative decoding.",
     )
-    from eaglespec import __version__
+    from eaglespec._version import __version__
 
     parser.add_argument("--version", action="version", version=f"eaglespec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

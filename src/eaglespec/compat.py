@@ -93,7 +93,7 @@ class EaModel:
                         depth: int = REFERENCE_DEFAULTS["depth"], top_k: int = REFERENCE_DEFAULTS["top_k"],
                         threshold: float = 1.0, torch_dtype=None, device_map=None, **kwargs) -> "EaModel":
         """As the reference's; `low_cpu_mem_usage` and other loader kwargs are accepted and not needed."""
-        from eaglespec import resolve_model_path
+        from eaglespec.models import resolve_model_path
 
         if base_model_path is None or ea_model_path is None:
             raise ValueError("EaModel.from_pretrained needs base_model_path and ea_model_path")

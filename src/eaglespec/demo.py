@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from eaglespec import BUNDLED_MODEL_NAME, bundled_model_path
 from eaglespec.evaluation import ComparisonReport, compare_with_vanilla, highlight, token_pieces
+from eaglespec.models import BUNDLED_MODEL_NAME, bundled_model_path
 
 DEMO_PROMPTS = (
     "Once upon a time",

@@ -12,10 +12,9 @@ import pytest
 import torch
 from fixtures import tiny_model
 
-from eaglespec import bundled_model_path
 from eaglespec.cli import main
 from eaglespec.data import features as ft
-from eaglespec.models import TargetModel
+from eaglespec.models import TargetModel, bundled_model_path
 
 LENGTHS = (5, 17, 9, 12, 3, 17, 8)
 

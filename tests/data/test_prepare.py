@@ -9,9 +9,9 @@ import os
 import datasets
 import pytest
 
-from eaglespec import bundled_model_path
 from eaglespec.data import load_prepared, prepare_dataset
 from eaglespec.data.prepare import SampleEncoder, load_stats
+from eaglespec.models import bundled_model_path
 from paths import shared_path
 
 HUGE = 1_000_000  # a max_len nothing reaches: no truncation

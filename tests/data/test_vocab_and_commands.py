@@ -9,10 +9,10 @@ import datasets
 import pytest
 import torch
 
-from eaglespec import bundled_model_path
 from eaglespec.cli import main
 from eaglespec.data import build_draft_vocab, prepare_dataset
 from eaglespec.data.visualize import format_sample, mask_runs
+from eaglespec.models import bundled_model_path
 
 FEATURES = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                               "loss_mask": datasets.Sequence(datasets.Value("int8"))})

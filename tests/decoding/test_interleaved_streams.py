@@ -7,8 +7,7 @@ import pytest
 from decoding_helpers import STORY_PROMPTS
 
 from eaglespec.decoding import SpeculativeGenerator
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
-from eaglespec import bundled_model_path
+from eaglespec.models import EagleDraftModel, TargetModel, build_draft, bundled_model_path
 
 
 @pytest.fixture(scope="module", params=["eagle3"])  # an untrained EAGLE-1 head accepts ~nothing

@@ -285,7 +285,7 @@ def test_transformers_methods_stop_where_the_context_ends_as_ours_do(tmp_path):
     too (transformers would decode past it and be reported as a MISMATCH)."""
     from transformers import AutoTokenizer
 
-    from eaglespec import bundled_model_path
+    from eaglespec.models import bundled_model_path
     from eaglespec.cli import main
     from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
 

@@ -10,11 +10,10 @@ import torch
 from fixtures import stories260k
 from transformers import AutoTokenizer
 
-from eaglespec import bundled_model_path
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.cache import new_cache
 from eaglespec.evaluation import tune
-from eaglespec.models import TargetModel, build_draft
+from eaglespec.models import TargetModel, build_draft, bundled_model_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["Once upon a time", "Tom had a big red ball. He"]

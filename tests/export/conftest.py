@@ -4,7 +4,7 @@ import sys
 import pytest
 from fixtures import tiny_model
 
-from eaglespec import bundled_model_path
+from eaglespec.models import bundled_model_path
 
 sys.path.insert(0, os.path.dirname(__file__))  # export_helpers
 

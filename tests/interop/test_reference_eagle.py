@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eaglespec import bundled_model_path
 from eaglespec.decoding import SpeculativeGenerator
 from eaglespec.export import export_draft, import_draft
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+from eaglespec.models import EagleDraftModel, TargetModel, build_draft, bundled_model_path
 
 pytestmark = pytest.mark.interop
 HERE = Path(__file__).resolve().parent

@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eaglespec import bundled_model_path
 from eaglespec.export import export_draft
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+from eaglespec.models import EagleDraftModel, TargetModel, build_draft, bundled_model_path
 from eaglespec.training.ttt import ttt_forward
 
 pytestmark = pytest.mark.interop

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from eaglespec import bundled_model_path
+from eaglespec.models import bundled_model_path
 
 VERSION = "v2"  # bump when anything below changes: the cache is keyed by it
 SAMPLES, PROMPT_TOKENS, SAMPLE_TOKENS, TRAIN_MINUTES = 800, 4, 64, 3.0

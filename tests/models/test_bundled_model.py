@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eaglespec import bundled_model_path
+from eaglespec.models import bundled_model_path
 
 KNOWN = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball."
 

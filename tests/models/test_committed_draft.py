@@ -4,18 +4,16 @@ SmolLM2 one will be: bf16, without the target's embedding), so the lookup is tes
 import pytest
 import torch
 
-import eaglespec
-from eaglespec import resolve_model_path
 from eaglespec.decoding import SpeculativeGenerator
-from eaglespec.models import TargetModel, build_draft
-from eaglespec.models.fetch import COMMITTED_DRAFTS
+from eaglespec.models import TargetModel, build_draft, paths, resolve_model_path
+from eaglespec.models.paths import COMMITTED_DRAFTS
 
 
 def test_a_committed_draft_name_resolves_and_decodes(tmp_path, monkeypatch):
     stories = resolve_model_path("stories260K")
     target = TargetModel.from_pretrained(stories)
     assets = tmp_path / "assets"
-    monkeypatch.setattr(eaglespec, "bundled_model_path", lambda: assets / "stories260K")
+    monkeypatch.setattr(paths, "bundled_model_path", lambda: assets / "stories260K")
     monkeypatch.setitem(COMMITTED_DRAFTS, "stories-test", "stories-test-eagle3")
     with pytest.raises(FileNotFoundError, match="committed draft for stories-test is missing"):
         resolve_model_path("stories-test-eagle3")
@@ -33,7 +31,7 @@ def test_the_committed_smollm2_draft_is_small_bf16_without_embedding_and_tuned()
 
     from safetensors import safe_open
 
-    from eaglespec.models.fetch import committed_draft_path
+    from eaglespec.models.paths import committed_draft_path
 
     path = committed_draft_path("smollm2-135m")
     files = {p.name: p.stat().st_size for p in path.iterdir()}

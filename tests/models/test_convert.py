@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eaglespec import bundled_model_path
 from eaglespec.cli import main
+from eaglespec.models import bundled_model_path
 from eaglespec.models.llama2c import read_llama2c
 from paths import shared_path
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eaglespec import resolve_model_path
 from eaglespec.cli import main
-from eaglespec.models import fetch
+from eaglespec.models import fetch, resolve_model_path
 
 pytest.importorskip("gguf")
 from gguf_writer import small_tokenizer, tiny_llama, write_gguf  # noqa: E402

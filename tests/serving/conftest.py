@@ -40,7 +40,7 @@ def _one_thread_per_module():
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> tuple[str, str]:
     """(target dir with a chat template, init-draft EAGLE-3 draft dir)."""
-    from eaglespec import bundled_model_path
+    from eaglespec.models import bundled_model_path
     from eaglespec.cli import main
 
     root = tmp_path_factory.mktemp("serving")

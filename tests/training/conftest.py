@@ -24,7 +24,7 @@ STORIES = [
 
 
 def write_prepared(directory: Path, texts: list[str]) -> Path:
-    from eaglespec import bundled_model_path
+    from eaglespec.models import bundled_model_path
     from eaglespec.data import prepare_dataset
 
     raw = directory.with_suffix(".jsonl")

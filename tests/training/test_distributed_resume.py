@@ -30,8 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_distributed / dist_worker beside this file
 
-from eaglespec import bundled_model_path
-from eaglespec.models import EagleDraftModel, TargetModel
+from eaglespec.models import EagleDraftModel, TargetModel, bundled_model_path
 from eaglespec.training.checkpoint import MARKER, find_latest_complete, read_marker
 from eaglespec.training.schedule import lr_factor
 from test_distributed import (  # noqa: F401  (tiny_run_inputs is a fixture used by name)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eaglespec import bundled_model_path
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+from eaglespec.models import EagleDraftModel, TargetModel, build_draft, bundled_model_path
 from eaglespec.training import Eagle3TrainConfig, train_eagle3
 from eaglespec.training.data import TargetBatch, length_grouped_order
 from eaglespec.training.losses import eagle3_step_loss, ttt_total_loss

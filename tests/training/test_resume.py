@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eaglespec.models import EagleDraftModel, TargetModel
-from eaglespec import bundled_model_path
+from eaglespec.models import EagleDraftModel, TargetModel, bundled_model_path
 from eaglespec.training.checkpoint import MARKER, find_latest_complete, read_marker
 from eaglespec.training.data import load_prepared_dataset, split_indices
 

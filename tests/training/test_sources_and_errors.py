@@ -163,7 +163,7 @@ def test_init_from_refuses_another_draft_vocabulary(tiny_prepared, tmp_path):
 
 
 def _stories_target():
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.models import TargetModel
 
     return TargetModel.from_pretrained(resolve_model_path("stories260K"))

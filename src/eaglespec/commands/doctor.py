@@ -80,7 +80,7 @@ def collect() -> tuple[list[tuple[str, str]], list[str]]:
 def _forward_check(model: str) -> str:
     import torch
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.models import TargetModel
 
     target = TargetModel.from_pretrained(resolve_model_path(model), dtype=torch.float32)

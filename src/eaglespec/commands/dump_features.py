@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.data import features as ft
     from eaglespec.models import TargetModel
 

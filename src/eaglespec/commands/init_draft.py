@@ -29,7 +29,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec._io import atomic_directory
     from eaglespec.models import TargetModel, build_draft
 

@@ -65,7 +65,7 @@ def _load(args: argparse.Namespace):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.data.chat import load_chat_template
 
     model_path = resolve_model_path(args.model)

@@ -116,7 +116,7 @@ def tokenizer_hash(path: str | os.PathLike, tokenizer: Any = None) -> str:
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(path))
 
@@ -316,7 +316,7 @@ def _collect(examples: list[Example], options: _EncodeOptions, encoder: SampleEn
 
 
 def _meta(options: _EncodeOptions, encoder: SampleEncoder, paths: list[Path], template: str | None) -> PrepareMeta:
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
 
     fim = asdict(encoder.fim) if encoder.fim is not None else None
     return PrepareMeta(

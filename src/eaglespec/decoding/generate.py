@@ -139,7 +139,7 @@ class SpeculativeGenerator:
         tree_kwargs (TreeConfig fields) override the draft's tuned tree (`eaglespec tune`), if it has one."""
         from transformers import AutoTokenizer
 
-        from eaglespec import resolve_model_path
+        from eaglespec.models import resolve_model_path
 
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         base = resolve_model_path(base)

@@ -123,7 +123,7 @@ def load_assistant(path: str, generator: SpeculativeGenerator):
     """The assistant model for `assisted=PATH`; a different tokenizer is an error before the run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
 
     path = resolve_model_path(path)
     theirs = AutoTokenizer.from_pretrained(path).get_vocab()

@@ -38,11 +38,11 @@ def git_commit() -> str:
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict:
     import transformers
 
-    import eaglespec
+    from eaglespec._version import __version__
 
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(device), "dtype": str(dtype).replace("torch.", ""), "python": sys.version.split()[0],
-            "torch": torch.__version__, "transformers": transformers.__version__, "eaglespec": eaglespec.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "eaglespec": __version__,
             "commit": git_commit()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -57,7 +57,7 @@ def _target_info(config: DraftConfig, target: str | os.PathLike | None) -> _Targ
         return _Target(recorded, list(archs), None)
     from transformers import AutoConfig
 
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.models.target import check_draft_matches_target
 
     path = os.path.abspath(resolve_model_path(target))
@@ -79,7 +79,7 @@ def _load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) 
     if target is None:
         raise ValueError(f"{draft_dir}: this draft takes its embedding from its target; pass --target PATH so the "
                          "export can carry a copy")
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
     from eaglespec.models.target import TargetModel
 
     return EagleDraftModel.from_pretrained(draft_dir, target=TargetModel.from_pretrained(resolve_model_path(target)))
@@ -118,7 +118,7 @@ def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLi
                  target: str | os.PathLike | None = None, dtype: str | None = None,
                  speculative_tokens: int = configs.SPECULATIVE_TOKENS, overwrite: bool = False) -> ExportReport:
     """Write the draft in `draft_dir` (or a committed draft's name) as `fmt` into `output`, checked strictly."""
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
 
     draft_dir = resolve_model_path(draft_dir)
     model = _load_draft(draft_dir, target)  # strict: our own layout first

@@ -266,7 +266,7 @@ def _embedding(state: dict[str, torch.Tensor], target_path: str, dtype: torch.dt
 def import_draft(fmt: str, input_dir: str | os.PathLike, target: str | os.PathLike, output: str | os.PathLike,
                  config_path: str | os.PathLike | None = None, overwrite: bool = False) -> ImportReport:
     """Read a reference EAGLE (`fmt='eagle'`) or speculators checkpoint into an eaglespec draft directory."""
-    from eaglespec import resolve_model_path
+    from eaglespec.models import resolve_model_path
 
     if fmt not in ("eagle", "speculators"):
         raise ValueError(f"import format {fmt!r}: expected 'eagle' or 'speculators'")

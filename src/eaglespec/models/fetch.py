@@ -67,21 +67,6 @@ def fetched_model_path(name: str) -> Path:
     return path
 
 
-COMMITTED_DRAFTS = {"smollm2-135m": "smollm2-135m-eagle3"}  # target name -> draft under assets/drafts/
-
-
-def committed_draft_path(target: str) -> Path:
-    """The draft shipped in the package for a named target, or a clear error."""
-    from eaglespec import bundled_model_path
-
-    if target not in COMMITTED_DRAFTS:
-        raise ValueError(f"no committed draft for {target!r}; drafts ship for: {', '.join(COMMITTED_DRAFTS)}")
-    path = bundled_model_path().parent / "drafts" / COMMITTED_DRAFTS[target]
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the committed draft for {target} is missing from this installation")
-    return path
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eaglespec import resolve_model_path
-from eaglespec.models import TargetModel, build_draft
+from eaglespec.models import TargetModel, build_draft, resolve_model_path
 from eaglespec.models.config import DraftConfig
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.checkpoint import STATE_DIR, TrainState, find_latest_complete, load_checkpoint
