@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from eaglespec.evaluation import ComparisonReport, compare_with_vanilla, highlight, token_pieces
+from eaglespec.decoding.text import highlight, token_pieces
+from eaglespec.evaluation import ComparisonReport, compare_with_vanilla
 from eaglespec.models import BUNDLED_MODEL_NAME, bundled_model_path
 
 DEMO_PROMPTS = (

@@ -65,6 +65,6 @@ def test_page_streams_an_answer_with_draft_tokens_marked(server, generator, brow
 
 
 def _pieces(generator, token_ids: list[int]) -> list[str]:
-    from eaglespec.evaluation import token_pieces
+    from eaglespec.decoding.text import token_pieces
 
     return token_pieces(generator.tokenizer, token_ids)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_chunk(gen, chunks: list, colour: bool) -> None:
     """Write the last chunk's text; with colour, draft-accepted tokens are green."""
-    from eaglespec.evaluation import highlight, token_pieces
+    from eaglespec.decoding.text import highlight, token_pieces
 
     chunk = chunks[-1]
     if not colour or gen.tokenizer is None:

@@ -1,6 +1,5 @@
 """Measure speculative decoding against the vanilla baseline: acceptance length, tokens/s, exactness."""
 
 from eaglespec.evaluation.compare import ComparisonReport, PromptComparison, compare_with_vanilla
-from eaglespec.evaluation.render import highlight, token_pieces
 
-__all__ = ["ComparisonReport", "PromptComparison", "compare_with_vanilla", "highlight", "token_pieces"]
+__all__ = ["ComparisonReport", "PromptComparison", "compare_with_vanilla"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, StreamChunk
-from eaglespec.evaluation import token_pieces
+from eaglespec.decoding.text import token_pieces
 from eaglespec.serving._decoders import BatchedDecoder, RoundRobinDecoder
 from eaglespec.serving.config import ServeConfig
 from eaglespec.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest

@@ -1,4 +1,7 @@
-"""Token-level text rendering: each token's piece of the decoded text, and draft-accepted tokens in colour."""
+"""Token-level text rendering: each token's piece of the decoded text, and draft-accepted tokens in colour.
+
+Shared by the commands that print decoded text, the server's streamed deltas and evaluation's reports.
+"""
 
 from __future__ import annotations
 
