@@ -68,7 +68,7 @@ def _target_info(config: DraftConfig, target: str | os.PathLike | None) -> _Targ
                    getattr(text, "max_position_embeddings", None))
 
 
-def _load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -> EagleDraftModel:
+def load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -> EagleDraftModel:
     """The draft, strictly loaded. A draft saved without embed_tokens (it takes its target's) gets the target's
     embedding, so the export carries a copy: engines load the draft's own embed_tokens when present."""
     from eaglespec.models import draft as draft_module
@@ -121,7 +121,7 @@ def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLi
     from eaglespec.models import resolve_model_path
 
     draft_dir = resolve_model_path(draft_dir)
-    model = _load_draft(draft_dir, target)  # strict: our own layout first
+    model = load_draft(draft_dir, target)  # strict: our own layout first
     config = model.config
     info = _target_info(config, target)
     if info.max_position_embeddings is not None and info.max_position_embeddings != config.max_position_embeddings:
