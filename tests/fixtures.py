@@ -101,7 +101,7 @@ def read_metrics(out) -> list[dict]:
 
 def dump_stories260k_features(prepared, method: str, out):
     """fp32 features of stories260K over a prepared dataset, for offline training of `method`."""
-    from eaglespec.data.features import dump_features
+    from eaglespec.distill.features import dump_features
     from eaglespec.models import TargetModel
 
     dump_features(TargetModel.from_pretrained(bundled_model_path()), prepared, method, out, dtype=torch.float32)

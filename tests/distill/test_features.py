@@ -13,7 +13,8 @@ import torch
 from fixtures import tiny_model
 
 from eaglespec.cli import main
-from eaglespec.data import features as ft
+from eaglespec.data.features import FeatureDataset
+from eaglespec.distill import features as ft
 from eaglespec.models import TargetModel, bundled_model_path
 
 LENGTHS = (5, 17, 9, 12, 3, 17, 8)
@@ -45,7 +46,7 @@ def prepared(tmp_path):
 @pytest.mark.parametrize("method", ["eagle1", "eagle3"])
 def test_features_equal_a_direct_forward_per_sample(target, prepared, tmp_path, method):
     manifest = ft.dump_features(target, prepared, method, tmp_path / "f", dtype=torch.float32, shard_size=3)
-    data = ft.FeatureDataset(tmp_path / "f")
+    data = FeatureDataset(tmp_path / "f")
     rows = datasets.load_from_disk(str(prepared))
     assert len(data) == len(LENGTHS) and data.manifest == manifest
     aux_ids = [1, 2, 4] if method == "eagle3" else None  # default_aux_layer_ids(5)
@@ -77,14 +78,14 @@ def test_manifest_records_identity_settings_and_shards(target, prepared, tmp_pat
     assert (identity["model_type"], identity["hidden_size"], identity["vocab_size"],
             identity["num_hidden_layers"]) == ("llama", 64, 512, 5)
     assert len(identity["config_sha256"]) == 64 and len(identity["weights_sha256"]) == 64
-    sample = ft.FeatureDataset(tmp_path / "f")[6]
+    sample = FeatureDataset(tmp_path / "f")[6]
     assert sample["last_hidden"].dtype == torch.bfloat16 and sample["aux_hidden"].dtype == torch.bfloat16
 
 
 def test_batched_dump_matches_per_sample_dump(target, prepared, tmp_path):
     ft.dump_features(target, prepared, "eagle3", tmp_path / "one", dtype=torch.float32, batch_size=1)
     ft.dump_features(target, prepared, "eagle3", tmp_path / "many", dtype=torch.float32, batch_size=3)
-    one, many = ft.FeatureDataset(tmp_path / "one"), ft.FeatureDataset(tmp_path / "many")
+    one, many = FeatureDataset(tmp_path / "one"), FeatureDataset(tmp_path / "many")
     for i in range(len(one)):
         for key in ("input_ids", "loss_mask"):
             assert torch.equal(one[i][key], many[i][key])
@@ -94,7 +95,7 @@ def test_batched_dump_matches_per_sample_dump(target, prepared, tmp_path):
 
 def test_max_len_truncates(target, prepared, tmp_path):
     ft.dump_features(target, prepared, "eagle1", tmp_path / "f", max_len=6)
-    data = ft.FeatureDataset(tmp_path / "f")
+    data = FeatureDataset(tmp_path / "f")
     assert [len(data[i]["input_ids"]) for i in range(len(data))] == [min(n, 6) for n in LENGTHS]
     assert data[1]["last_hidden"].shape == (6, 64) and data.manifest.max_len == 6
 
@@ -140,7 +141,7 @@ def test_interrupted_dump_is_not_loadable_and_resumes_after_the_last_shard(targe
         ft.run_feature_dump(plan, dataset, target, progress=kill_after_two_shards)
     (out / ".tmp-shard_00002.safetensors").write_bytes(b"half a shard")  # a write cut short
     with pytest.raises(ValueError, match=r"features are incomplete \(2 shards written\); rerun"):
-        ft.FeatureDataset(out)
+        FeatureDataset(out)
     first_shards = {name: (out / name).stat().st_mtime_ns for name in ("shard_00000.safetensors",
                                                                        "shard_00001.safetensors")}
 
@@ -150,7 +151,7 @@ def test_interrupted_dump_is_not_loadable_and_resumes_after_the_last_shard(targe
     ft.run_feature_dump(resumed, dataset, target)
     assert {name: (out / name).stat().st_mtime_ns for name in first_shards} == first_shards  # kept as they were
     ft.dump_features(target, prepared, "eagle3", tmp_path / "whole", dtype=torch.float32, shard_size=2)
-    a, b = ft.FeatureDataset(out), ft.FeatureDataset(tmp_path / "whole")
+    a, b = FeatureDataset(out), FeatureDataset(tmp_path / "whole")
     for i in range(len(a)):
         assert all(torch.equal(a[i][k], b[i][k]) for k in ("input_ids", "last_hidden", "aux_hidden"))
 
@@ -175,7 +176,7 @@ def test_output_with_other_settings_or_foreign_files_is_refused(target, prepared
 
 def test_feature_dataset_needs_a_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json; not an eaglespec feature directory"):
-        ft.FeatureDataset(tmp_path)
+        FeatureDataset(tmp_path)
 
 
 def test_bad_arguments(target, prepared, tmp_path):
@@ -204,7 +205,7 @@ def test_cli_dump_features(prepared, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 shards to write, about" in printed and "MiB" in printed
-    data = ft.FeatureDataset(out)
+    data = FeatureDataset(out)
     assert data.manifest.aux_layer_ids == [1, 2, 3] and data[0]["aux_hidden"].dtype == torch.bfloat16
     assert main(argv) == 0 and "already complete" in capsys.readouterr().out
     assert main(argv[:-2] + ["--method", "eagle1"]) == 1
@@ -231,7 +232,7 @@ def test_acceptance_regenerate_prepare_vocab_dump_on_stories260k(tmp_path, capsy
     assert vocab.draft_vocab_size == 64 and 0 < vocab.coverage <= 1
     assert main(["dump-features", "--model", "stories260K", "--data", str(prep), "--method", "eagle3",
                  "--output", str(feats), "--shard-size", "8"]) == 0
-    data = ft.FeatureDataset(feats)
+    data = FeatureDataset(feats)
     assert len(data) == 20 and len(data.manifest.shards) == 3
     rows = datasets.load_from_disk(str(prep))
     assert all(data[i]["input_ids"].tolist() == rows[i]["input_ids"] for i in range(20))

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from eaglespec.models import resolve_model_path
-    from eaglespec.data import features as ft
+    from eaglespec.distill import features as ft
     from eaglespec.models import TargetModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -93,7 +93,8 @@ def _check_trainable(dataset, indices: list[int], max_len: int, what: str) -> No
 
 def _offline_dataset(paths: list[Path], target: TargetModel, method: str, aux_layer_ids: list[int] | None):
     """The feature directories as one dataset, each checked against the target, method and aux layers."""
-    from eaglespec.data.features import FeatureDatasets, check_features_match
+    from eaglespec.data.features import FeatureDatasets
+    from eaglespec.distill.features import check_features_match
 
     dataset = FeatureDatasets(paths)
     for directory, manifest in dataset.manifests:
