@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from eaglespec.export.gguf_vocab import MetaValue
 from eaglespec.export.layout import TensorSpec
 
 # ggml tensor type name <-> torch dtype, for the types an EAGLE-3 draft GGUF holds
+ARCH_KEY = "general.architecture"
 GGML_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 
 
@@ -48,15 +49,20 @@ def _raw(t: torch.Tensor) -> tuple[np.ndarray, Any]:
     return t.numpy(), None
 
 
-def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, MetaValue],
-               tensors: dict[str, torch.Tensor]) -> None:
-    """Write `metadata` and `tensors` to `path` (via a temporary file beside it, renamed when complete)."""
+def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, MetaValue], tensors: dict[str, torch.Tensor],
+               check: Callable[[Path], None] | None = None) -> None:
+    """Write `metadata` and `tensors` to `path`: into a temporary file beside it, passed to `check` (which
+    raises on a bad file), then renamed; on any error nothing is left at `path` or beside it."""
     gguf = _require_gguf()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer = gguf.GGUFWriter(str(tmp), arch)  # writes general.architecture itself
+    if metadata.get(ARCH_KEY, MetaValue(arch, "STRING")) != MetaValue(arch, "STRING"):
+        raise ValueError(f"{ARCH_KEY} {metadata[ARCH_KEY].value!r} disagrees with the writer's {arch!r}")
     try:
         for key, meta in metadata.items():
+            if key == ARCH_KEY:
+                continue
             sub = gguf.GGUFValueType[meta.sub_type] if meta.sub_type else None
             writer.add_key_value(key, meta.value, gguf.GGUFValueType[meta.vtype], sub_type=sub)
         for name, t in tensors.items():
@@ -65,8 +71,13 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, MetaValue
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
         writer.close()
+        if check is not None:
+            check(tmp)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

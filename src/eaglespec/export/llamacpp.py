@@ -250,8 +250,7 @@ def export_gguf(draft_dir: str | os.PathLike, output: str | os.PathLike, target:
     metadata = {**model_metadata(config, float_dtype, info.context_length, Path(draft_dir).name),
                 **tokenizer_metadata(info.path, config.vocab_size)}
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_gguf(output, ARCH, metadata, tensors)
-    check_gguf(output, metadata, expected)
+    write_gguf(output, ARCH, metadata, tensors, check=lambda written: check_gguf(written, metadata, expected))
     return GGUFExportReport(output, [expected[n] for n in sorted(expected)], metadata, _notes(config, info))
 
 
