@@ -231,7 +231,8 @@ def test_generate_cli_batch_size_gives_the_batch_size_1_outputs(tmp_path, capsys
 
 
 def test_bench_throughput_mode_writes_its_figures(tmp_path):
-    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+    from eaglespec.commands.bench import run_benchmark
+    from eaglespec.evaluation.benchmark import BenchOptions
 
     draft = tmp_path / "d3"
     from eaglespec.cli import main
@@ -259,7 +260,8 @@ def test_a_question_beyond_the_context_is_skipped_for_every_method_and_reported(
     """stories260K holds 512 tokens: an MT-bench-length prompt is skipped (all methods' runs of it dropped),
     named in results.json and report.md, and the other questions are measured, instead of the run dying."""
     from eaglespec.cli import main
-    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+    from eaglespec.commands.bench import run_benchmark
+    from eaglespec.evaluation.benchmark import BenchOptions
 
     draft = tmp_path / "d3"
     assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0
@@ -287,7 +289,8 @@ def test_transformers_methods_stop_where_the_context_ends_as_ours_do(tmp_path):
 
     from eaglespec.models import bundled_model_path
     from eaglespec.cli import main
-    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+    from eaglespec.commands.bench import run_benchmark
+    from eaglespec.evaluation.benchmark import BenchOptions
 
     tok = AutoTokenizer.from_pretrained(str(bundled_model_path()))
     words = ("Once upon a time there was a little girl named Lily. " * 80).split(" ")
@@ -319,7 +322,8 @@ def test_eagle_with_lookup_next_to_the_same_tree_without_it(tmp_path):
     without a draft; the report says
     what share of the accepted draft tokens only the lookup proposed, and both stay exact in fp32."""
     from eaglespec.cli import main
-    from eaglespec.evaluation.benchmark import BenchOptions, run_benchmark
+    from eaglespec.commands.bench import run_benchmark
+    from eaglespec.evaluation.benchmark import BenchOptions
 
     draft = tmp_path / "d3"
     assert main(["init-draft", "--base", "stories260K", "--method", "eagle3", "--output", str(draft)]) == 0

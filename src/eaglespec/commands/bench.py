@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eaglespec.evaluation.benchmark import BenchOptions
+from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
 from eaglespec.evaluation.methods import DEFAULT_METHODS
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULTS = BenchOptions(base="", questions=[])
+EXIT_MISMATCH = 1  # an answer differs from vanilla beyond a near-tie
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -44,8 +51,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eaglespec.evaluation.benchmark import run_benchmark
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     opts = BenchOptions(base=args.base, draft=args.draft, questions=args.questions, methods=methods,
                         max_new_tokens=args.max_new_tokens, repeats=args.repeats, temperature=args.temperature,
@@ -55,3 +60,78 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, output=args.output, batch_size=args.batch_size,
                         calibration=args.calibration)
     return run_benchmark(opts)
+
+
+def run_benchmark(opts: BenchOptions, log: Log = print) -> int:
+    """Run, write results.json / report.md / plots into opts.output, print the summary; the exit code says
+    whether a MISMATCH was found (1) or the run was interrupted (130)."""
+    from tqdm import tqdm
+
+    from eaglespec.evaluation.bench import run_rounds
+    from eaglespec.evaluation.benchmark import answer_count, load_setup, setup_notes, summarise_run
+    from eaglespec.evaluation.report import write_outputs
+
+    if opts.batch_size is not None:
+        return run_throughput(opts, log)
+    setup, tune = load_setup(opts, log)
+    for note in setup_notes(setup):
+        log(note)
+    with tqdm(total=answer_count(setup), unit="answer", desc="bench") as bar:
+        result = run_rounds(setup, progress=bar.update)
+    for qid, why in result.skipped.items():
+        log(f"skipped question {qid}: {why}")
+    bench = summarise_run(setup, result, opts, tune)
+    paths = write_outputs(Path(opts.output), bench.data, result, bench.methods)
+    print_summary(bench, paths, log)
+    print_mismatches(bench, setup.generator.target.dtype, log)
+    if not result.complete:
+        log("interrupted: the outputs hold what was measured so far and are marked incomplete")
+        return EXIT_INTERRUPTED
+    return EXIT_MISMATCH if bench.mismatches else 0
+
+
+def print_summary(bench: BenchRun, paths: list[Path], log: Log) -> None:
+    """The one-screen summary, tune's prediction beside the measured figure, and the files written."""
+    from eaglespec.evaluation.report import console_summary, tune_line
+
+    log(console_summary(bench.data, bench.result, bench.methods))
+    if bench.data.get("tune") and "eagle" in bench.data["overall"]:
+        log(tune_line(bench.data["tune"]))
+    log("wrote " + ", ".join(str(p) for p in paths))
+
+
+def print_mismatches(bench: BenchRun, dtype: torch.dtype, log: Log) -> None:
+    """One line per answer that differs from vanilla beyond a near-tie, with the logit gaps that decided it."""
+    for method, qid, e in bench.mismatches:
+        log(f"!!! MISMATCH: {method} on {qid}: turn {e.turn}, token {e.position}: vanilla {e.expected}, got {e.got}"
+            + (f", fp32 logit gap {e.gap:.4f}" if e.gap is not None else "")
+            + (f", {dtype} gap {e.run_gap:.4f}" if e.run_gap is not None else "")
+            + (f" > near-tie threshold {e.threshold:.4f}" if e.threshold is not None else ""))
+
+
+def run_throughput(opts: BenchOptions, log: Log = print) -> int:
+    """`--batch-size B`: batched throughput (greedy, first turns) of vanilla / eagle / hf / eagle-bs1."""
+    from tqdm import tqdm
+
+    from eaglespec.evaluation.benchmark import measure_throughput, throughput_methods, throughput_setup
+    from eaglespec.evaluation.report import write_throughput
+
+    methods = throughput_methods(opts)
+    setup, prompts = throughput_setup(opts, log)
+    with tqdm(total=len(methods) * opts.repeats, unit="run", desc=f"bench batch {opts.batch_size}") as bar:
+        data = measure_throughput(setup.generator, prompts, methods, opts, progress=bar.update)
+    path = write_throughput(Path(opts.output), opts.batch_size, data)
+    print_throughput(data, opts, len(prompts), log)
+    log(f"wrote {path}")
+    return 0
+
+
+def print_throughput(data: dict, opts: BenchOptions, prompts: int, log: Log) -> None:
+    """The throughput table: tokens/s per method and its ratios to vanilla, hf and eagle at batch size 1."""
+    log(f"batch size {opts.batch_size}, {prompts} prompts, {opts.max_new_tokens} new tokens at most:")
+    log("| method | tokens/s | vs vanilla (same batch) | vs hf | vs eagle bs1 | latency median / p90 s |")
+    log("|---|---|---|---|---|---|")
+    for m, f in data["methods"].items():
+        log(f"| {m} | {f['tokens_per_s']:.1f} | {f.get('speedup_vs_vanilla', float('nan')):.2f}x | "
+            f"{f.get('speedup_vs_hf', float('nan')):.2f}x | {f.get('speedup_vs_eagle-bs1', float('nan')):.2f}x | "
+            f"{f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")

@@ -1,13 +1,17 @@
-"""`eaglespec bench` as a Python API: load, (tune), run the interleaved rounds, classify, write the reports."""
+"""`eaglespec bench` as a Python API: load, (tune), classify the rounds' answers -> records (`BenchRun`, the
+throughput figures). `commands/bench.py` draws the progress, writes the reports, prints and sets the exit code."""
 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eaglespec.evaluation.bench import BenchSetup, check_exactness, mismatches, run_rounds
+from eaglespec.evaluation.bench import BenchResult, BenchSetup, check_exactness, mismatches
+from eaglespec.evaluation.exactness import Exactness
 from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
@@ -17,8 +21,8 @@ from eaglespec.evaluation.methods import (
 )
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
-EXIT_MISMATCH = 1
-EXIT_INTERRUPTED = 130
+logger = logging.getLogger(__name__)
+Log = Callable[[str], None]  # where progress notes go: logging here, print from `eaglespec bench`
 
 
 @dataclass
@@ -64,7 +68,7 @@ def check_calibration(opts: BenchOptions) -> None:
                          f"overstate the speed; calibrate on other prompts")
 
 
-def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
+def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, dict | None]:
     from eaglespec.decoding import SpeculativeGenerator
 
     needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
@@ -87,7 +91,7 @@ def load_setup(opts: BenchOptions, log=print) -> tuple[BenchSetup, dict | None]:
     return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
 
 
-def tune_for_workload(gen, opts: BenchOptions, questions, fim, log=print, isolated: bool = False):
+def tune_for_workload(gen, opts: BenchOptions, questions, fim, log: Log = logger.info, isolated: bool = False):
     """--tree auto: tune on the calibration prompts at the benchmark's answer length and mean first-turn prompt
     length (only the lengths of its questions are used) -> (generator with the chosen tree, tune dict).
 
@@ -182,58 +186,48 @@ def check_prediction(tune: dict, overall: dict) -> None:
         tune["prediction_error_at_run_vanilla"] = tune["predicted_at_run_vanilla"] / measured - 1
 
 
-def run_benchmark(opts: BenchOptions, log=print) -> int:
-    """Run, write results.json / report.md / plots into opts.output, print the summary; the exit code says
-    whether a MISMATCH was found (1) or the run was interrupted (130)."""
-    from tqdm import tqdm
+@dataclass
+class BenchRun:
+    """What one `bench` run measured: the rounds, results.json's contents and every difference from vanilla."""
 
-    from eaglespec.evaluation.report import console_summary, machine_info, results_dict, tune_line, write_outputs
+    result: BenchResult
+    methods: list[str]
+    data: dict  # results.json
+    mismatches: list[tuple[str, str, Exactness]]  # (method, question id, first difference)
 
-    if opts.batch_size is not None:
-        return run_throughput(opts, log)
-    setup, tune = load_setup(opts, log)
+
+def setup_notes(setup: BenchSetup) -> list[str]:
+    """Refuse a run without questions; the notes worth showing before it starts."""
     if not setup.questions.questions:
         raise ValueError("no questions to run")
     if any(q.kind == "chat" for q in setup.questions.questions) and setup.generator.tokenizer.chat_template is None:
-        log("note: the tokenizer has no chat template; chat questions are given as plain text")
-    total = len(setup.questions.questions) * len(setup.methods) * setup.repeats
-    with tqdm(total=total, unit="answer", desc="bench") as bar:
-        result = run_rounds(setup, progress=bar.update)
-    for qid, why in result.skipped.items():
-        log(f"skipped question {qid}: {why}")
+        return ["note: the tokenizer has no chat template; chat questions are given as plain text"]
+    return []
+
+
+def answer_count(setup: BenchSetup) -> int:
+    """How many answers the rounds decode (the progress bar's total)."""
+    return len(setup.questions.questions) * len(setup.methods) * setup.repeats
+
+
+def summarise_run(setup: BenchSetup, result: BenchResult, opts: BenchOptions, tune: dict | None) -> BenchRun:
+    """Classify every answer against vanilla and gather results.json's contents (tune's measured figures too)."""
+    from eaglespec.evaluation.report import machine_info, results_dict
+
     check_exactness(setup, result)
     names = [m.name for m in setup.methods]
-    tree = setup.generator.tree.summary(setup.generator.draft.config.method) if setup.generator.draft else None
-    data = results_dict(result, names, asdict(opts), machine_info(setup.generator.target.device,
-                                                                 setup.generator.target.dtype),
+    gen = setup.generator
+    tree = gen.tree.summary(gen.draft.config.method) if gen.draft else None
+    data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype),
                         {"tree": tree, "tune": tune})
     if tune and "eagle" in data["overall"]:
         check_prediction(data["tune"], data["overall"])
-    paths = write_outputs(Path(opts.output), data, result, names)
-    log(console_summary(data, result, names))
-    if tune and "eagle" in data["overall"]:
-        log(tune_line(data["tune"]))
-    log("wrote " + ", ".join(str(p) for p in paths))
-    bad = mismatches(result)
-    for method, qid, e in bad:
-        log(f"!!! MISMATCH: {method} on {qid}: turn {e.turn}, token {e.position}: vanilla {e.expected}, got {e.got}"
-            + (f", fp32 logit gap {e.gap:.4f}" if e.gap is not None else "")
-            + (f", {setup.generator.target.dtype} gap {e.run_gap:.4f}" if e.run_gap is not None else "")
-            + (f" > near-tie threshold {e.threshold:.4f}" if e.threshold is not None else ""))
-    if not result.complete:
-        log("interrupted: the outputs hold what was measured so far and are marked incomplete")
-        return EXIT_INTERRUPTED
-    return EXIT_MISMATCH if bad else 0
+    return BenchRun(result, names, data, mismatches(result))
 
 
-def run_throughput(opts: BenchOptions, log=print) -> int:
-    """`--batch-size B`: batched throughput (greedy, first turns) of vanilla / eagle / hf / eagle-bs1."""
-    from tqdm import tqdm
-
-    from eaglespec._io import atomic_write_text
-    from eaglespec.evaluation.questions import prompt_ids
-    from eaglespec.evaluation.report import machine_info
-    from eaglespec.evaluation.throughput import BATCH_METHODS, throughput_benchmark
+def throughput_methods(opts: BenchOptions) -> list[str]:
+    """`--batch-size B`'s methods: those given, or all of vanilla / eagle / hf / eagle-bs1 when none were."""
+    from eaglespec.evaluation.throughput import BATCH_METHODS
 
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {opts.batch_size}")
@@ -241,23 +235,24 @@ def run_throughput(opts: BenchOptions, log=print) -> int:
     unknown = sorted(set(methods) - set(BATCH_METHODS))
     if unknown:
         raise ValueError(f"--batch-size measures {', '.join(BATCH_METHODS)}; not {unknown}")
+    return methods
+
+
+def throughput_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, list[list[int]]]:
+    """The generator and the first-turn prompt ids that `--batch-size B` decodes."""
     setup, _ = load_setup(BenchOptions(**{**asdict(opts), "methods": ["vanilla"], "batch_size": None}), log)
     gen = setup.generator
-    prompts = [prompt_ids(q, 0, [], gen.tokenizer, setup.fim) for q in setup.questions.questions]
-    with tqdm(total=len(methods) * opts.repeats, unit="run", desc=f"bench batch {opts.batch_size}") as bar:
-        data = throughput_benchmark(gen, prompts, opts.max_new_tokens, opts.batch_size, methods, opts.repeats,
-                                    progress=bar.update)
+    return setup, [prompt_ids(q, 0, [], gen.tokenizer, setup.fim) for q in setup.questions.questions]
+
+
+def measure_throughput(gen, prompts: list[list[int]], methods: list[str], opts: BenchOptions,
+                       progress: Callable[[], None] | None = None) -> dict:
+    """Batched throughput of each method -> throughput_bs{B}.json's contents (figures, config, machine, tree)."""
+    from eaglespec.evaluation.report import machine_info
+    from eaglespec.evaluation.throughput import throughput_benchmark
+
+    data = throughput_benchmark(gen, prompts, opts.max_new_tokens, opts.batch_size, methods, opts.repeats,
+                                progress=progress)
     data.update(config=asdict(opts), machine=machine_info(gen.target.device, gen.target.dtype), prompts=len(prompts),
                 tree=gen.tree.summary(gen.draft.config.method) if gen.draft else None)
-    out = Path(opts.output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"throughput_bs{opts.batch_size}.json", json.dumps(data, indent=1) + "\n")
-    log(f"batch size {opts.batch_size}, {len(prompts)} prompts, {opts.max_new_tokens} new tokens at most:")
-    log("| method | tokens/s | vs vanilla (same batch) | vs hf | vs eagle bs1 | latency median / p90 s |")
-    log("|---|---|---|---|---|---|")
-    for m, f in data["methods"].items():
-        log(f"| {m} | {f['tokens_per_s']:.1f} | {f.get('speedup_vs_vanilla', float('nan')):.2f}x | "
-            f"{f.get('speedup_vs_hf', float('nan')):.2f}x | {f.get('speedup_vs_eagle-bs1', float('nan')):.2f}x | "
-            f"{f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")
-    log(f"wrote {out / f'throughput_bs{opts.batch_size}.json'}")
-    return 0
+    return data

@@ -1,4 +1,4 @@
-"""Benchmark outputs: results.json (everything), report.md (tables), PNG plots, a one-screen summary."""
+"""Benchmark outputs: results.json (everything), report.md (tables), PNG plots, throughput JSON, a one-screen summary."""
 
 from __future__ import annotations
 
@@ -194,6 +194,14 @@ def write_outputs(output: Path, data: dict, result: BenchResult, methods: list[s
     atomic_write_text(output / "results.json", json.dumps(data, indent=1) + "\n")
     atomic_write_text(output / "report.md", report_markdown(data, result, methods))
     return [output / "results.json", output / "report.md", *write_plots(data, output)]
+
+
+def write_throughput(output: Path, batch_size: int, data: dict) -> Path:
+    """`--batch-size B`'s figures as throughput_bs{B}.json."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"throughput_bs{batch_size}.json"
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return path
 
 
 def console_summary(data: dict, result: BenchResult, methods: list[str]) -> str:
