@@ -6,8 +6,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,42 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/"})  # "/" is the static page from the package: no data, it calls the API
 #                                             with the key the user types in
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What differs between /v1/completions and /v1/chat/completions, each difference stated once."""
+
+    request: type[CompletionRequest] | type[ChatCompletionRequest]
+    prompt_ids: Callable[[GenerationService, object], list[int]]  # the request's prompt as checked token ids
+    id_prefix: str  # of the response id: cmpl-... / chatcmpl-...
+    chunk_object: str  # the `object` of a streamed chunk
+    body: Callable[..., dict]  # the whole response (protocol.completion_body / chat_body)
+    chunk: Callable[..., dict]  # one streamed chunk (protocol.completion_chunk / chat_chunk)
+    delta: Callable[[str], dict | str]  # streamed text as a chunk carries it
+    last_delta: Callable[[str], dict | str]  # the text held back by the stop filter, in the final chunk
+    opening: dict | None  # a first chunk's delta before any text (chat announces the role)
+
+
+def _chat_delta(text: str) -> dict:
+    return {"content": text}
+
+
+def _chat_last_delta(text: str) -> dict:
+    return {"content": text} if text else {}
+
+
+def _text_delta(text: str) -> str:
+    return text
+
+
+ENDPOINTS = {
+    "/v1/completions": Endpoint(CompletionRequest, GenerationService.completion_ids, "cmpl", "text_completion",
+                                completion_body, completion_chunk, _text_delta, _text_delta, None),
+    "/v1/chat/completions": Endpoint(ChatCompletionRequest, GenerationService.chat_ids, "chatcmpl",
+                                     "chat.completion.chunk", chat_body, chat_chunk, _chat_delta, _chat_last_delta,
+                                     {"role": "assistant", "content": ""}),
+}
 
 
 def create_app(generator: SpeculativeGenerator, config: ServeConfig) -> GuardMiddleware:
@@ -192,17 +229,17 @@ def _add_routes(app, service: GenerationService, metrics: ServerMetrics) -> None
         service.check_model(model_id)
         return _model_card(service)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = parse_request(CompletionRequest, await _json_body(request))
-        service.check_model(body.model)
-        return await _respond(service, request, body, service.completion_ids(body), "completion")
+    for path, endpoint in ENDPOINTS.items():
+        _add_generation_route(app, service, path, endpoint)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = parse_request(ChatCompletionRequest, await _json_body(request))
+
+def _add_generation_route(app, service: GenerationService, path: str, endpoint: Endpoint) -> None:
+    async def generate(request: Request):
+        body = parse_request(endpoint.request, await _json_body(request))
         service.check_model(body.model)
-        return await _respond(service, request, body, service.chat_ids(body), "chat")
+        return await _respond(service, request, body, endpoint.prompt_ids(service, body), endpoint)
+
+    app.post(path)(generate)
 
 
 def _model_card(service: GenerationService) -> dict:
@@ -214,42 +251,35 @@ def _model_card(service: GenerationService) -> dict:
                           "draft_method": generator.draft.config.method, "tree": generator.tree.kind}}
 
 
-async def _respond(service: GenerationService, request, body, ids: list[int], kind: str):
+async def _respond(service: GenerationService, request, body, ids: list[int], endpoint: Endpoint):
     handle, answer = service.submit(ids, body)
-    rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
+    rid = new_id(endpoint.id_prefix)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse(handle, answer, rid, service.model_name, kind, include_usage)
+        events = _sse(handle, answer, rid, service.model_name, endpoint, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         async for _ in handle.steps(answer, request.is_disconnected):
             pass
     finally:
         handle.cancel()  # no-op when finished; stops the generation when the client left or the handler failed
-    make = chat_body if kind == "chat" else completion_body
-    return make(rid, service.model_name, answer.text, answer.finish_reason, answer.usage(), answer.summary(True))
+    return endpoint.body(rid, service.model_name, answer.text, answer.finish_reason, answer.usage(),
+                         answer.summary(True))
 
 
-async def _sse(handle: RequestHandle, answer: Answer, rid: str, model: str, kind: str,
+async def _sse(handle: RequestHandle, answer: Answer, rid: str, model: str, endpoint: Endpoint,
                include_usage: bool) -> AsyncIterator[str]:
     """OpenAI chunks as server-sent events, ending with `data: [DONE]`. The disconnect of a client cancels this
     iterator (Starlette), and the `finally` stops its generation between two steps."""
-    chunk = chat_chunk if kind == "chat" else completion_chunk
-
-    def text(delta: str) -> dict | str:
-        return {"content": delta} if kind == "chat" else delta
-
     try:
-        if kind == "chat":
-            yield _event(chat_chunk(rid, model, {"role": "assistant", "content": ""}, None, None))
+        if endpoint.opening is not None:
+            yield _event(endpoint.chunk(rid, model, endpoint.opening, None, None))
         async for step in handle.steps(answer):
-            yield _event(chunk(rid, model, text(step.text), None, step.extra()))
-        tail = answer.filter.finish()
-        last = {} if kind == "chat" and not tail else text(tail)
-        yield _event(chunk(rid, model, last, answer.finish_reason, answer.summary(False)))
+            yield _event(endpoint.chunk(rid, model, endpoint.delta(step.text), None, step.extra()))
+        last = endpoint.last_delta(answer.filter.finish())
+        yield _event(endpoint.chunk(rid, model, last, answer.finish_reason, answer.summary(False)))
         if include_usage:
-            object_ = "chat.completion.chunk" if kind == "chat" else "text_completion"
-            yield _event(usage_chunk(rid, object_, model, answer.usage()))
+            yield _event(usage_chunk(rid, endpoint.chunk_object, model, answer.usage()))
     except APIError as e:
         yield _event(e.body())
     finally:
