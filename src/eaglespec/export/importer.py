@@ -34,7 +34,7 @@ from eaglespec.export.layout import (
     layout_for,
 )
 from eaglespec.models.config import DraftConfig, validate_aux_layer_ids
-from eaglespec.models.draft import EagleDraftModel, _load_strict
+from eaglespec.models.draft import EagleDraftModel, load_strict
 
 EMBED = "embed_tokens.weight"
 DEEPSPEED_MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -287,7 +287,7 @@ def import_draft(fmt: str, input_dir: str | os.PathLike, target: str | os.PathLi
     if method == "eagle3":
         notes += _vocab_maps(state, config, source)
     model = EagleDraftModel(config)
-    _load_strict(model, state, source)
+    load_strict(model, state, source)
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
     specs = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in sorted(model.state_dict().items())]

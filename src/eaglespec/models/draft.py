@@ -284,7 +284,7 @@ class EagleDraftModel(nn.Module):
         if embedding_from_target(directory):
             _bind_target_embedding(state, target, str(weights))
         model = cls(config)
-        _load_strict(model, state, str(weights))
+        load_strict(model, state, str(weights))
         if dtype is not None:
             model.to(dtype)
         if device is not None:
@@ -313,7 +313,8 @@ def _bind_target_embedding(state: dict[str, torch.Tensor], target, source: str) 
     state[EMBED_KEY] = target.embed_tokens.weight.detach().to("cpu", floating[0] if floating else torch.float32)
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`, refusing missing, unexpected or misshapen tensors (named, with `source`)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
