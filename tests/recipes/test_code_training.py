@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ def test_two_steps_write_a_model_and_its_card(tiny_config):
     assert model.dtype == torch.bfloat16 and model.config.head_dim == 32
     assert AutoTokenizer.from_pretrained(output).eos_token == "<|endoftext|>"
     card = (output / "README.md").read_text()
-    assert card.count("real middle:") == 5 and "PSF" in card and "held-out" in card
+    assert card.count("real middle:") == 5 and "PSF" in card and "held-out" in card and "The first epoch:" in card
     assert (output / "loss.png").stat().st_size > 1000
 
 
@@ -85,7 +84,8 @@ def test_one_schedule_by_steps_or_time_whichever_is_further(tiny_config):
     config = dataclasses.replace(tiny_config, max_steps=100, warmup_steps=10, time_budget_min=10.0)
     assert lr_at(config, TrainState(step=0)) == pytest.approx(config.lr / 10)
     assert lr_at(config, TrainState(step=50)) == pytest.approx(config.lr * (0.1 + 0.9 * 0.5))
-    by_time = lr_at(config, TrainState(step=10, train_seconds=300.0))  # half the time, a tenth of the steps
+    by_time = lr_at(config, TrainState(step=10, cpu_seconds=300.0))  # half the time, a tenth of the steps
     assert by_time == pytest.approx(lr_at(config, TrainState(step=50)))
     assert lr_at(config, TrainState(step=100)) == pytest.approx(config.lr * config.min_lr_ratio)
-    assert not math.isnan(lr_at(config, TrainState(step=10, train_seconds=1e9)))
+    assert lr_at(config, TrainState(step=10, cpu_seconds=1e9)) == pytest.approx(config.lr * config.min_lr_ratio)
+    assert lr_at(config, TrainState(step=10, train_seconds=1e9)) > config.lr * 0.9  # wall time is not the budget

@@ -52,8 +52,15 @@ def _example(source: SourceFile, function: ast.FunctionDef, rng: random.Random) 
                          "\n" + "".join(lines[cut + 1:last]))
 
 
-def heldout_examples(files: Sequence[SourceFile], count: int, seed: int) -> list[InfillExample]:
-    """`count` functions from different held-out files, drawn with `seed`."""
+def _fits(tokenizer: Any, example: InfillExample, max_tokens: int) -> bool:
+    """Prompt, real middle and the 4 FIM / end tokens within the trained context."""
+    texts = [example.prefix, example.middle, example.suffix]
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 4 <= max_tokens
+
+
+def heldout_examples(files: Sequence[SourceFile], count: int, seed: int, tokenizer: Any,
+                     max_tokens: int) -> list[InfillExample]:
+    """`count` functions from different held-out files, drawn with `seed`, each fitting `max_tokens`."""
     rng = random.Random(f"{seed}:card")
     shuffled = list(files)
     rng.shuffle(shuffled)
@@ -61,7 +68,7 @@ def heldout_examples(files: Sequence[SourceFile], count: int, seed: int) -> list
     for source in shuffled:
         functions = _functions(source)
         example = _example(source, rng.choice(functions), rng) if functions else None
-        if example is not None:
+        if example is not None and _fits(tokenizer, example, max_tokens):
             examples.append(example)
         if len(examples) == count:
             break

@@ -24,11 +24,12 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # next batch of the epoch to train on
     train_seconds: float = 0.0  # wall-clock time in training steps and evaluations, summed over runs
-    cpu_seconds: float = 0.0  # process CPU time over the same spans (all threads)
+    cpu_seconds: float = 0.0  # process CPU time over the same spans (all threads): the time budget
     tokens: int = 0  # trained tokens seen
     runs: int = 0  # how many times training started or resumed
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss)
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    epochs: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epoch, samples, FIM, skipped)
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -62,4 +63,5 @@ def load_checkpoint(output: Path, model: torch.nn.Module, optimizer: torch.optim
     state = TrainState(**raw)
     state.losses = [tuple(x) for x in state.losses]
     state.evals = [tuple(x) for x in state.evals]
+    state.epochs = [tuple(x) for x in state.epochs]
     return state

@@ -44,7 +44,7 @@ class RecipeConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.1
     max_steps: int = 100_000  # the lr schedule follows whichever of steps or time is further along
-    time_budget_min: float = 120.0  # issue 37: at most 120 minutes of training
+    time_budget_min: float = 120.0  # issue 37: at most 120 minutes of training (CPU time; see training.py)
     eval_every: int = 100
     checkpoint_every_s: float = 300.0  # a checkpoint every 5 minutes bounds the work lost to an interruption
     heldout_rows: int = 64  # held-out rows scored at each evaluation (seq_len tokens each)

@@ -71,8 +71,9 @@ def run_recipe(config: RecipeConfig, overwrite: bool = False, show_progress: boo
     output = Path(config.output)
     data = load_data(config, output)
     model, optimizer, state = setup_model(config, data, output)
-    log.info("%s: %s run %d at step %d, %.1f of %.0f minutes", output, "resuming" if resumed else "starting",
-             state.runs, state.step, state.train_seconds / 60, config.time_budget_min)
+    log.info("%s: %s run %d at step %d, %.1f of %.0f CPU minutes", output,
+             "resuming" if resumed else "starting", state.runs, state.step, state.cpu_seconds / 60,
+             config.time_budget_min)
     state = train_loop(config, data, output, model, optimizer, state, show_progress)
     return finish(config, data, model, state)
 
@@ -80,7 +81,7 @@ def run_recipe(config: RecipeConfig, overwrite: bool = False, show_progress: boo
 def finish(config: RecipeConfig, data: Data, model: torch.nn.Module, state: TrainState) -> dict:
     output = Path(config.output)
     summary = _summary(config, data, model, state)
-    examples = heldout_examples(data.corpus.heldout, CARD_EXAMPLES, config.seed)
+    examples = heldout_examples(data.corpus.heldout, CARD_EXAMPLES, config.seed, data.tokenizer, config.seq_len)
     model.eval()
     middles = [greedy_middle(model, data.tokenizer, e, data.layouts.psm) for e in examples]
     summary["card_examples_exact"] = sum(m.strip() == e.middle.strip() for e, m in zip(examples, middles))
@@ -100,10 +101,19 @@ def _summary(config: RecipeConfig, data: Data, model: torch.nn.Module, state: Tr
             "final_heldout_loss": round(mean_loss(model, data.heldout, config.batch_size), 4),
             "train_files": len(data.corpus.train), "heldout_files": len(data.corpus.heldout),
             "train_chars": data.corpus.train_chars, "train_tokens": data.train_tokens,
-            "train_chunks": len(data.chunks), "heldout_rows": len(data.heldout.input_ids),
+            "train_chunks": len(data.chunks), "epoch_samples": state.epochs[:1],  # (epoch, samples, FIM, skipped)
+            "heldout_rows": len(data.heldout.input_ids),
             "heldout_tokens": data.heldout.tokens, "vocab_size": len(data.tokenizer),
             "llama_cpp_pre": LLAMA_CPP_PRE, "source": data.corpus.root, "python": platform.python_version(),
             "torch": torch.__version__, "config": dataclasses.asdict(config)}
+
+
+def _epoch_line(epochs: list) -> str:
+    if not epochs:
+        return ""
+    _, samples, fim, skipped = epochs[0]
+    return (f"The first epoch: {samples:,} samples, {fim:,} of them FIM; {skipped:,} longer than the context "
+            "after the FIM layout, skipped.")
 
 
 def card_text(summary: dict, examples: str) -> str:
@@ -120,7 +130,7 @@ Software Foundation); this model is derived from it.
 - **Data**: `{summary['source']}`, `*.py` outside `site-packages` and test folders; \
 {summary['train_files']} train files ({summary['train_chars']:,} characters, {summary['train_tokens']:,} tokens, \
 {summary['train_chunks']:,} chunks of at most {c['seq_len']} tokens), {summary['heldout_files']} held-out files \
-(a seeded hash of the path, {c['heldout_fraction']:.0%}).
+(a seeded hash of the path, {c['heldout_fraction']:.0%}). {_epoch_line(summary['epoch_samples'])}
 - **FIM**: {c['fim_rate']:.0%} of the chunks FIM-transformed at two random character positions, of those \
 {c['spm_rate']:.0%} in SPM layout and the rest PSM; Qwen2.5-Coder's tokens `<|fim_prefix|>` `<|fim_suffix|>` \
 `<|fim_middle|>`, the middle ends with `<|endoftext|>`; padding `<|fim_pad|>`; no BOS.
@@ -129,8 +139,9 @@ pre-tokenizer and decoder are Qwen2's, so llama.cpp's `tokenizer.ggml.pre` is `{
 (its converter hashes token ids, so it must be told the name for this new vocabulary).
 - **Training**: {summary['steps']:,} steps of {c['batch_size']} x {c['seq_len']} tokens, \
 {summary['tokens_trained']:,} trained tokens ({summary['epochs_done']} full epochs), AdamW lr {c['lr']} \
-(warmup {c['warmup_steps']}, cosine to {c['min_lr_ratio']}x), {summary['train_minutes']} minutes \
-({summary['cpu_minutes']} CPU minutes) in {summary['runs']} run(s), seed {c['seed']}.
+(warmup {c['warmup_steps']}, cosine to {c['min_lr_ratio']}x), {summary['cpu_minutes']} CPU minutes \
+({c['threads'] or 'default'} thread(s); budget {c['time_budget_min']:g}) in {summary['train_minutes']} minutes \
+wall-clock on a shared machine, {summary['runs']} run(s), seed {c['seed']}.
 - **Loss** (nats/token): final train {summary['final_train_loss']}, held-out {summary['final_heldout_loss']} \
 ({summary['heldout_rows']} held-out rows, {summary['heldout_tokens']:,} tokens, same FIM mix). Curve: `loss.png`.
 

@@ -1,8 +1,11 @@
 """Train the FIM code model: tokenizer, data, a resumable bf16-autocast loop with one lr schedule, the finish.
 
 Schedule: linear warmup over `warmup_steps`, then cosine decay to `min_lr_ratio` x lr over the run's progress,
-progress = max(step / max_steps, train time / time budget). Whichever limit is nearer ends the schedule, and
+progress = max(step / max_steps, CPU time / time budget). Whichever limit is nearer ends the schedule, and
 both are counted across resumes, so an interrupted run follows the same curve as an uninterrupted one.
+The budget is the process's CPU time, not wall-clock time: on a shared machine a step's wall time depends on
+what else runs (a step took 9 s or 38 s here under the same settings), its CPU time much less so; with one
+thread on an idle machine the two agree.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 LOSS_LOG_EVERY = 10  # steps per recorded train-loss point (the mean over those steps)
 GRAD_CLIP = 1.0
 ADAM_BETAS = (0.9, 0.95)  # nanoGPT's for small GPTs
+PROGRESS_TICKS = 1000  # the bar counts progress (steps or time, whichever is further) in thousandths
 
 
 @dataclass
@@ -44,7 +48,11 @@ class Data:
 
 
 def progress_of(config: RecipeConfig, state: TrainState) -> float:
-    return max(state.step / config.max_steps, state.train_seconds / (config.time_budget_min * 60))
+    return max(state.step / config.max_steps, state.cpu_seconds / (config.time_budget_min * 60))
+
+
+def _ticks(config: RecipeConfig, state: TrainState) -> int:
+    return min(PROGRESS_TICKS, int(progress_of(config, state) * PROGRESS_TICKS))
 
 
 def lr_at(config: RecipeConfig, state: TrainState) -> float:
@@ -143,11 +151,14 @@ def train_loop(config: RecipeConfig, data: Data, output: Path, model: LlamaForCa
     """Steps until progress reaches 1; checkpoints every `checkpoint_every_s` and at the end (or on Ctrl-C)."""
     rows, rows_epoch, window = None, -1, []
     timer, last_save = _Timer(), time.monotonic()
-    bar = tqdm(total=config.max_steps, initial=state.step, disable=not show_progress, unit="step", smoothing=0.1)
+    bar = tqdm(total=PROGRESS_TICKS, initial=_ticks(config, state), disable=not show_progress,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     try:
         while progress_of(config, state) < 1.0:
             if rows_epoch != state.epoch:
                 rows, rows_epoch = epoch_rows(config, data, state.epoch), state.epoch
+                if state.epoch not in {e for e, *_ in state.epochs}:
+                    state.epochs.append((state.epoch, rows.samples, rows.fim_samples, rows.skipped))
                 timer.lap()  # building an epoch's rows is data preparation, not training time
             batches = len(rows.input_ids) // config.batch_size  # the last partial batch of an epoch is dropped
             if state.batch_in_epoch >= batches:
@@ -193,10 +204,10 @@ def _record(config: RecipeConfig, data: Data, model: LlamaForCausalLM, state: Tr
         window.clear()
     if state.step % config.eval_every == 0:
         state.evals.append((state.step, mean_loss(model, data.heldout, config.batch_size)))
-        log.info("step %d: train loss %s, held-out %.4f, %.1f min, %d tokens", state.step,
+        log.info("step %d: train loss %s, held-out %.4f, %.1f CPU min (%.1f wall), %d tokens", state.step,
                  f"{state.losses[-1][1]:.4f}" if state.losses else "-", state.evals[-1][1],
-                 state.train_seconds / 60, state.tokens)
-    bar.update(1)
-    bar.set_postfix(loss=f"{state.losses[-1][1]:.3f}" if state.losses else "-",
+                 state.cpu_seconds / 60, state.train_seconds / 60, state.tokens)
+    bar.update(_ticks(config, state) - bar.n)
+    bar.set_postfix(step=state.step, loss=f"{state.losses[-1][1]:.3f}" if state.losses else "-",
                     heldout=f"{state.evals[-1][1]:.3f}" if state.evals else "-",
-                    minutes=f"{state.train_seconds / 60:.1f}", lr=f"{lr_at(config, state):.2e}")
+                    cpu_min=f"{state.cpu_seconds / 60:.1f}", lr=f"{lr_at(config, state):.2e}")
