@@ -213,7 +213,7 @@ def run_chat_demo(target: str, draft: str | os.PathLike, max_new_tokens: int = 1
     report = compare_with_vanilla(gen, chats, max_new_tokens)
     judge, statuses = exactness_judge(gen), []
     for chat, r in zip(chats, report.results):
-        ids = gen._encode(chat)[0].tolist()
+        ids = gen.encode(chat)[0].tolist()
         status = judge([ids], [r.vanilla.token_ids], [r.speculative.token_ids])
         statuses.append(status.status)
         pieces = token_pieces(gen.tokenizer, r.speculative.token_ids, ids)

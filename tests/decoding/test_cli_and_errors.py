@@ -133,7 +133,7 @@ def test_stop_strings_and_stream_chunks(generator):
     word = full.text.split()[5]
     out = generator.generate(text, 40, eos_token_id=[], stop=[word])
     assert word in out.text and out.stats.finish_reason == "stop"
-    assert word not in generator._decode(out.token_ids[:-1])  # cut at the token completing it
+    assert word not in generator.decode(out.token_ids[:-1])  # cut at the token completing it
     assert out.token_ids == full.token_ids[: len(out.token_ids)]
     chunks = list(generator.stream(text, 40, eos_token_id=[]))
     assert [t for c in chunks for t in c.token_ids] == full.token_ids

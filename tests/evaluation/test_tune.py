@@ -55,7 +55,7 @@ def test_measurement_not_the_cost_model_picks_the_tree(monkeypatch, generator, s
     rest = result.candidates[len(measured):]
     assert [c.predicted_tokens_per_s for c in rest] == sorted((c.predicted_tokens_per_s for c in rest), reverse=True)
     assert timed.count(None) == tune.MEASURE_ROUNDS  # vanilla timed alongside, every round
-    assert result.context_tokens > max(len(generator._encode(p)[0]) for p in PROMPTS)  # prompt + continuation
+    assert result.context_tokens > max(len(generator.encode(p)[0]) for p in PROMPTS)  # prompt + continuation
 
 
 def test_rounds_interleave_forward_then_reversed_and_report_medians(monkeypatch, generator):
@@ -181,7 +181,7 @@ def test_a_forward_is_timed_on_the_cached_sequence_and_the_cache_is_cut_back(gen
 
 
 def test_short_calibration_prompts_get_the_workloads_context_from_the_others(generator):
-    ids = [generator._encode(p)[0].tolist() for p in PROMPTS + ["A cat sat on a mat."]]
+    ids = [generator.encode(p)[0].tolist() for p in PROMPTS + ["A cat sat on a mat."]]
     padded = tune.with_context(generator, PROMPTS + ["A cat sat on a mat."], 12)
     assert [len(p) for p in padded] == [max(12, len(p)) for p in ids]
     for prompt, out in zip(ids, padded):
@@ -224,7 +224,7 @@ def test_bench_tunes_at_its_questions_mean_prompt_length(monkeypatch, tmp_path, 
     monkeypatch.setattr(tune, "_decode_all", fake_decode)
     opts = benchmark.BenchOptions(base="stories260K", questions=[str(questions)], tree="auto", max_new_tokens=16)
     _, result = benchmark.tune_for_workload(generator, opts, qs, None, log=lambda *_: None)
-    assert want > max(len(generator._encode(p)[0]) for p in tune.CALIBRATION_TEXT)  # the built-in ones are shorter
+    assert want > max(len(generator.encode(p)[0]) for p in tune.CALIBRATION_TEXT)  # the built-in ones are shorter
     assert result["prompt_tokens"] == want and seen["lengths"] == [want] * len(tune.CALIBRATION_TEXT)
 
 
@@ -267,7 +267,7 @@ def test_a_replay_accepts_what_decoding_accepts(monkeypatch, generator, lookup):
     """Replaying a greedy continuation from its states gives the steps real decoding takes (fp32)."""
     monkeypatch.setattr(tune, "LOOKUP_TOKENS", (lookup,))
     tree = TreeConfig(kind="dynamic", top_k=4, depth=3, total_tokens=8)
-    prompt = generator._encode("Once upon a time, there was a little girl named Lily.")[0].tolist()
+    prompt = generator.encode("Once upon a time, there was a little girl named Lily.")[0].tolist()
     decoded = generator.with_tree(TreeConfig(**{**tree.__dict__, "lookup": lookup})).generate(prompt, 100,
                                                                                             eos_token_id=[])
     walks = tune.decoding_states(generator, [(len(prompt), prompt + decoded.token_ids)])

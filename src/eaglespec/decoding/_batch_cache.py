@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from eaglespec.decoding.cache import _layers, truncate
+from eaglespec.decoding.cache import cache_layers, truncate
 
 
 def prefix_mask(lengths: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def append_row(cache: DynamicCache | None, row: DynamicCache) -> DynamicCache:
     """Add one sequence's cache ([1, kv, n, hd] per layer) as the last row of a batch cache (None: empty batch)."""
     if cache is None:
         return row
-    batch_layers, row_layers = list(_layers(cache)), list(_layers(row))
+    batch_layers, row_layers = list(cache_layers(cache)), list(cache_layers(row))
     assert len(batch_layers) == len(row_layers), "caches of one model have the same layers"
     for layer, new in zip(batch_layers, row_layers):
         slots = max(layer.keys.shape[-2], new.keys.shape[-2])
@@ -47,7 +47,7 @@ def append_row(cache: DynamicCache | None, row: DynamicCache) -> DynamicCache:
 
 def select_rows(cache: DynamicCache, rows: torch.Tensor, num_slots: int) -> None:
     """Keep the batch rows `rows` (ascending indices) and the first `num_slots` slots."""
-    for layer in _layers(cache):
+    for layer in cache_layers(cache):
         layer.keys = layer.keys[rows, :, :num_slots]
         layer.values = layer.values[rows, :, :num_slots]
 
@@ -64,7 +64,7 @@ def keep_row_positions(cache: DynamicCache, lengths: list[int], kept: list[torch
     rows = torch.cat([torch.full((k.numel(),), b, device=device) for b, k in enumerate(kept)])
     dst = torch.cat([lengths[b] + torch.arange(k.numel(), device=device) for b, k in enumerate(kept)])
     src = torch.cat(kept).to(torch.long) + base
-    for layer in _layers(cache):
+    for layer in cache_layers(cache):
         layer.keys[rows, :, dst] = layer.keys[rows, :, src]
         layer.values[rows, :, dst] = layer.values[rows, :, src]
     truncate(cache, max(n + k.numel() for n, k in zip(lengths, kept)))

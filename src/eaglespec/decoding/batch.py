@@ -36,14 +36,14 @@ passes the switch point (original_max_position_embeddings) the shorter rows get 
 Prefill runs per request (batch size 1) when it joins: the same numerics as batch size 1, and a joining
 request does not need a padded prefill over the running rows.
 
-API (entry points on `SpeculativeGenerator`):
+API (a `DecodingSession`'s batches; `SpeculativeGenerator` has them as methods, as here):
     result = gen.generate_batch(prompts, max_new_tokens, max_batch_size=8, temperature=.., seed=..)
     result.outputs[i]        # GenerationOutput of prompts[i] (stats per sequence; error set if it failed)
     result.timings[i]        # RequestTiming: queued, time_to_first_token, latency (seconds)
     result.wall_time, result.tokens_per_second, result.batch_forwards
     gen.stream_batch(prompts, ...)            # the same as StepEvents (request_id = prompt index)
     batch = gen.running_batch(max_batch_size=8)   # continuous batching (the server)
-    request_id = batch.add(prompt, max_new_tokens, ...)   # ValueError on bad input
+    request_id = batch.add(prompt, options=GenerationOptions(...))   # or its fields as keywords; ValueError on bad input
     for event in batch.step(): ...            # StepEvent(request_id, chunk, output/timing on the last one)
     batch.cancel(request_id)
 vanilla=True gives the batched vanilla baseline (a root-only tree per row) through the same API.
@@ -54,8 +54,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache
@@ -63,18 +63,13 @@ from transformers import DynamicCache
 from eaglespec.decoding._batch_cache import append_row, keep_row_positions, prefix_mask, select_rows
 from eaglespec.decoding._batch_draft import BatchDrafter
 from eaglespec.decoding.cache import new_cache
-from eaglespec.decoding.generate import (
-    GenerationOutput,
-    GenerationStats,
-    Prompt,
-    SpeculativeGenerator,
-    StreamChunk,
-    _Request,
-    _sync,
-)
 from eaglespec.decoding.lookup import NgramIndex
-from eaglespec.decoding.sampling import SamplingConfig
-from eaglespec.decoding.stopping import StopRule, StreamProgress
+from eaglespec.decoding.options import GenerationOptions, generation_options
+from eaglespec.decoding.outputs import GenerationOutput, GenerationStats, StreamChunk
+from eaglespec.decoding.request import Prompt, Request
+from eaglespec.decoding.session import DecodingSession
+from eaglespec.decoding.stopping import StreamProgress
+from eaglespec.decoding.timing import timed
 from eaglespec.decoding.tree import DraftTree
 from eaglespec.decoding.verify import VerifyResult, verify
 from eaglespec.models.target import TargetOutput
@@ -135,7 +130,7 @@ class BatchResult:
 @dataclass
 class _Row:
     request_id: int
-    request: _Request
+    request: Request
     progress: StreamProgress
     added: float  # perf_counter() at add()
     stats: GenerationStats = field(default_factory=GenerationStats)
@@ -154,21 +149,21 @@ class RunningBatch:
     requests while fewer than `max_batch_size` run (each admission is that request's prefill and first token).
     """
 
-    def __init__(self, generator: SpeculativeGenerator, vanilla: bool = False, max_batch_size: int | None = None):
-        if not vanilla and generator.drafter is None and not generator.tree.lookup:
+    def __init__(self, session: DecodingSession, vanilla: bool = False, max_batch_size: int | None = None):
+        if not vanilla and not session.can_speculate:
             raise ValueError("speculative decoding needs a draft model or n-gram lookup (a tree with lookup > 0); "
                              "use vanilla=True without either")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
-        if length_dependent_rope(generator.target.config):
+        if length_dependent_rope(session.target.config):
             logger.warning("this target's RoPE depends on the sequence length: in a batch, rows shorter than the "
                            "switch point may decode differently from alone once a longer row passes it")
-        self.generator = generator
+        self.session = session
         self.vanilla = vanilla
         self.max_batch_size = max_batch_size
-        self.drafter = None if vanilla or generator.drafter is None else BatchDrafter(generator.drafter)
-        self.aux_layer_ids = None if self.drafter is None else generator.aux_layer_ids
-        self.lookup = 0 if vanilla else generator.tree.lookup
+        self.drafter = None if vanilla or session.drafter is None else BatchDrafter(session.drafter.expander)
+        self.aux_layer_ids = None if self.drafter is None else session.aux_layer_ids
+        self.lookup = 0 if vanilla else session.tree.lookup
         self.cache: DynamicCache | None = None  # target cache, one row per running request
         self.rows: list[_Row] = []  # running requests in cache-row order
         self.waiting: deque[_Row] = deque()
@@ -187,14 +182,13 @@ class RunningBatch:
     def num_waiting(self) -> int:
         return len(self.waiting)
 
-    def add(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-            top_k: int = 0, eos_token_id: int | list[int] | None = None, stop: list[str] | str | None = None,
-            seed: int | None = None) -> int:
+    def add(self, prompt: Prompt, max_new_tokens: int | None = None, *, options: GenerationOptions | None = None,
+            **settings) -> int:
         """Queue a request (same arguments as `SpeculativeGenerator.stream`) -> its id. Bad input (an empty or
         too long prompt, bad sampling settings) raises ValueError here and leaves the batch as it was."""
-        gen = self.generator
-        request = gen._request(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed)
-        row = _Row(self._next_id, request, StreamProgress(request.stop, gen._decode), time.perf_counter())
+        options = generation_options(options, max_new_tokens=max_new_tokens, **settings)
+        request = self.session.request(prompt, options)
+        row = _Row(self._next_id, request, StreamProgress(request.stop, self.session.decode), time.perf_counter())
         self._next_id += 1
         self.waiting.append(row)
         return row.request_id
@@ -222,64 +216,59 @@ class RunningBatch:
     # ------------------------------------------------------------------------------------------------
     def _admit(self, row: _Row) -> StepEvent:
         """Prefill the request alone, emit its first token, and add it as the last batch row if it continues."""
-        gen = self.generator
-        row.admitted = clock = time.perf_counter()
+        device = self.session.device
+        row.admitted = time.perf_counter()
         cache = new_cache()
-        root, features = gen._prefill(row.request, cache)
-        _sync(gen.target.device)
+        with timed(device, row.stats.add_verify_time):
+            root, features = self.session.prefill(row.request, cache)
         self.batch_forwards += 1
-        row.stats.verify_time += time.perf_counter() - clock
         row.length, row.root = row.request.input_ids.shape[1], root
         event = self._emit(row, [root], [False])
         if self._finished(row):
             return self._finish(row, event)
-        clock = time.perf_counter()
-        self.cache = append_row(self.cache, cache)
-        self.rows.append(row)
-        if self.drafter is not None:
-            next_ids = torch.cat([row.request.input_ids[:, 1:], torch.tensor([[root]], device=gen.target.device)], 1)
-            self.drafter.admit(next_ids, features)
-        if self.lookup:
-            row.lookup = NgramIndex(row.request.input_ids[0].tolist() + [root])
-        row.stats.draft_time += time.perf_counter() - clock
+        with timed(device, row.stats.add_draft_time, synchronize=False):  # the next proposal's timing waits
+            self.cache = append_row(self.cache, cache)
+            self.rows.append(row)
+            if self.drafter is not None:
+                next_ids = torch.cat([row.request.input_ids[:, 1:], torch.tensor([[root]], device=device)], 1)
+                self.drafter.admit(next_ids, features)
+            if self.lookup:
+                row.lookup = NgramIndex(row.request.input_ids[0].tolist() + [root])
         return event
 
     def _decode_step(self) -> list[StepEvent]:
         """Draft -> verify (one target forward) -> accept per row -> update caches -> finished rows leave."""
-        rows, device = self.rows, self.generator.target.device
+        rows, device = self.rows, self.session.device
         lengths = [r.length for r in rows]
-        clock = time.perf_counter()
-        trees = self._propose(rows)
-        _sync(device)
-        draft_time, clock = time.perf_counter() - clock, time.perf_counter()
+        with timed(device, self._charge(GenerationStats.add_draft_time, rows)):
+            trees = self._propose(rows)
         slots = self.cache.get_seq_length()
-        out = self._verify_forward(trees, lengths)
-        results = [verify(tree, out.logits[b, : tree.size], r.request.sampling, r.request.generator)
-                   for b, (tree, r) in enumerate(zip(trees, rows))]
-        _sync(device)
-        verify_time = time.perf_counter() - clock
+        with timed(device, self._charge(GenerationStats.add_verify_time, rows)):
+            out = self._verify_forward(trees, lengths)
+            results = [verify(tree, out.logits[b, : tree.size], r.request.sampling, r.request.generator)
+                       for b, (tree, r) in enumerate(zip(trees, rows))]
         self.batch_forwards += 1
         keep_row_positions(self.cache, lengths, [res.path for res in results], base=slots)
-        events, finished = [], set()
-        for b, (row, tree, result) in enumerate(zip(rows, trees, results)):
-            row.stats.draft_time += draft_time
-            row.stats.verify_time += verify_time
-            events.append(self._accept(row, tree, result))
-            if events[-1].finished:
-                finished.add(b)
-        clock = time.perf_counter()
-        self._drop(finished, draft_lengths=lengths)
-        if self.drafter is not None and self.rows:
-            kept = [b for b in range(len(rows)) if b not in finished]
-            self._draft_catch_up(out, kept, trees, results, lengths)
-        _sync(device)
-        for row in self.rows:
-            row.stats.draft_time += time.perf_counter() - clock
+        events = [self._accept(row, tree, result) for row, tree, result in zip(rows, trees, results)]
+        finished = {b for b, event in enumerate(events) if event.finished}
+        with timed(device, self._charge(GenerationStats.add_draft_time)):  # charged to the rows that stay
+            self._drop(finished, draft_lengths=lengths)
+            if self.drafter is not None and self.rows:
+                kept = [b for b in range(len(rows)) if b not in finished]
+                self._draft_catch_up(out, kept, trees, results, lengths)
         return events
 
+    def _charge(self, add: Callable[[GenerationStats, float], None], rows: list[_Row] | None = None
+                ) -> Callable[[float], None]:
+        """A `timed` record that adds the seconds to every row of `rows` (None: the rows running at the end)."""
+        def record(seconds: float) -> None:
+            for row in self.rows if rows is None else rows:
+                add(row.stats, seconds)
+        return record
+
     def _propose(self, rows: list[_Row]) -> list[DraftTree]:
-        device = self.generator.target.device
-        depths = [self.generator.context_length - r.length - 2 for r in rows]  # room for the bonus token
+        device = self.session.device
+        depths = [self.session.context_length - r.length - 2 for r in rows]  # room for the bonus token
         if self.drafter is None:
             trees = [DraftTree.root_only(r.root, device) for r in rows]  # vanilla, or n-gram lookup alone
         else:
@@ -292,7 +281,7 @@ class RunningBatch:
 
     def _verify_forward(self, trees: list[DraftTree], lengths: list[int]) -> TargetOutput:
         """One target forward over every row's tree, padded to the largest tree (see the module docstring)."""
-        device = self.generator.target.device
+        device = self.session.device
         B, T = len(trees), max(t.size for t in trees)
         slots = self.cache.get_seq_length()
         tokens = torch.zeros(B, T, dtype=torch.long, device=device)
@@ -304,15 +293,15 @@ class RunningBatch:
             tree_mask[b, : tree.size, : tree.size] = tree.mask
         prefix = prefix_mask(torch.tensor(lengths, device=device), slots)[:, None, :].expand(B, T, slots)
         mask = torch.cat([prefix, tree_mask], dim=2)[:, None]  # [B, 1, T, slots + T]
-        return self.generator.target(tokens, position_ids=positions, attention_mask=mask, cache=self.cache,
-                                     aux_layer_ids=self.aux_layer_ids)
+        return self.session.target(tokens, position_ids=positions, attention_mask=mask, cache=self.cache,
+                                   aux_layer_ids=self.aux_layer_ids)
 
     def _draft_catch_up(self, out: TargetOutput, kept: list[int], trees: list[DraftTree],
                         results: list[VerifyResult], lengths: list[int]) -> None:
         """The draft cache follows each running row's accepted path: x_{t+1} and f_t for the path positions t.
         kept: the step's batch indices of the rows still running (in their new order); trees, results,
         lengths: per batch index of the step."""
-        features = out.features(self.generator.draft.config.method)  # [B_step, T, F]
+        features = self.session.draft_features(out)  # [B_step, T, F]
         counts = [results[b].path.numel() for b in kept]
         ids = torch.zeros(len(kept), max(counts), dtype=torch.long, device=features.device)
         feats = features.new_zeros(len(kept), max(counts), features.shape[-1])
@@ -344,7 +333,7 @@ class RunningBatch:
 
     def _finished(self, row: _Row) -> bool:
         """A stopping rule fired, or the context has no room for the root and a bonus token."""
-        return row.progress.state.finish_reason is not None or row.length + 2 > self.generator.context_length
+        return row.progress.state.finish_reason is not None or row.length + 2 > self.session.context_length
 
     def _finish(self, row: _Row, event: StepEvent) -> StepEvent:
         now = time.perf_counter()
@@ -353,7 +342,7 @@ class RunningBatch:
         stats.finish_reason = row.progress.state.finish_reason or "length"  # no stop rule: the context is full
         stats.other_time = max(0.0, now - row.admitted - stats.draft_time - stats.verify_time)
         tokens = list(row.progress.state.tokens)
-        event.output = GenerationOutput(tokens, self.generator._decode(tokens), stats, row.progress.from_draft)
+        event.output = GenerationOutput(tokens, self.session.decode(tokens), stats, row.progress.from_draft)
         event.timing = RequestTiming(row.admitted - row.added, row.first_token - row.added, now - row.added)
         return event
 
@@ -368,18 +357,27 @@ class RunningBatch:
             if self.drafter is not None:
                 self.drafter.select_rows(torch.zeros(0, dtype=torch.long), 0)
             return
-        rows = torch.tensor(keep, device=self.generator.target.device)
+        rows = torch.tensor(keep, device=self.session.device)
         select_rows(self.cache, rows, max(r.length for r in self.rows))
         if self.drafter is not None:
             self.drafter.select_rows(rows, max(draft_lengths[b] for b in keep))
 
 
 # ----------------------------------------------------------------------------------------------------
-def _row_seeds(seed: int | list[int | None] | None, count: int) -> list[int | None]:
-    """int: row i uses seed + i (distinct, reproducible streams); a list: one seed per prompt; None: random."""
-    if seed is None or isinstance(seed, int):
-        return [None if seed is None else seed + i for i in range(count)]
-    seeds = list(seed)
+def batch_options(options: GenerationOptions | None = None, /, seed: int | list[int | None] | None = None,
+                  **settings) -> tuple[GenerationOptions, list[int | None] | None]:
+    """A batch call's keywords -> (the options all prompts share, per-prompt seeds or None). seed: an int or
+    None is the options' seed (prompt i then uses seed + i, see `_row_seeds`); a list gives one per prompt."""
+    if isinstance(seed, (list, tuple)):
+        return generation_options(options, **settings), list(seed)
+    return generation_options(options, seed=seed, **settings), None
+
+
+def _row_seeds(options: GenerationOptions, seeds: list[int | None] | None, count: int) -> list[int | None]:
+    """Per-prompt seeds as given; else options.seed + i for prompt i (distinct, reproducible streams), or None
+    (random) for every prompt."""
+    if seeds is None:
+        return [None if options.seed is None else options.seed + i for i in range(count)]
     if len(seeds) != count:
         raise ValueError(f"seed: got {len(seeds)} seeds for {count} prompts (give one per prompt, or an int)")
     return seeds
@@ -389,26 +387,24 @@ def _error_output(message: str) -> GenerationOutput:
     return GenerationOutput([], "", GenerationStats(finish_reason="error"), [], error=message)
 
 
-def stream_batch(generator: SpeculativeGenerator, prompts: Iterable[Prompt], max_new_tokens: int = 128,
-                 vanilla: bool = False, max_batch_size: int | None = None, **kwargs) -> Iterator[StepEvent]:
+def stream_batch(session: DecodingSession, prompts: Iterable[Prompt], options: GenerationOptions,
+                 vanilla: bool = False, max_batch_size: int | None = None,
+                 seeds: list[int | None] | None = None) -> Iterator[StepEvent]:
     """Decode all prompts in one running batch of at most `max_batch_size` rows (None: all at once); events
-    carry request_id = the prompt's index. kwargs: temperature, top_p, top_k, eos_token_id, stop (shared by
-    all prompts) and seed (see `_row_seeds`). A prompt that cannot be decoded (too long for the context, a
-    chat prompt without a chat template, ...) gets one event whose output has finish_reason "error" and the
-    message in `error`; the others decode normally."""
-    batch = RunningBatch(generator, vanilla=vanilla, max_batch_size=max_batch_size)
-    return _run(batch, list(prompts), max_new_tokens, **kwargs)
+    carry request_id = the prompt's index. `options` are shared by all prompts, with per-prompt seeds (see
+    `_row_seeds`). A prompt that cannot be decoded (too long for the context, a chat prompt without a chat
+    template, ...) gets one event whose output has finish_reason "error" and the message in `error`; the
+    others decode normally."""
+    batch = RunningBatch(session, vanilla=vanilla, max_batch_size=max_batch_size)
+    return _run(batch, list(prompts), options, seeds)
 
 
-def _run(batch: RunningBatch, prompts: list[Prompt], max_new_tokens: int, temperature: float = 0.0,
-         top_p: float = 1.0, top_k: int = 0, eos_token_id: int | list[int] | None = None,
-         stop: list[str] | str | None = None, seed: int | list[int | None] | None = None) -> Iterator[StepEvent]:
-    SamplingConfig(float(temperature), float(top_p), int(top_k))  # shared settings: bad ones fail the call
-    StopRule(int(max_new_tokens))
+def _run(batch: RunningBatch, prompts: list[Prompt], options: GenerationOptions,
+         seeds: list[int | None] | None) -> Iterator[StepEvent]:
     index_of = {}
-    for i, (prompt, row_seed) in enumerate(zip(prompts, _row_seeds(seed, len(prompts)))):
+    for i, (prompt, row_seed) in enumerate(zip(prompts, _row_seeds(options, seeds, len(prompts)))):
         try:
-            index_of[batch.add(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, row_seed)] = i
+            index_of[batch.add(prompt, options=replace(options, seed=row_seed))] = i
         except ValueError as e:
             yield StepEvent(i, StreamChunk([], "", []), output=_error_output(f"prompt {i}: {e}"))
     while len(batch):
@@ -417,15 +413,16 @@ def _run(batch: RunningBatch, prompts: list[Prompt], max_new_tokens: int, temper
             yield event
 
 
-def generate_batch(generator: SpeculativeGenerator, prompts: Iterable[Prompt], max_new_tokens: int = 128,
-                   vanilla: bool = False, max_batch_size: int | None = None, **kwargs) -> BatchResult:
+def generate_batch(session: DecodingSession, prompts: Iterable[Prompt], options: GenerationOptions,
+                   vanilla: bool = False, max_batch_size: int | None = None,
+                   seeds: list[int | None] | None = None) -> BatchResult:
     """`stream_batch` collected: one GenerationOutput per prompt (same order), timings, total wall time."""
     prompts = list(prompts)
     outputs: list[GenerationOutput | None] = [None] * len(prompts)
     timings: list[RequestTiming | None] = [None] * len(prompts)
     started = time.perf_counter()
-    batch = RunningBatch(generator, vanilla=vanilla, max_batch_size=max_batch_size)
-    for event in _run(batch, prompts, max_new_tokens, **kwargs):
+    batch = RunningBatch(session, vanilla=vanilla, max_batch_size=max_batch_size)
+    for event in _run(batch, prompts, options, seeds):
         if event.finished:
             outputs[event.request_id], timings[event.request_id] = event.output, event.timing
     return BatchResult(outputs, timings, time.perf_counter() - started, batch.batch_forwards)

@@ -2,7 +2,7 @@
 
 Both caches are created without a config, so every layer is a plain `DynamicLayer` ([B, kv, S, hd] keys and
 values that grow by concatenation); sliding windows are enforced through the attention masks instead
-(see `SpeculativeGenerator.context_length`).
+(see `request.context_length`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def new_cache() -> DynamicCache:
     return DynamicCache()
 
 
-def _layers(cache: DynamicCache):
+def cache_layers(cache: DynamicCache):
+    """The initialised, non-empty layers of `cache`; ValueError on any layer other than a plain DynamicLayer."""
     for i, layer in enumerate(cache.layers):
         if type(layer) is not DynamicLayer:
             raise ValueError(
@@ -36,7 +37,7 @@ def keep_positions(cache: DynamicCache, start: int, positions: torch.Tensor) -> 
     """
     index = positions.to(torch.long) + start  # [m]
     end = start + index.numel()
-    for layer in _layers(cache):
+    for layer in cache_layers(cache):
         layer.keys[:, :, start:end] = layer.keys[:, :, index]
         layer.values[:, :, start:end] = layer.values[:, :, index]
         layer.keys = layer.keys[:, :, :end]
@@ -45,6 +46,6 @@ def keep_positions(cache: DynamicCache, start: int, positions: torch.Tensor) -> 
 
 def truncate(cache: DynamicCache, length: int) -> None:
     """Drop every slot at or after `length`."""
-    for layer in _layers(cache):
+    for layer in cache_layers(cache):
         layer.keys = layer.keys[:, :, :length]
         layer.values = layer.values[:, :, :length]

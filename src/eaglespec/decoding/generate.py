@@ -7,7 +7,10 @@ One speculative step reads like the paper:
     result = verify(tree, logits)                        # accept: greedy or lossless rejection sampling
     keep_positions(target cache, accepted path)          # update caches: keep exactly the accepted path
     drafter.catch_up(accepted tokens, target features)   # the draft cache follows the accepted prefix
-Batch size 1 (`batch.py` batches it). Without a draft, n-gram lookup alone (`TreeConfig.lookup`) proposes.
+Batch size 1; the timing of each phase is kept by `timing.timed` blocks around it. The generator's
+`DecodingSession` (`session.py`) holds the models and builds requests; `batch.py` decodes several requests
+through the same session (`generate_batch`, `stream_batch`, `running_batch`). Without a draft, n-gram lookup
+alone (`TreeConfig.lookup`) proposes.
 """
 
 from __future__ import annotations
@@ -15,121 +18,43 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
 
 import torch
 
+from eaglespec.decoding import batch
 from eaglespec.decoding.cache import keep_positions, new_cache
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.lookup import NgramIndex
-from eaglespec.decoding.sampling import SamplingConfig, next_token
-from eaglespec.decoding.stopping import StopRule, StreamProgress
+from eaglespec.decoding.options import GenerationOptions, generation_options
+from eaglespec.decoding.outputs import GenerationOutput, GenerationStats, StreamChunk
+from eaglespec.decoding.request import Prompt, Request
+from eaglespec.decoding.sampling import next_token
+from eaglespec.decoding.session import DecodingSession
+from eaglespec.decoding.stopping import StreamProgress
+from eaglespec.decoding.timing import timed
 from eaglespec.decoding.tree import DraftTree, TreeConfig
-from eaglespec.decoding.verify import verify
-from eaglespec.models import EagleDraftModel, TargetModel, check_draft_matches_target
+from eaglespec.decoding.verify import VerifyResult, verify
+from eaglespec.models import EagleDraftModel, TargetModel
+from eaglespec.models.target import TargetOutput
 
-Prompt = torch.Tensor | list[int] | str | list[dict]
-
-
-class PromptTooLong(ValueError):
-    """The prompt leaves no room to generate within the model's context."""
-
-
-@dataclass
-class GenerationStats:
-    new_tokens: int = 0
-    target_forwards: int = 0  # prefill + one per verification step
-    accept_lengths: list[int] = field(default_factory=list)  # draft tokens accepted per step (bonus excluded)
-    depth_attempts: list[int] = field(default_factory=list)  # [d-1]: steps whose walk reached depth d-1
-    depth_accepts: list[int] = field(default_factory=list)  # [d-1]: steps that accepted a node at depth d
-    lookup_tokens: int = 0  # of the accepted draft tokens (accept_lengths), those only the n-gram lookup proposed
-    draft_time: float = 0.0  # seconds in draft forwards and tree building
-    verify_time: float = 0.0  # seconds in target forwards (prefill included) and acceptance
-    other_time: float = 0.0  # the rest of the wall time (cache surgery, stopping, text; while streaming,
-    #                           also the time the consumer spends between chunks)
-    finish_reason: str = ""  # "stop" (EOS / stop string) or "length" (max_new_tokens / context full)
-
-    @property
-    def tau(self) -> float:
-        """Average tokens per target forward (vanilla decoding: 1.0)."""
-        return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
-
-    @property
-    def acceptance_rate_per_depth(self) -> list[float]:
-        return [a / n if n else 0.0 for a, n in zip(self.depth_accepts, self.depth_attempts)]
-
-    def record_step(self, accept_length: int, tree_depth: int, lookup_tokens: int = 0) -> None:
-        self.accept_lengths.append(accept_length)
-        self.lookup_tokens += lookup_tokens
-        while len(self.depth_attempts) < tree_depth:
-            self.depth_attempts.append(0)
-            self.depth_accepts.append(0)
-        for d in range(min(accept_length + 1, tree_depth)):
-            self.depth_attempts[d] += 1
-            self.depth_accepts[d] += int(d < accept_length)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "tau": self.tau, "acceptance_rate_per_depth": self.acceptance_rate_per_depth}
-
-
-@dataclass
-class StreamChunk:
-    token_ids: list[int]  # new tokens accepted by one target forward (after stopping rules)
-    text: str  # the text they add
-    from_draft: list[bool]  # per token: proposed by the draft and accepted (False: target's own token)
-
-
-@dataclass
-class GenerationOutput:
-    token_ids: list[int]  # new tokens only
-    text: str
-    stats: GenerationStats
-    from_draft: list[bool]
-    error: str | None = None  # batched decoding: why this prompt was not decoded (stats.finish_reason "error")
-
-
-@dataclass
-class _Request:
-    input_ids: torch.Tensor  # [1, n]
-    sampling: SamplingConfig
-    stop: StopRule
-    generator: torch.Generator
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def context_length(config) -> int:
-    """Longest sequence decoded exactly. Caches keep every position and the tree mask is full-causal, which
-    equals sliding-window attention while the sequence fits the window, so windowed models stop there."""
-    limit = int(getattr(config, "max_position_embeddings", None) or 2048)
-    window = getattr(config, "sliding_window", None)
-    layer_types = set(getattr(config, "layer_types", None) or [])
-    windowed = "sliding_attention" in layer_types or (not layer_types and getattr(config, "use_sliding_window", True))
-    if window and windowed:
-        limit = min(limit, int(window))
-    return limit
+Steps = Iterator[tuple[list[int], list[bool]]]  # per target forward: the tokens it gave, and which were drafted
 
 
 class SpeculativeGenerator:
-    """Speculative (and vanilla) generation with a target and an optional EAGLE draft. Batch size 1."""
+    """Speculative (and vanilla) generation with a target and an optional EAGLE draft. Batch size 1; batches
+    through `generate_batch` / `stream_batch` / `running_batch`.
+
+    Settings: a `GenerationOptions` (`options=`) and/or its fields as keywords (max_new_tokens, temperature,
+    top_p, top_k, eos_token_id, stop, seed), turned into one `GenerationOptions` per call."""
 
     def __init__(self, target: TargetModel, draft: EagleDraftModel | None, tokenizer=None,
                  tree: TreeConfig | None = None):
-        self.target = target
-        self.draft = draft
-        self.tokenizer = tokenizer
-        self.tree = tree or TreeConfig()
-        self.drafter: Drafter | None = None
-        self.aux_layer_ids = None
-        if draft is not None:
-            check_draft_matches_target(draft.config, target.config)
-            self.drafter = Drafter(draft, self.tree)
-            self.aux_layer_ids = draft.config.aux_layer_ids if draft.config.method == "eagle3" else None
-        self.context_length = context_length(target.config)
+        self.session = DecodingSession(target, draft, tokenizer, tree)
+        # the session's parts, read by evaluation, serving and the commands
+        self.target, self.draft, self.tokenizer = target, draft, tokenizer
+        self.tree, self.drafter, self.aux_layer_ids = self.session.tree, self.session.drafter, self.session.aux_layer_ids
+        self.context_length = self.session.context_length
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike, draft: str | os.PathLike | None,
@@ -153,43 +78,45 @@ class SpeculativeGenerator:
         return cls(target, model, tokenizer, TreeConfig.merged(tuned, tree_kwargs))
 
     # ------------------------------------------------------------------------------------------------
-    def generate(self, prompt: Prompt, max_new_tokens: int = 128, **kwargs) -> GenerationOutput:
-        """Speculative generation. kwargs: temperature, top_p, top_k, eos_token_id, stop, seed (see stream)."""
+    def generate(self, prompt: Prompt, max_new_tokens: int | None = None, *, options: GenerationOptions | None = None,
+                 **settings) -> GenerationOutput:
+        """Speculative generation. settings: GenerationOptions fields (see stream)."""
         stats = GenerationStats()
-        return self._collect(self.stream(prompt, max_new_tokens, stats=stats, **kwargs), stats)
+        return self._collect(self.stream(prompt, max_new_tokens, options=options, stats=stats, **settings), stats)
 
-    def vanilla_generate(self, prompt: Prompt, max_new_tokens: int = 128, **kwargs) -> GenerationOutput:
+    def vanilla_generate(self, prompt: Prompt, max_new_tokens: int | None = None, *,
+                         options: GenerationOptions | None = None, **settings) -> GenerationOutput:
         """Plain target decoding with the KV cache, same interface and stats (the baseline)."""
         stats = GenerationStats()
-        return self._collect(self.stream(prompt, max_new_tokens, vanilla=True, stats=stats, **kwargs), stats)
+        chunks = self.stream(prompt, max_new_tokens, options=options, vanilla=True, stats=stats, **settings)
+        return self._collect(chunks, stats)
 
-    def generate_batch(self, prompts, max_new_tokens: int = 128, **kwargs):
-        """Several prompts in one batched loop -> `decoding.batch.BatchResult` (outputs in prompt order, wall
-        time). kwargs: vanilla, max_batch_size, temperature, top_p, top_k, eos_token_id, stop, seed."""
-        from eaglespec.decoding.batch import generate_batch
+    def generate_batch(self, prompts: Iterable[Prompt], max_new_tokens: int | None = None, *, vanilla: bool = False,
+                       max_batch_size: int | None = None, options: GenerationOptions | None = None,
+                       **settings) -> batch.BatchResult:
+        """Several prompts in one batched loop -> `BatchResult` (outputs in prompt order, wall time). settings:
+        GenerationOptions fields shared by all prompts; seed may also be a list, one per prompt."""
+        options, seeds = batch.batch_options(options, max_new_tokens=max_new_tokens, **settings)
+        return batch.generate_batch(self.session, prompts, options, vanilla, max_batch_size, seeds)
 
-        return generate_batch(self, prompts, max_new_tokens, **kwargs)
+    def stream_batch(self, prompts: Iterable[Prompt], max_new_tokens: int | None = None, *, vanilla: bool = False,
+                     max_batch_size: int | None = None, options: GenerationOptions | None = None,
+                     **settings) -> Iterator[batch.StepEvent]:
+        """`generate_batch` as an iterator of `StepEvent`s (request_id = prompt index)."""
+        options, seeds = batch.batch_options(options, max_new_tokens=max_new_tokens, **settings)
+        return batch.stream_batch(self.session, prompts, options, vanilla, max_batch_size, seeds)
 
-    def stream_batch(self, prompts, max_new_tokens: int = 128, **kwargs):
-        """`generate_batch` as an iterator of `decoding.batch.StepEvent`s (request_id = prompt index)."""
-        from eaglespec.decoding.batch import stream_batch
+    def running_batch(self, vanilla: bool = False, max_batch_size: int | None = None) -> batch.RunningBatch:
+        """A `RunningBatch` for continuous batching: add() requests, step() until empty."""
+        return batch.RunningBatch(self.session, vanilla=vanilla, max_batch_size=max_batch_size)
 
-        return stream_batch(self, prompts, max_new_tokens, **kwargs)
-
-    def running_batch(self, vanilla: bool = False, max_batch_size: int | None = None):
-        """A `decoding.batch.RunningBatch` for continuous batching: add() requests, step() until empty."""
-        from eaglespec.decoding.batch import RunningBatch
-
-        return RunningBatch(self, vanilla=vanilla, max_batch_size=max_batch_size)
-
-    def stream(self, prompt: Prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, eos_token_id: int | list[int] | None = None, stop: list[str] | str | None = None,
-               seed: int | None = None, vanilla: bool = False, stats: GenerationStats | None = None,
-               ) -> Iterator[StreamChunk]:
+    def stream(self, prompt: Prompt, max_new_tokens: int | None = None, *, options: GenerationOptions | None = None,
+               vanilla: bool = False, stats: GenerationStats | None = None, **settings) -> Iterator[StreamChunk]:
         """Yield chunks of accepted tokens as each target forward accepts them. Pass `stats` to read the
         statistics (finish_reason included) once the iterator is exhausted."""
-        request = self._request(prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed)
-        if not vanilla and self.drafter is None and not self.tree.lookup:
+        options = generation_options(options, max_new_tokens=max_new_tokens, **settings)
+        request = self.session.request(prompt, options)
+        if not vanilla and not self.session.can_speculate:
             raise ValueError("speculative decoding needs a draft model or n-gram lookup (a tree with lookup > 0); "
                              "use vanilla_generate() without either")
         stats = stats if stats is not None else GenerationStats()
@@ -197,65 +124,33 @@ class SpeculativeGenerator:
         yield from self._apply_stopping(steps, request, stats)
 
     # ------------------------------------------------------------------------------------------------
-    def _collect(self, chunks: Iterator[StreamChunk], stats: GenerationStats) -> GenerationOutput:
-        tokens, flags = [], []
-        for chunk in chunks:
-            tokens += chunk.token_ids
-            flags += chunk.from_draft
-        return GenerationOutput(tokens, self._decode(tokens), stats, flags)
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else ""
-
-    def _encode(self, prompt: Prompt) -> torch.Tensor:
+    def encode(self, prompt: Prompt) -> torch.Tensor:
         """ids tensor / list of ids / text / chat messages -> input ids [1, n] on the target device."""
-        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
-            if self.tokenizer is None:
-                raise ValueError("a text or chat prompt needs a tokenizer; pass token ids or give the generator one")
-            if isinstance(prompt, str):
-                ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
-            elif getattr(self.tokenizer, "chat_template", None) is None:
-                raise ValueError("this tokenizer has no chat template: pass the prompt as plain text instead")
-            else:
-                ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                         return_dict=True)["input_ids"]
-        else:
-            ids = torch.as_tensor(prompt, dtype=torch.long)
-        ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
-        if ids.ndim != 2 or ids.shape[0] != 1:
-            raise ValueError(f"batch size 1 only: expected input ids of shape [n] or [1, n], got {tuple(ids.shape)}")
-        if ids.shape[1] == 0:
-            raise ValueError("empty prompt: give at least one token (e.g. BOS)")
-        if ids.shape[1] >= self.context_length:
-            raise PromptTooLong(f"prompt has {ids.shape[1]} tokens; the model's context holds {self.context_length}, "
-                                f"so at most {self.context_length - 1} prompt tokens leave room to generate")
-        return ids.to(self.target.device)
+        return self.session.encode(prompt)
+
+    def decode(self, tokens: list[int]) -> str:
+        """Token ids -> text without special tokens ("" without a tokenizer)."""
+        return self.session.decode(tokens)
 
     def eos_token_ids(self, eos_token_id: int | list[int] | None = None) -> frozenset[int]:
         """`eos_token_id` as a set; None = the model's generation_config EOS ids (else its config's)."""
-        if eos_token_id is None:
-            eos_token_id = self.target.model.generation_config.eos_token_id
-            eos_token_id = self.target.config.eos_token_id if eos_token_id is None else eos_token_id
-        return frozenset([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        return self.session.eos_token_ids(eos_token_id)
 
     def with_tree(self, tree: TreeConfig) -> "SpeculativeGenerator":
         """The same target, draft and tokenizer with another draft tree (nothing is copied or reloaded)."""
         return SpeculativeGenerator(self.target, self.draft, self.tokenizer, tree)
 
-    def _request(self, prompt, max_new_tokens, temperature, top_p, top_k, eos_token_id, stop, seed) -> _Request:
-        sampling = SamplingConfig(float(temperature), float(top_p), int(top_k))
-        eos = self.eos_token_ids(eos_token_id)
-        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        decode = self._decode if self.tokenizer is not None else None
-        rule = StopRule(int(max_new_tokens), eos, stop, decode)
-        generator = torch.Generator(device=self.target.device)
-        generator.manual_seed(seed) if seed is not None else generator.seed()
-        return _Request(self._encode(prompt), sampling, rule, generator)
+    # ------------------------------------------------------------------------------------------------
+    def _collect(self, chunks: Iterator[StreamChunk], stats: GenerationStats) -> GenerationOutput:
+        tokens, flags = [], []
+        for chunk in chunks:
+            tokens += chunk.token_ids
+            flags += chunk.from_draft
+        return GenerationOutput(tokens, self.decode(tokens), stats, flags)
 
-    def _apply_stopping(self, steps: Iterator[tuple[list[int], list[bool]]], request: _Request,
-                        stats: GenerationStats) -> Iterator[StreamChunk]:
+    def _apply_stopping(self, steps: Steps, request: Request, stats: GenerationStats) -> Iterator[StreamChunk]:
         """Cut the raw per-forward chunks at max_new_tokens / EOS / stop strings and turn them into text."""
-        progress = StreamProgress(request.stop, self._decode)
+        progress = StreamProgress(request.stop, self.decode)
         started = time.perf_counter()
         for tokens, from_draft in steps:
             stats.target_forwards += 1
@@ -270,39 +165,63 @@ class SpeculativeGenerator:
         if rest is not None:
             yield StreamChunk([], rest, [])
 
-    # ------------------------------------------------------------------------------------------------
-    def _prefill(self, request: _Request, cache) -> tuple[int, torch.Tensor]:
-        """Target forward over the prompt -> (first new token, target features of the prompt [1, n, F])."""
-        out = self.target(request.input_ids, cache=cache, aux_layer_ids=self.aux_layer_ids)
-        token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
-        features = out.features(self.draft.config.method) if self.draft is not None else None
-        return token, features
-
-    def _vanilla_steps(self, request: _Request, stats: GenerationStats) -> Iterator[tuple[list[int], list[bool]]]:
+    def _vanilla_steps(self, request: Request, stats: GenerationStats) -> Steps:
         """One token per target forward."""
-        cache, device = new_cache(), self.target.device
-        clock = time.perf_counter()
-        out = self.target(request.input_ids, cache=cache)
-        token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
+        cache, device = new_cache(), self.session.device
+        with timed(device, stats.add_verify_time, synchronize=False):  # int() below waits for the device
+            out = self.target(request.input_ids, cache=cache)
+            token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
         length = request.input_ids.shape[1]  # tokens in the cache; `token` sits at position `length`
         while True:
-            stats.verify_time += time.perf_counter() - clock
             yield [token], [False]
             if length + 2 > self.context_length:  # the next token would not fit
                 return
-            clock = time.perf_counter()
-            ids = torch.tensor([[token]], device=device)
-            out = self.target(ids, position_ids=torch.tensor([[length]], device=device), cache=cache)
-            length += 1
-            token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
-            _sync(device)
+            with timed(device, stats.add_verify_time):
+                ids = torch.tensor([[token]], device=device)
+                out = self.target(ids, position_ids=torch.tensor([[length]], device=device), cache=cache)
+                length += 1
+                token = int(next_token(out.logits[0, -1], request.sampling, request.generator))
+
+    def _speculative_steps(self, request: Request, stats: GenerationStats) -> Steps:
+        """Prefill, then draft -> verify -> accept -> update caches until the consumer stops or context fills."""
+        cache, device = new_cache(), self.session.device
+        # per-stream draft cache, so interleaved streams keep their own state (None: n-gram lookup alone)
+        drafter = copy.copy(self.drafter) if self.drafter is not None else None
+        with timed(device, stats.add_verify_time):
+            root, features = self.session.prefill(request, cache)
+        yield [root], [False]
+        length = request.input_ids.shape[1]  # tokens in the target cache; the root sits at position `length`
+        with timed(device, stats.add_draft_time, synchronize=False):  # the proposal's timing waits for it
+            lookup = self._start_proposers(drafter, request, root, features)
+        while length + 2 <= self.context_length:  # room for the root and at least the bonus token
+            with timed(device, stats.add_draft_time):
+                tree, drafted = self._propose(drafter, lookup, root, max_depth=self.context_length - length - 2)
+            with timed(device, stats.add_verify_time):
+                out = self._verify_forward(tree, length, cache)
+                result = verify(tree, out.logits[0], request.sampling, request.generator)
+            stats.record_step(result.accept_length, tree.depth, int((result.path >= drafted).sum()))
+            keep_positions(cache, length, result.path)
+            accepted = tree.tokens[result.path[1:]].tolist()
+            yield accepted + [result.bonus_token], [True] * len(accepted) + [False]
+            length, root = length + result.path.numel(), result.bonus_token
+            with timed(device, stats.add_draft_time, synchronize=False):
+                self._follow(drafter, lookup, accepted + [root], out, result)
+
+    def _start_proposers(self, drafter: Drafter | None, request: Request, root: int,
+                         features: torch.Tensor | None) -> NgramIndex | None:
+        """Catch the stream's draft cache up to the prompt and the first token -> its n-gram index (or None)."""
+        if drafter is not None:
+            drafter.reset()
+            root_ids = torch.tensor([[root]], device=self.session.device)
+            drafter.catch_up(torch.cat([request.input_ids[:, 1:], root_ids], 1), features)
+        return NgramIndex(request.input_ids[0].tolist() + [root]) if self.tree.lookup else None
 
     def _propose(self, drafter: Drafter | None, lookup: NgramIndex | None, root: int, max_depth: int
                  ) -> tuple[DraftTree, int]:
         """The draft's tree (no draft: the root alone), with the n-gram lookup chain merged in when enabled ->
         (tree, nodes the draft proposed: the lookup's own nodes come after them)."""
         if drafter is None:
-            tree = DraftTree.root_only(root, self.target.device)
+            tree = DraftTree.root_only(root, self.session.device)
         else:
             tree = drafter.propose(root, max_depth=max_depth)
         drafted = tree.size
@@ -310,44 +229,18 @@ class SpeculativeGenerator:
             tree = tree.with_chain(lookup.continuation(min(self.tree.lookup, max_depth)))
         return tree, drafted
 
-    def _speculative_steps(self, request: _Request, stats: GenerationStats
-                           ) -> Iterator[tuple[list[int], list[bool]]]:
-        """Prefill, then draft -> verify -> accept -> update caches until the consumer stops or context fills."""
-        cache, device = new_cache(), self.target.device
-        # per-stream draft cache, so interleaved streams keep their own state (None: n-gram lookup alone)
-        drafter = copy.copy(self.drafter) if self.drafter is not None else None
-        clock = time.perf_counter()
-        root, features = self._prefill(request, cache)
-        _sync(device)
-        stats.verify_time += time.perf_counter() - clock
-        yield [root], [False]
-        length = request.input_ids.shape[1]  # tokens in the target cache; the root sits at position `length`
-        clock = time.perf_counter()
+    def _verify_forward(self, tree: DraftTree, length: int, cache) -> TargetOutput:
+        """ONE target forward over the tree: node i sees the `length` cached tokens and its own ancestors."""
+        mask = torch.cat([torch.ones(tree.size, length, dtype=torch.bool, device=self.session.device), tree.mask], 1)
+        return self.target(tree.tokens[None], position_ids=(tree.depths + length)[None],
+                           attention_mask=mask[None, None], cache=cache, aux_layer_ids=self.aux_layer_ids)
+
+    def _follow(self, drafter: Drafter | None, lookup: NgramIndex | None, tokens: list[int], out: TargetOutput,
+                result: VerifyResult) -> None:
+        """The draft cache and the n-gram index follow the accepted path: `tokens` (accepted + bonus) are
+        x_{t+1} for the path positions t, whose target features f_t the verification forward computed."""
+        if lookup is not None:
+            lookup.extend(tokens)
         if drafter is not None:
-            drafter.reset()
-            drafter.catch_up(torch.cat([request.input_ids[:, 1:], torch.tensor([[root]], device=device)], 1),
-                             features)
-        lookup = NgramIndex(request.input_ids[0].tolist() + [root]) if self.tree.lookup else None
-        while length + 2 <= self.context_length:  # room for the root and at least the bonus token
-            tree, drafted = self._propose(drafter, lookup, root, max_depth=self.context_length - length - 2)
-            _sync(device)
-            stats.draft_time += time.perf_counter() - clock
-            clock = time.perf_counter()
-            mask = torch.cat([torch.ones(tree.size, length, dtype=torch.bool, device=device), tree.mask], 1)
-            out = self.target(tree.tokens[None], position_ids=(tree.depths + length)[None],
-                              attention_mask=mask[None, None], cache=cache, aux_layer_ids=self.aux_layer_ids)
-            result = verify(tree, out.logits[0], request.sampling, request.generator)
-            _sync(device)
-            stats.verify_time += time.perf_counter() - clock
-            stats.record_step(result.accept_length, tree.depth, int((result.path >= drafted).sum()))
-            keep_positions(cache, length, result.path)
-            accepted = tree.tokens[result.path[1:]].tolist()
-            yield accepted + [result.bonus_token], [True] * len(accepted) + [False]
-            clock = time.perf_counter()
-            length += result.path.numel()
-            root = result.bonus_token
-            if lookup is not None:
-                lookup.extend(accepted + [root])
-            if drafter is not None:
-                next_ids = torch.tensor([accepted + [root]], device=device)  # x_{t+1} for the path positions t
-                drafter.catch_up(next_ids, out.features(self.draft.config.method)[:, result.path])
+            next_ids = torch.tensor([tokens], device=self.session.device)
+            drafter.catch_up(next_ids, self.session.draft_features(out)[:, result.path])

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eaglespec.decoding import GenerationStats, SpeculativeGenerator
-from eaglespec.decoding.generate import PromptTooLong, _sync
+from eaglespec.decoding import GenerationStats, PromptTooLong, SpeculativeGenerator, sync
 from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, next_logits_fn
 from eaglespec.evaluation.methods import Sampling
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
@@ -101,10 +100,10 @@ def answer(setup: BenchSetup, method, question: Question, round_: int, max_new_t
     for turn in range(question.num_turns):
         ids = prompt_ids(question, turn, answers, gen.tokenizer, setup.fim)
         seed = setup.seed + 1000 * round_ + turn  # the same draws for every method
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         run = method.run(ids, max_new_tokens or setup.max_new_tokens, setup.sampling, seed)
-        _sync(device)
+        sync(device)
         seconds += time.perf_counter() - start
         merge_stats(total, run.stats)
         split &= run.split_known

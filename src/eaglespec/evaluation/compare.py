@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eaglespec.decoding import GenerationOutput, SpeculativeGenerator
+from eaglespec.decoding import GenerationOutput, SpeculativeGenerator, sync
 
 
 @dataclass
@@ -65,12 +65,10 @@ class ComparisonReport:
 
 
 def _timed(fn, device: torch.device) -> tuple[GenerationOutput, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return out, time.perf_counter() - start
 
 

@@ -93,7 +93,7 @@ class HFMethod:
     def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
         model = self.generator.target.model
         eos = sorted(self.generator.eos_token_ids())
-        input_ids = self.generator._encode(ids)  # the prompt checks of our loop (PromptTooLong past the context)
+        input_ids = self.generator.encode(ids)  # the prompt checks of our loop (PromptTooLong past the context)
         # as our loop does, stop where the model's context ends (transformers would decode past it)
         max_new_tokens = min(max_new_tokens, self.generator.context_length - len(ids))
         kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0] if eos else None,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from eaglespec.decoding import SpeculativeGenerator
+from eaglespec.decoding import SpeculativeGenerator, sync
 
 BATCH_METHODS = ("vanilla", "eagle", "hf", "eagle-bs1")
 
@@ -66,8 +66,7 @@ def _hf(gen: SpeculativeGenerator, prompts: list[list[int]], max_new_tokens: int
 
 def run_method(gen: SpeculativeGenerator, method: str, prompts: list[list[int]], max_new_tokens: int,
                batch_size: int, round_: int) -> ThroughputRun:
-    if gen.target.device.type == "cuda":
-        torch.cuda.synchronize(gen.target.device)
+    sync(gen.target.device)
     start = time.perf_counter()
     if method == "hf":
         tokens, latencies = _hf(gen, prompts, max_new_tokens, batch_size, start)
@@ -75,8 +74,7 @@ def run_method(gen: SpeculativeGenerator, method: str, prompts: list[list[int]],
         tokens, latencies = _ours(gen, prompts, max_new_tokens, 1, vanilla=False)
     else:
         tokens, latencies = _ours(gen, prompts, max_new_tokens, batch_size, vanilla=method == "vanilla")
-    if gen.target.device.type == "cuda":
-        torch.cuda.synchronize(gen.target.device)
+    sync(gen.target.device)
     return ThroughputRun(method, round_, tokens, time.perf_counter() - start, latencies)
 
 

@@ -39,10 +39,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+from eaglespec.decoding import SpeculativeGenerator, TreeConfig, sync
 from eaglespec.decoding.cache import new_cache, truncate
 from eaglespec.decoding.drafter import Drafter
-from eaglespec.decoding.generate import _sync
 from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.tree import dynamic_capacity
 from eaglespec.decoding.verify import accepted_length_on_path
@@ -155,7 +154,7 @@ def with_context(generator: SpeculativeGenerator, prompts: list, prompt_tokens: 
     """The prompts as token ids, each one shorter than `prompt_tokens` preceded by the others (whole prompts,
     the next one nearest it, the farthest cut from the left) up to that length: the decoding context of a workload
     whose prompts are that long, built only from calibration text (a single prompt is left as it is)."""
-    ids = [generator._encode(p)[0].tolist() for p in prompts]
+    ids = [generator.encode(p)[0].tolist() for p in prompts]
     if not prompt_tokens:
         return ids
     out = []
@@ -180,7 +179,7 @@ def greedy_sequences(generator: SpeculativeGenerator, prompts: list, new_tokens:
     """(prompt length, prompt + the target's greedy continuation) per calibration prompt."""
     out = []
     for prompt in prompts:
-        ids = generator._encode(prompt)[0].tolist()
+        ids = generator.encode(prompt)[0].tolist()
         out.append((len(ids), ids + generator.vanilla_generate(ids, new_tokens).token_ids))
     return out
 
@@ -266,11 +265,11 @@ def _forward_seconds(generator: SpeculativeGenerator, cache, last: torch.Tensor,
     device = last.device
     mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
     tokens, positions = last.expand(1, T).contiguous(), torch.arange(n, n + T, device=device)[None]
-    _sync(device)  # the previous round's cache cut is not timed with this forward
+    sync(device)  # the previous round's cache cut is not timed with this forward
     start = time.perf_counter()  # only the forward is timed, as before the rounds were interleaved
     generator.target(tokens, position_ids=positions, attention_mask=mask[None, None], cache=cache,
                      aux_layer_ids=generator.aux_layer_ids)
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     truncate(cache, n)
     return seconds
