@@ -214,10 +214,10 @@ def test_a_failing_generation_is_a_500_error_object_and_the_worker_lives_on(gene
 
     faulty = copy.copy(generator)
 
-    def stream(input_ids, **options):
-        if options["max_new_tokens"] == 13:
+    def stream(input_ids, options, **kwargs):
+        if options.max_new_tokens == 13:
             raise RuntimeError("simulated decoding bug")
-        return generator.stream(input_ids, **options)
+        return generator.stream(input_ids, options=options, **kwargs)
 
     class Tokenizer:  # raises inside the request handler, outside any generation
         def __call__(self, text, **kwargs):
@@ -313,9 +313,9 @@ def test_a_failing_batch_step_fails_its_rows_and_a_fresh_batch_serves_on(generat
         def __init__(self, **kwargs):
             self.batch, self.armed = generator.running_batch(**kwargs), False
 
-        def add(self, prompt, max_new_tokens, **options):
-            self.armed |= max_new_tokens == 13
-            return self.batch.add(prompt, max_new_tokens, **options)
+        def add(self, prompt, options):
+            self.armed |= options.max_new_tokens == 13
+            return self.batch.add(prompt, options=options)
 
         def step(self):
             if self.armed:

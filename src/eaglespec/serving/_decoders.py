@@ -46,7 +46,7 @@ class RoundRobinDecoder:
     def _step(self, job: GenerationJob) -> Event:
         try:
             if job not in self._streams:
-                self._streams[job] = self.generator.stream(job.input_ids, stats=job.stats, **job.options)
+                self._streams[job] = self.generator.stream(job.input_ids, options=job.options, stats=job.stats)
             return next(self._streams[job])
         except StopIteration:
             return Finished(job.stats)
@@ -88,7 +88,7 @@ class BatchedDecoder:
 
     def _join(self, job: GenerationJob) -> Failed | None:
         try:
-            self._rows[job] = self.batch.add(job.input_ids, **job.options)
+            self._rows[job] = self.batch.add(job.input_ids, options=job.options)
         except Exception as e:
             return _bug(e)
         return None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from eaglespec.decoding import GenerationStats, StreamChunk
+from eaglespec.decoding import GenerationOptions, GenerationStats, StreamChunk
 
 if TYPE_CHECKING:
     from eaglespec.serving._decoders import Decoder
@@ -50,7 +50,7 @@ Event = StreamChunk | Finished | Failed
 @dataclass(eq=False)  # identity: two jobs with equal fields are still two jobs
 class GenerationJob:
     input_ids: list[int]
-    options: dict  # keyword arguments of SpeculativeGenerator.stream (max_new_tokens, temperature, stop, ...)
+    options: GenerationOptions  # checked when the request arrived
     deliver: Callable[[Event], None]  # called on the worker thread; must not block
     timeout: float  # seconds from `arrived`, queueing included
     arrived: float = field(default_factory=time.monotonic)

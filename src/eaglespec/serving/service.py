@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from eaglespec.decoding import GenerationStats, SpeculativeGenerator, StreamChunk
+from eaglespec.decoding import (
+    GenerationOptions,
+    GenerationStats,
+    InvalidOption,
+    PromptTooLong,
+    SpeculativeGenerator,
+    StreamChunk,
+    check_prompt_length,
+)
 from eaglespec.decoding.text import token_pieces
 from eaglespec.serving._decoders import BatchedDecoder, RoundRobinDecoder
 from eaglespec.serving.config import ServeConfig
@@ -215,13 +223,12 @@ class GenerationService:
         return self._fit(list(encoded["input_ids"]))
 
     def _fit(self, ids: list[int]) -> list[int]:
-        context = self.generator.context_length
         if not ids:
             raise APIError(400, "prompt is empty", param="prompt")
-        if len(ids) >= context:
-            raise APIError(400, f"the prompt has {len(ids)} tokens; this model's context holds {context}, so at most "
-                           f"{context - 1} prompt tokens leave room to generate", param="prompt",
-                           code="context_length_exceeded")
+        try:
+            check_prompt_length(len(ids), self.generator.context_length)
+        except PromptTooLong as e:
+            raise APIError(400, str(e), param="prompt", code="context_length_exceeded") from None
         return ids
 
     def max_new_tokens(self, requested: int | None, prompt_tokens: int) -> int:
@@ -239,18 +246,25 @@ class GenerationService:
         return requested
 
     # -- submission ---------------------------------------------------------------------------------------------
+    def options(self, ids: list[int], request: CompletionRequest | ChatCompletionRequest) -> GenerationOptions:
+        """The request body's generation settings, checked once (a bad one: 400 naming it)."""
+        max_new_tokens = self.max_new_tokens(request.max_tokens, len(ids))
+        try:
+            return GenerationOptions(max_new_tokens=max_new_tokens, temperature=float(request.temperature),
+                                     top_p=float(request.top_p), top_k=request.top_k,
+                                     stop=tuple(request.stop_strings()), seed=request.seed)
+        except InvalidOption as e:
+            raise APIError(400, str(e), param=e.field) from None
+
     def submit(self, ids: list[int], request: CompletionRequest | ChatCompletionRequest) -> tuple[RequestHandle, Answer]:
-        stops = request.stop_strings()
-        options = dict(max_new_tokens=self.max_new_tokens(request.max_tokens, len(ids)),
-                       temperature=float(request.temperature), top_p=float(request.top_p), top_k=request.top_k,
-                       stop=stops, seed=request.seed)
+        options = self.options(ids, request)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         job = GenerationJob(ids, options, _deliverer(loop, queue), timeout=self.config.request_timeout)
         try:
             self.scheduler.submit(job)
         except QueueFullError as e:
             raise APIError(429, f"server busy: {e}; retry later", type="rate_limit_error", code="queue_full") from None
-        return RequestHandle(job, queue), Answer(self.tokenizer, stops, len(ids))
+        return RequestHandle(job, queue), Answer(self.tokenizer, list(options.stop), len(ids))
 
 
 def _deliverer(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[Event], None]:
