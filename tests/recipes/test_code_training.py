@@ -80,6 +80,12 @@ def test_other_settings_do_not_resume_and_strangers_are_left_alone(tiny_config, 
         run_recipe(dataclasses.replace(tiny_config, output=str(stranger)), overwrite=True, show_progress=False)
 
 
+def test_a_bad_source_writes_nothing(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="--source"):
+        run_recipe(dataclasses.replace(tiny_config, source=str(tmp_path / "nowhere")), show_progress=False)
+    assert not Path(tiny_config.output).exists()
+
+
 def test_one_schedule_by_steps_or_time_whichever_is_further(tiny_config):
     config = dataclasses.replace(tiny_config, max_steps=100, warmup_steps=10, time_budget_min=10.0)
     assert lr_at(config, TrainState(step=0)) == pytest.approx(config.lr / 10)

@@ -21,7 +21,7 @@ from codefim.checkpoint import TrainState
 from codefim.config import RecipeConfig
 from codefim.model import parameter_count
 from codefim.tokenizer import LLAMA_CPP_PRE
-from codefim.training import Data, load_data, mean_loss, setup_model, train_loop
+from codefim.training import Data, load_data, mean_loss, setup_model, source_corpus, train_loop
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "recipe.json"
@@ -65,11 +65,12 @@ def _check_same_config(saved: RecipeConfig, asked: RecipeConfig, path: Path) -> 
 def run_recipe(config: RecipeConfig, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Train (or resume) and finish; returns the summary written to training.json."""
     config.check()
+    corpus = source_corpus(config)  # a bad --source fails before anything is written
     resumed = prepare_output(config, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
     output = Path(config.output)
-    data = load_data(config, output)
+    data = load_data(config, corpus, output)
     model, optimizer, state = setup_model(config, data, output)
     log.info("%s: %s run %d at step %d, %.1f of %.0f CPU minutes", output,
              "resuming" if resumed else "starting", state.runs, state.step, state.cpu_seconds / 60,

@@ -61,10 +61,12 @@ def lr_at(config: RecipeConfig, state: TrainState) -> float:
     return config.lr * warmup * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def load_data(config: RecipeConfig, output: Path) -> Data:
-    """The corpus, the tokenizer (trained on the train files once, then read back), chunks, held-out rows."""
-    corpus = load_corpus(Path(config.source) if config.source else stdlib_root(), config.seed,
-                         config.heldout_fraction)
+def source_corpus(config: RecipeConfig) -> Corpus:
+    return load_corpus(Path(config.source) if config.source else stdlib_root(), config.seed, config.heldout_fraction)
+
+
+def load_data(config: RecipeConfig, corpus: Corpus, output: Path) -> Data:
+    """The tokenizer (trained on the train files once, then read back), chunks, held-out rows."""
     if not (output / "tokenizer.json").exists():
         save_hf_tokenizer(train_bpe((f.text for f in corpus.train), config.vocab_size), output, config.seq_len)
     tokenizer = AutoTokenizer.from_pretrained(output)
