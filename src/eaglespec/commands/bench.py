@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eaglespec.commands.tree_flags import add_tree_flags
 from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
 from eaglespec.evaluation.methods import DEFAULT_METHODS
 
@@ -28,15 +29,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
     p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
-    p.add_argument("--tree", choices=("dynamic", "static", "chain", "auto"), default=None,
-                   help="eagle's tree; auto = tune on this hardware first (default: the draft's tuned tree, else dynamic)")
+    add_tree_flags(p, allow_auto=True)  # eagle's tree; eagle-nolookup is it without --lookup
     p.add_argument("--calibration", default=None, metavar="FILE",
                    help="--tree auto tunes on the first turns of this question file (any --questions schema; never "
                         "one of the benchmark's files) instead of the built-in prompts")
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--draft-top-k", type=int, default=None)
-    p.add_argument("--total-tokens", type=int, default=None)
-    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's; eagle-nolookup is eagle's tree without it)")
     p.add_argument("--chain-depth", type=int, default=DEFAULTS.chain_depth, help="depth of eagle-chain")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None)
     p.add_argument("--device", default=None)

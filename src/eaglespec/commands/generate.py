@@ -6,6 +6,11 @@ import argparse
 import json
 import sys
 
+from eaglespec.commands.tree_flags import add_tree_flags, tree_overrides
+from eaglespec.decoding.options import GenerationOptions
+
+DEFAULTS = GenerationOptions()
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="target model directory (or 'stories260K')")
@@ -14,17 +19,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--input", help='JSONL of prompts ({"prompt": ...} or {"turns": [...]}) or plain text lines')
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--tree", choices=("dynamic", "static", "chain"), default=None,
-                   help="draft tree (default: the draft's tuned tree from `eaglespec tune`, else dynamic)")
-    p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
-    p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
-    p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
-    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=DEFAULTS.top_p)
+    p.add_argument("--top-k", type=int, default=DEFAULTS.top_k)
+    add_tree_flags(p)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--stream", action="store_true", help="print tokens as they are accepted")
     p.add_argument("--show-accepted", action="store_true", help="colour tokens that came from the draft")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
@@ -69,18 +69,15 @@ def run(args: argparse.Namespace) -> int:
     if args.draft is None and not args.vanilla and not args.lookup:
         raise ValueError("--draft is required (or pass --vanilla for plain decoding, or --lookup N for n-gram "
                          "lookup decoding without a draft)")
-    tree = {key: value for key, value in (("kind", args.tree), ("depth", args.depth), ("top_k", args.draft_top_k),
-                                          ("total_tokens", args.total_tokens), ("lookup", args.lookup))
-            if value is not None}
+    options = options_of(args)
     gen = SpeculativeGenerator.from_pretrained(args.base, None if args.vanilla else args.draft,
-                                               dtype=args.dtype, device=args.device, **tree)
-    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+                                               dtype=args.dtype, device=args.device, **tree_overrides(args))
     if args.batch_size > 1:
-        return _run_batched(gen, read_prompts(args), args, sampling)
+        return _run_batched(gen, read_prompts(args), args, options)
     for prompt in read_prompts(args):
         stats = GenerationStats()
         chunks = []
-        for chunk in gen.stream(prompt, args.max_new_tokens, vanilla=args.vanilla, stats=stats, **sampling):
+        for chunk in gen.stream(prompt, options=options, vanilla=args.vanilla, stats=stats):
             chunks.append(chunk)
             if args.stream and not args.json:
                 _print_chunk(gen, chunks, args.show_accepted)
@@ -98,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def options_of(args: argparse.Namespace) -> GenerationOptions:
+    """The generation flags, checked once."""
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                             top_k=args.top_k, seed=args.seed)
+
+
 def _print_chunk(gen, chunks: list, colour: bool) -> None:
     """Write the last chunk's text; with colour, draft-accepted tokens are green."""
     from eaglespec.decoding.text import highlight, token_pieces
@@ -111,13 +114,13 @@ def _print_chunk(gen, chunks: list, colour: bool) -> None:
     sys.stdout.flush()
 
 
-def _run_batched(gen, prompts: list, args: argparse.Namespace, sampling: dict) -> int:
+def _run_batched(gen, prompts: list, args: argparse.Namespace, options: GenerationOptions) -> int:
     """--batch-size B: every prompt through one continuous batch; outputs in input order, then throughput."""
     if args.stream:
         raise ValueError("--stream prints one prompt at a time; it does not combine with --batch-size")
-    seed = sampling.pop("seed")
-    result = gen.generate_batch(prompts, args.max_new_tokens, vanilla=args.vanilla, max_batch_size=args.batch_size,
-                                seed=None if seed is None else [seed] * len(prompts), **sampling)
+    seed = None if options.seed is None else [options.seed] * len(prompts)  # each prompt as if decoded alone
+    result = gen.generate_batch(prompts, options=options, vanilla=args.vanilla, max_batch_size=args.batch_size,
+                                seed=seed)
     failed = 0
     for out in result.outputs:
         failed += out.error is not None

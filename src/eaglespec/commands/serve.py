@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from eaglespec.commands.tree_flags import add_tree_flags, tree_overrides
 from eaglespec.serving.config import ServeConfig
 
 DEFAULTS = ServeConfig()
@@ -35,11 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="seconds from arrival (queueing included) before a request is stopped")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULTS.max_request_bytes,
                    help="request bodies above this get 413")
-    p.add_argument("--tree", choices=("dynamic", "static", "chain"), default="dynamic")
-    p.add_argument("--depth", type=int, default=None, help="tree depth (default: 7 for eagle3, 5 for eagle1)")
-    p.add_argument("--draft-top-k", type=int, default=None, help="dynamic tree branching (default 10)")
-    p.add_argument("--total-tokens", type=int, default=None, help="dynamic tree size incl. root (default 60)")
-    p.add_argument("--lookup", type=int, default=None, metavar="N", help="merge up to N tokens of n-gram lookup (the continuation of the text's latest earlier match) into each tree; 0 = off (default: the draft's tuned tree's)")
+    add_tree_flags(p)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
@@ -51,6 +48,14 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
                        queue_size=args.queue_size,
                        max_new_tokens_limit=args.max_new_tokens_limit, request_timeout=args.request_timeout,
                        max_request_bytes=args.max_request_bytes)
+
+
+def load_generator(args: argparse.Namespace):
+    """The target and draft with the draft's tuned tree (any kind), overridden only by the tree flags given."""
+    from eaglespec.decoding import SpeculativeGenerator
+
+    return SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device,
+                                                **tree_overrides(args))
 
 
 def exposure_warning(config: ServeConfig) -> str | None:
@@ -72,7 +77,6 @@ def _require_serve_extra() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eaglespec.decoding import SpeculativeGenerator
     from eaglespec.serving import run_server
 
     config = config_of(args)
@@ -80,12 +84,7 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(config)
     if warning:
         print(warning, file=sys.stderr)
-    tree = {"kind": args.tree}
-    for key, value in (("depth", args.depth), ("top_k", args.draft_top_k), ("total_tokens", args.total_tokens),
-                       ("lookup", args.lookup)):
-        if value is not None:
-            tree[key] = value
-    generator = SpeculativeGenerator.from_pretrained(args.base, args.draft, dtype=args.dtype, device=args.device, **tree)
+    generator = load_generator(args)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"eaglespec serve: http://{host}:{config.port}/ (page), OpenAI API under /v1", file=sys.stderr)
     run_server(generator, config, log_level=args.log_level)
