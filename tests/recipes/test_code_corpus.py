@@ -1,4 +1,4 @@
-"""The code recipe's corpus: test and site-packages folders left out, and a held-out split by a seeded hash of
+"""The code recipe's corpus: test and site-packages folders and generated codec tables left out, and a held-out split by a seeded hash of
 the relative path that is the same on every run and does not depend on which other files exist."""
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ from codefim.corpus import is_heldout, load_corpus, source_paths
 
 def test_excluded_folders_are_left_out(tiny_source):
     names = {p.relative_to(tiny_source).as_posix() for p in source_paths(tiny_source)}
-    assert len(names) == 24
+    assert len(names) == 25  # 24 modules and one generated codec table (left out when read)
     assert not any(part in n.split("/") for n in names for part in ("test", "tests", "site-packages", "idle_test"))
+
+
+def test_generated_codec_tables_are_left_out(tiny_source):
+    corpus = load_corpus(tiny_source, seed=0, heldout_fraction=0.25)
+    assert len(corpus.train) + len(corpus.heldout) == 24
+    assert "beta/cp0.py" in {p.relative_to(tiny_source).as_posix() for p in source_paths(tiny_source)}
 
 
 def test_split_is_deterministic_and_seeded(tiny_source):

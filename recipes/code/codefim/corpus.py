@@ -1,6 +1,6 @@
 """The standard library's Python source as a corpus: which files, and which of them are held out.
 
-Tests, `site-packages` and IDLE's tests are left out; the split is a seeded hash of the path relative to the
+Tests, `site-packages`, IDLE's tests and generated codec tables are left out; the split is a seeded hash of the path relative to the
 library root, so a file stays on its side whatever else is added or removed, on any machine.
 """
 
@@ -16,6 +16,10 @@ EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pyc
 # CPython 3.11; it is prose, not code. The largest real module, _pydecimal.py, is 229 KB.
 MAX_FILE_BYTES = 256_000
 HASH_BUCKETS = 1_000_000  # resolution of the held-out fraction
+# The 65 charmap codecs in encodings/ (cp1252.py, mac_roman.py, ...) are tables written by Tools/unicode/
+# gencodec.py, 1.2 MB (11% of the text) of `'\x00'  #  0x00 -> NULL` lines: not code anyone completes, and
+# trivially predictable, so they would flatter the held-out loss.
+GENERATED_MARKER = "gencodec.py"
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,13 @@ def _read(path: Path, root: Path) -> SourceFile | None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:  # a few stdlib files are Latin-1 test data; not worth a codec guess
         return None
-    return SourceFile(path.relative_to(root).as_posix(), text) if text.strip() else None
+    if not text.strip() or GENERATED_MARKER in text:
+        return None
+    return SourceFile(path.relative_to(root).as_posix(), text)
 
 
 def load_corpus(root: Path, seed: int, heldout_fraction: float) -> Corpus:
+    """The readable, hand-written source files under root, split into train and held-out."""
     files = [f for f in (_read(p, root) for p in source_paths(root)) if f is not None]
     if not files:
         raise ValueError(f"--source: no readable *.py files under {root}")
