@@ -81,10 +81,12 @@ def _say(msg: str) -> None:
 
 def build_data(cfg: DemoConfig) -> Path:
     """Self-distilled stories (resumable JSONL) -> prepared dataset; both cached by data_key()."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eaglespec.data import load_prepared, prepare_dataset
-    from eaglespec.data.regenerate import Generator, SamplingSettings, regenerate_from_bos
+    from eaglespec.decoding import GenerationOptions, SpeculativeGenerator
+    from eaglespec.distill import regenerate_from_bos
+    from eaglespec.models import TargetModel
 
     root = cfg.cache_dir / f"data-{cfg.data_key()}"
     prepared = root / "prepared"
@@ -95,12 +97,12 @@ def build_data(cfg: DemoConfig) -> Path:
         return prepared
     root.mkdir(parents=True, exist_ok=True)
     path = str(bundled_model_path())
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    settings = SamplingSettings(max_new_tokens=cfg.story_tokens, temperature=1.0, seed=cfg.seed)
+    generator = SpeculativeGenerator(TargetModel.from_pretrained(path, dtype=torch.float32), None,
+                                     AutoTokenizer.from_pretrained(path))
+    options = GenerationOptions(max_new_tokens=cfg.story_tokens, temperature=1.0, seed=cfg.seed)
     _say(f"[1/4] self-distillation: sampling {cfg.num_stories} stories from BOS with the target itself")
     stories = root / "stories.jsonl"
-    regenerate_from_bos(Generator(model, tokenizer, settings), cfg.num_stories, stories, batch_size=100)
+    regenerate_from_bos(generator, cfg.num_stories, stories, options, batch_size=100)
     _say("[2/4] preparing tokens and loss masks")
     stats = prepare_dataset(stories, path, prepared, data_format="text", max_len=cfg.story_tokens + 8,
                             overwrite=True, progress=False)

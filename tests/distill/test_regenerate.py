@@ -1,32 +1,35 @@
 """Self-distillation: `eaglespec regenerate` on the bundled stories260K (from BOS, text, chat, FIM) plus
-resume after a SIGKILL, partial-line repair and bad input."""
+resume after a SIGKILL, partial-line repair and bad input. Records are written as they complete, so tests that
+compare files read them ordered by id (`read_by_id`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from distill_helpers import (
+    CHAT_TEMPLATE,
+    greedy_reference,
+    make_generator,
+    options,
+    read_by_id,
+    read_jsonl,
+    write_jsonl,
+)
 from fixtures import stories260k, stories260k_tokenizer
 from paths import shared_path
 
+from eaglespec import distill as rg
 from eaglespec.cli import main
-from eaglespec.data import regenerate as rg
-
-# A minimal chat template for stories260K's tokenizer (it ships none). Assistant turns end with EOS, a
-# special token, so `prepare` can find where each answer ends.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
+from eaglespec.decoding import GenerationOptions
+from eaglespec.distill.jobs import BosJob, JobPrompt, user_turn_prefix
+from eaglespec.distill.local import LocalEngine, cut_at_stop, stop_token_ids
+from eaglespec.distill.resume import append_records, finished_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,30 +39,15 @@ def model():
     return stories260k()
 
 
-def make_generator(model, temperature=0.0, max_new_tokens=24, tokenizer=None, **kw) -> rg.Generator:
-    settings = rg.SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, **kw)
-    return rg.Generator(model, tokenizer or stories260k_tokenizer(), settings)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def greedy_reference(model, prompt: list[int], max_new_tokens: int, stop: int = 2) -> list[int]:
-    """Unbatched greedy decoding without generate(): the reference for batched, left-padded generate."""
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-            if nxt == stop:
-                break
-            ids.append(nxt)
-    return ids[len(prompt):]
+def complete(generator, prompts: list[list[int]], ids: list[str], opts: GenerationOptions, batch_size: int):
+    """The local engine's completions of `prompts` (token ids cut before the stop token), in prompt order."""
+    engine = LocalEngine(generator, opts, batch_size)
+    for key, (prompt, record_id) in enumerate(zip(prompts, ids)):
+        engine.submit(key, JobPrompt(prompt, f"0:{record_id}"), record_id)
+    done = {}
+    while engine.in_flight:
+        done.update(engine.collect())
+    return [done[key].token_ids for key in range(len(prompts))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,79 +55,81 @@ def greedy_reference(model, prompt: list[int], max_new_tokens: int, stop: int = 
 # --------------------------------------------------------------------------------------------------
 
 def test_from_bos_gives_distinct_texts_and_is_reproducible(model, tmp_path):
-    gen = make_generator(model, temperature=1.0, max_new_tokens=32, seed=3)
-    summary = rg.regenerate_from_bos(gen, 6, tmp_path / "a.jsonl", batch_size=4)
-    records = read_jsonl(tmp_path / "a.jsonl")
+    summary = rg.regenerate_from_bos(make_generator(model), 6, tmp_path / "a.jsonl",
+                                     options(temperature=1.0, max_new_tokens=32, seed=3), batch_size=4)
+    records = read_by_id(tmp_path / "a.jsonl")
     assert [r["id"] for r in records] == [f"bos-{i:05d}" for i in range(6)]
     texts = [r["text"] for r in records]
     assert len(set(texts)) == 6 and all(isinstance(t, str) and t.strip() for t in texts)
     assert not any("</s>" in t or "<s>" in t for t in texts)  # EOS / BOS are not part of the text
     assert summary.generated == 6 and summary.already_done == 0
-    # Same seed, same samples (seeds are per batch content, not per process history).
-    rg.regenerate_from_bos(make_generator(model, temperature=1.0, max_new_tokens=32, seed=3), 6,
-                           tmp_path / "b.jsonl", batch_size=4)
-    assert read_jsonl(tmp_path / "b.jsonl") == records
+    # Same seed, same samples (seeds are per record, not per process history or batch).
+    rg.regenerate_from_bos(make_generator(model), 6, tmp_path / "b.jsonl",
+                           options(temperature=1.0, max_new_tokens=32, seed=3), batch_size=2)
+    assert read_by_id(tmp_path / "b.jsonl") == records
 
 
 class ScriptedModel(torch.nn.Module):
-    """Stands in for a causal LM whose generate() returns fixed new tokens (prompt echoed first)."""
+    """Stands in for a causal LM: only its generation_config (the EOS ids it names) is read."""
 
-    def __init__(self, new_tokens: list[list[int]]):
+    def __init__(self):
         super().__init__()
-        from transformers import GenerationConfig, LlamaConfig
+        from transformers import GenerationConfig
 
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = LlamaConfig(vocab_size=512, max_position_embeddings=512)
         self.generation_config = GenerationConfig(eos_token_id=2)
-        self.new_tokens = new_tokens
-
-    def generate(self, input_ids, attention_mask, generation_config):
-        return torch.cat([input_ids, torch.tensor(self.new_tokens)], dim=1)
 
 
 def test_generation_ends_at_eos_or_bos_which_are_not_in_the_text():
     """EOS ends a sample; so does BOS (stories260K, like every llama2.c model, ends a story with BOS)."""
     tok = stories260k_tokenizer()
     once, upon = tok("Once upon", add_special_tokens=False)["input_ids"]
-    scripted = ScriptedModel([[once, upon, 2, once, once], [upon, 1, once, 0, 0], [once, upon, upon, once, once]])
-    gen = rg.Generator(scripted, tok, rg.SamplingSettings(max_new_tokens=5))
-    assert gen.stop_ids == [2, 1]
-    new = gen._model_generate([[1], [1], [1]], seed="k", settings=gen.settings)  # the lockstep path (with --min-new-tokens)
+    stop_ids = stop_token_ids(ScriptedModel(), tok)
+    assert stop_ids == [2, 1]
+    outputs = [[once, upon, 2, once, once], [upon, 1, once, 0, 0], [once, upon, upon, once, once]]
+    completions = [cut_at_stop(ids, stop_ids, tok) for ids in outputs]  # what the engine makes of each output
+    new = [c.token_ids for c in completions]
     assert new == [[once, upon], [upon], [once, upon, upon, once, once]]
-    assert gen.hit_max_new_tokens == 1
+    assert sum(c.hit_limit for c in completions) == 1
+    assert [c.text for c in completions[:2]] == ["Once upon", "upon"]
     assert [tok.decode(ids, skip_special_tokens=True) for ids in new[:2]] == ["Once upon", "upon"]
 
 
 def test_resumed_run_equals_uninterrupted_run(model, tmp_path):
     """An interrupted run (stopped after its first group) resumed gives exactly the uninterrupted output."""
+    """An interrupted run (stopped once its first records are written) resumed gives exactly the uninterrupted
+    output, although the resumed run shares its batches with other records than the first run did."""
     full = tmp_path / "full.jsonl"
-    rg.regenerate_from_bos(make_generator(model, temperature=1.0, seed=1), 7, full, batch_size=3)
+    gen, opts = make_generator(model), options(temperature=1.0, seed=1)
+    rg.regenerate_from_bos(gen, 7, full, opts, batch_size=3)
 
     class Stop(Exception):
         pass
 
-    def stop_after_first_group(n: int) -> None:
+    written = []
+
+    def stop_after_first_records(n: int) -> None:
+        written.append(n)
         raise Stop
 
     part = tmp_path / "part.jsonl"
-    gen = make_generator(model, temperature=1.0, seed=1)
+    engine = LocalEngine(gen, opts, 3)
     with pytest.raises(Stop):
-        rg.run_plan(rg.plan_regeneration(rg.bos_jobs(7, gen), part), gen, 3, progress=stop_after_first_group,
-                    window_batches=1)
-    assert len(read_jsonl(part)) == 3
-    summary = rg.regenerate_from_bos(make_generator(model, temperature=1.0, seed=1), 7, part, batch_size=3)
-    assert (summary.already_done, summary.generated) == (3, 4)
-    assert part.read_text() == full.read_text()
+        rg.run_plan(rg.plan_regeneration(rg.bos_jobs(7, gen.tokenizer), part), engine,
+                    progress=stop_after_first_records)
+    assert len(read_jsonl(part)) == written[0] and 1 <= written[0] < 7
+    summary = rg.regenerate_from_bos(gen, 7, part, opts, batch_size=3)
+    assert (summary.already_done, summary.generated) == (written[0], 7 - written[0])
+    assert read_by_id(part) == read_by_id(full)
 
 
 def test_killed_and_restarted_regenerate_has_no_duplicate_or_missing_ids(tmp_path):
     out = tmp_path / "bos.jsonl"
-    n = 12
+    n = 60  # at batch size 1, long enough to be killed after the first record and well before the last
     cmd = [sys.executable, "-m", "eaglespec", "regenerate", "--model", "stories260K", "--from-bos", str(n),
-           "--batch-size", "1", "--max-new-tokens", "200", "--min-new-tokens", "200", "--output", str(out)]
+           "--batch-size", "1", "--max-new-tokens", "200", "--output", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 300  # a busy machine: the first window of 4 records must be written before the kill
+    deadline = time.time() + 300  # a busy machine: the first record must be written before the kill
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 1:
             break
@@ -165,19 +155,19 @@ def test_killed_and_restarted_regenerate_has_no_duplicate_or_missing_ids(tmp_pat
 def test_partial_last_line_is_truncated_on_resume(tmp_path):
     out = tmp_path / "o.jsonl"
     out.write_bytes(b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "c", "te')
-    assert rg.finished_ids(out) == ["a", "b"]
+    assert finished_ids(out) == ["a", "b"]
     assert out.read_bytes() == b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n'
-    rg.append_records(out, [{"id": "c", "text": "z"}])
+    append_records(out, [{"id": "c", "text": "z"}])
     assert [r["id"] for r in read_jsonl(out)] == ["a", "b", "c"]
 
 
 def test_output_of_another_run_is_refused(model, tmp_path):
     out = write_jsonl(tmp_path / "o.jsonl", [{"id": "something-else", "text": "x"}])
     with pytest.raises(ValueError, match="ids that are not in this run's input"):
-        rg.regenerate_from_bos(make_generator(model), 2, out)
+        rg.regenerate_from_bos(make_generator(model), 2, out, options())
     out.write_text("not json\n")
     with pytest.raises(ValueError, match=r"o.jsonl:1: existing output line is not a record"):
-        rg.regenerate_from_bos(make_generator(model), 2, out)
+        rg.regenerate_from_bos(make_generator(model), 2, out, options())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,8 +180,9 @@ def test_text_completion_is_the_greedy_continuation(model, tmp_path):
         {"id": "long", "prompt": "Once upon a time, there was a little girl named Lily.", "completion": "x"},
         {"id": "short", "prompt": "Tom", "completion": "y", "extra": 1},
     ])
-    rg.regenerate_file(make_generator(model, max_new_tokens=20), src, tmp_path / "o.jsonl", "text", batch_size=2)
-    records = read_jsonl(tmp_path / "o.jsonl")
+    rg.regenerate_file(make_generator(model), src, tmp_path / "o.jsonl", "text", options(max_new_tokens=20),
+                       batch_size=2)
+    records = read_by_id(tmp_path / "o.jsonl")
     assert [r["id"] for r in records] == ["long", "short"] and records[1]["extra"] == 1
     for record in records:
         prompt = tok(record["prompt"])["input_ids"]
@@ -212,9 +203,10 @@ def test_chat_turns_are_regenerated_in_order_on_the_regenerated_history(model, t
             {"role": "assistant", "content": "old"}]},
         {"instruction": "Write", "input": "about a dog", "output": "old"},
     ])
-    gen = make_generator(model, max_new_tokens=16, tokenizer=tok)
-    rg.regenerate_file(gen, src, tmp_path / "o.jsonl", "chat", batch_size=3)
-    sharegpt, openai, alpaca = read_jsonl(tmp_path / "o.jsonl")
+    gen = make_generator(model, tokenizer=tok)
+    rg.regenerate_file(gen, src, tmp_path / "o.jsonl", "chat", options(max_new_tokens=16), batch_size=3)
+    by_id = {r["id"]: r for r in read_jsonl(tmp_path / "o.jsonl")}
+    sharegpt, openai, alpaca = by_id["sharegpt"], by_id["openai"], by_id["in.jsonl:3"]
     assert alpaca["id"] == "in.jsonl:3" and alpaca["instruction"] == "Write"  # format and fields kept
 
     def reference(messages):
@@ -235,25 +227,24 @@ def test_chat_without_template_suggests_chat_template(model, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                             {"role": "assistant", "content": "x"}]}])
     with pytest.raises(ValueError, match="--chat-template"):
-        rg.regenerate_file(make_generator(model), src, tmp_path / "o.jsonl", "chat")
+        rg.regenerate_file(make_generator(model), src, tmp_path / "o.jsonl", "chat", options())
 
 
 def test_bad_records_are_reported_with_their_source(model, tmp_path):
     tok = stories260k_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
-    gen = make_generator(model, tokenizer=tok)
     src = write_jsonl(tmp_path / "in.jsonl", [{"messages": [{"role": "wizard", "content": "hi"}]}])
     with pytest.raises(ValueError, match=r"in.jsonl:1: message 0 has unknown role 'wizard'"):
-        rg.build_jobs(src, "chat", gen)
+        rg.file_jobs(src, "chat", tok)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "a", "completion": "b"}] * 2)
     with pytest.raises(ValueError, match=r"in.jsonl:2: duplicate id 'x'"):
-        rg.build_jobs(src, "text", gen)
+        rg.file_jobs(src, "text", tok)
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "Once upon a time"}])
     with pytest.raises(ValueError, match="--from-bos"):
-        rg.build_jobs(src, "text", gen)
+        rg.file_jobs(src, "text", tok)
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
-        rg.build_jobs(tmp_path / "bad.jsonl", "text", gen)
+        rg.file_jobs(tmp_path / "bad.jsonl", "text", tok)
 
 
 def test_fim_middle_is_regenerated_with_the_tokenizers_fim_tokens(tmp_path):
@@ -271,9 +262,9 @@ def test_fim_middle_is_regenerated_with_the_tokenizers_fim_tokens(tmp_path):
         {"id": "a", "prefix": "def add(a, b):\n", "middle": "    return a + b\n", "suffix": "\n"},
         {"task_id": "h/1", "prompt": "x = ", "canonical_solution": "1", "suffix": "\nprint(x)\n"},
     ])
-    rg.regenerate_file(make_generator(model, max_new_tokens=8, tokenizer=tok), src, tmp_path / "o.jsonl", "fim",
-                       batch_size=2)
-    first, second = read_jsonl(tmp_path / "o.jsonl")
+    rg.regenerate_file(make_generator(model, tokenizer=tok), src, tmp_path / "o.jsonl", "fim",
+                       options(max_new_tokens=8), batch_size=2)
+    first, second = read_by_id(tmp_path / "o.jsonl")
     assert second["id"] == "h/1" and second["prompt"] == "x = " and second["suffix"] == "\nprint(x)\n"
     vocab = tok.get_vocab()
     for record, prefix, suffix, field in ((first, "def add(a, b):\n", "\n", "middle"),
@@ -283,7 +274,7 @@ def test_fim_middle_is_regenerated_with_the_tokenizers_fim_tokens(tmp_path):
                   + [vocab["<fim_middle>"]])
         new = greedy_reference(model, prompt, 8, stop=tok.eos_token_id)
         assert record[field] == tok.decode(new, skip_special_tokens=True)
-    spm = rg.build_jobs(src, "fim", make_generator(model, tokenizer=tok), fim_order="spm")[1].next_prompt()
+    spm = rg.file_jobs(src, "fim", tok, fim_order="spm").jobs[1].next_prompt().token_ids
     encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert spm == ([vocab["<fim_prefix>"], vocab["<fim_suffix>"]] + encode("\nprint(x)\n")
                    + [vocab["<fim_middle>"]] + encode("x = "))
@@ -319,16 +310,15 @@ def test_a_record_prepare_would_reject_is_counted_not_written(model, tmp_path, m
     is EOS (empty text) is not written, and the file prepares without --skip-invalid."""
     from eaglespec.data.prepare import prepare_dataset
 
-    real = rg.Generator.generate
+    real = BosJob.fill
 
-    def first_row_samples_eos(self, prompts, seed_key, ids, batch_size=None, settings=None):
-        out = real(self, prompts, seed_key, ids, batch_size, settings)
-        return [[] if i == "bos-00001" else new for i, new in zip(ids, out)]
+    def second_record_samples_eos(self, completion):
+        real(self, rg.Completion("", [], False) if self.id == "bos-00001" else completion)
 
-    monkeypatch.setattr(rg.Generator, "generate", first_row_samples_eos)
-    gen = make_generator(model, temperature=1.0, max_new_tokens=16, seed=1)
-    summary = rg.regenerate_from_bos(gen, 4, tmp_path / "regen.jsonl", batch_size=4)
-    assert [r["id"] for r in read_jsonl(tmp_path / "regen.jsonl")] == ["bos-00000", "bos-00002", "bos-00003"]
+    monkeypatch.setattr(BosJob, "fill", second_record_samples_eos)
+    summary = rg.regenerate_from_bos(make_generator(model), 4, tmp_path / "regen.jsonl",
+                                     options(temperature=1.0, max_new_tokens=16, seed=1), batch_size=4)
+    assert [r["id"] for r in read_by_id(tmp_path / "regen.jsonl")] == ["bos-00000", "bos-00002", "bos-00003"]
     assert summary.skipped == {"empty_text": 1}
     assert summary.generated == 3
     stats = prepare_dataset([tmp_path / "regen.jsonl"], "stories260K", tmp_path / "prepared", data_format="text")
@@ -350,11 +340,12 @@ def test_continuous_batching_gives_the_greedy_continuation_and_per_record_sample
     tok = stories260k_tokenizer()
     prompts = [tok(p)["input_ids"] for p in ("Once upon a time", "Tom", "The cat sat on the mat and")]
     ids = ["a", "b", "c"]
-    greedy = rg.Generator(model, tok, rg.SamplingSettings(max_new_tokens=20, continuous=True))
-    assert greedy.generate(prompts, "0", ids, batch_size=2) == [greedy_reference(model, p, 20) for p in prompts]
-    sampled = rg.Generator(model, tok, rg.SamplingSettings(max_new_tokens=20, temperature=1.0, seed=4, continuous=True))
-    together = sampled.generate(prompts, "0", ids, batch_size=3)
-    alone = [sampled.generate([p], "0", [i], batch_size=1)[0] for p, i in zip(prompts, ids)]
+    gen = make_generator(model, tokenizer=tok)
+    greedy = complete(gen, prompts, ids, options(max_new_tokens=20), batch_size=2)
+    assert greedy == [greedy_reference(model, p, 20) for p in prompts]
+    sampled = options(max_new_tokens=20, temperature=1.0, seed=4)
+    together = complete(gen, prompts, ids, sampled, batch_size=3)
+    alone = [complete(gen, [p], [i], sampled, batch_size=1)[0] for p, i in zip(prompts, ids)]
     assert together == alone  # a record's sample does not depend on which records share its batch
 
 
@@ -368,22 +359,22 @@ def test_sampled_chats_are_a_sampled_user_turn_and_the_greedy_answer_to_it(model
 
     tok = stories260k_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
-    gen = make_generator(model, max_new_tokens=12, tokenizer=tok)
-    prompt_settings = rg.SamplingSettings(max_new_tokens=10, temperature=1.0, seed=5)
-    rg.regenerate_sampled_chats(gen, 4, tmp_path / "a.jsonl", prompt_settings, batch_size=2)
-    records = read_jsonl(tmp_path / "a.jsonl")
+    gen = make_generator(model, tokenizer=tok)
+    user_options = options(max_new_tokens=10, temperature=1.0, seed=5)
+    rg.regenerate_sampled_chats(gen, 4, tmp_path / "a.jsonl", options(max_new_tokens=12), user_options, batch_size=2)
+    records = read_by_id(tmp_path / "a.jsonl")
     assert [r["id"] for r in records] == ["chat-00000", "chat-00001", "chat-00002", "chat-00003"]
     users = [r["conversations"][0]["value"] for r in records]
     assert len(set(users)) == 4 and all(users)  # sampled, not the same greedy text four times
     prefix = tok(tok.bos_token + "user: ", add_special_tokens=False)["input_ids"]
-    assert rg.user_turn_prefix(ChatEncoder(tok)) == prefix
+    assert user_turn_prefix(ChatEncoder(tok)) == prefix
     for record, user in zip(records, users):
         messages = [{"role": "user", "content": user}]
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         answer = greedy_reference(model, tok(text, add_special_tokens=False)["input_ids"], 12)
         assert record["conversations"][1] == {"from": "gpt", "value": tok.decode(answer, skip_special_tokens=True).strip()}
-    rg.regenerate_sampled_chats(gen, 4, tmp_path / "b.jsonl", prompt_settings, batch_size=2)
-    assert read_jsonl(tmp_path / "b.jsonl") == records  # seeded: a rerun writes the same chats
+    rg.regenerate_sampled_chats(gen, 4, tmp_path / "b.jsonl", options(max_new_tokens=12), user_options, batch_size=3)
+    assert read_by_id(tmp_path / "b.jsonl") == records  # seeded: a rerun writes the same chats
     (tmp_path / "t.jinja").write_text(CHAT_TEMPLATE)
     stats = prepare_dataset([tmp_path / "a.jsonl"], "stories260K", tmp_path / "prepared", data_format="chat",
                             chat_template=tmp_path / "t.jinja")
@@ -396,7 +387,7 @@ def test_user_turn_prefix_keeps_the_templates_default_system_prompt():
     from eaglespec.data.chat import ChatEncoder
 
     tok = AutoTokenizer.from_pretrained(shared_path("tokenizers", "qwen2.5"))
-    text = tok.decode(rg.user_turn_prefix(ChatEncoder(tok)))
+    text = tok.decode(user_turn_prefix(ChatEncoder(tok)))
     assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_end|>\n<|im_start|>user\n")
 
 

@@ -1,5 +1,5 @@
 """Training data: read chat / FIM / text records, tokenize them with exact loss masks, build the EAGLE-3 draft
-vocabulary, and (data.regenerate / data.features) self-distil and dump target features."""
+vocabulary, and the feature store layout (`eaglespec.distill` self-distils and dumps target features)."""
 
 from eaglespec.data.prepare import PrepareMeta, PrepareStats, load_prepared, prepare_dataset
 from eaglespec.data.vocab import DraftVocab, build_draft_vocab
