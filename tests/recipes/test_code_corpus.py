@@ -1,5 +1,6 @@
-"""The code recipe's corpus: test and site-packages folders and generated codec tables left out, and a held-out split by a seeded hash of
-the relative path that is the same on every run and does not depend on which other files exist."""
+"""The code recipe's corpus: test and site-packages folders and generated codec tables left out, and a
+held-out split by a seeded hash of the relative path that is the same on every run and does not depend on
+which other files exist."""
 
 from __future__ import annotations
 

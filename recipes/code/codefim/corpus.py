@@ -1,7 +1,8 @@
 """The standard library's Python source as a corpus: which files, and which of them are held out.
 
-Tests, `site-packages`, IDLE's tests and generated codec tables are left out; the split is a seeded hash of the path relative to the
-library root, so a file stays on its side whatever else is added or removed, on any machine.
+Tests, `site-packages`, IDLE's tests and generated codec tables are left out; the split is a seeded hash
+of the path relative to the library root, so a file stays on its side whatever else is added or removed, on
+any machine.
 """
 
 from __future__ import annotations
