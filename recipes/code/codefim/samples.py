@@ -21,7 +21,8 @@ from codefim.corpus import SourceFile
 from eaglespec.data.fim import FimTokens, detect_fim_tokens, fim_prompt_ids
 
 IGNORE_INDEX = -100  # labels the loss skips (transformers' convention)
-FIM_SLACK_TOKENS = 8  # 3 FIM tokens + EOS, and up to 2 extra tokens at each of the 2 cuts of a chunk
+FIM_SLACK_TOKENS = 8  # 3 FIM tokens + EOS, and room for the cuts (a cut splits a token, mostly into 2); a
+# sample that still does not fit is skipped and counted (Rows.skipped, the card)
 
 
 @dataclass(frozen=True)
