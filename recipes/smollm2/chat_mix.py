@@ -11,6 +11,10 @@ answers, which `eaglespec regenerate` replaces. Records are shuffled with a fixe
 any prefix of the file is a balanced mix (a regeneration stopped early still trains on every source).
 
     python recipes/smollm2/chat_mix.py --shared ../shared/data/train --output runs/smollm2/prompts.jsonl
+    python recipes/smollm2/chat_mix.py --all --output runs/smollm2/prompts-all.jsonl   # every record (15.9k)
+
+Ids are the record's source and index (dolly-17), so the --all mix holds every id of the capped one and a
+regeneration of it resumes from the capped one's output.
 """
 
 from __future__ import annotations
@@ -71,13 +75,14 @@ def sharegpt(root: Path):
 SOURCES = {"dolly": dolly, "gsm8k": gsm8k, "codegen": codegen, "oasst": oasst, "sharegpt": sharegpt}
 
 
-def build(root: Path) -> list[dict]:
+def build(root: Path, every_record: bool = False) -> list[dict]:
+    """The mix: PER_SOURCE records of each source (every record with `every_record`), interleaved."""
     rng = random.Random(SEED)
     lists = []
     for name, reader in SOURCES.items():
         items = [{"id": i, "source": name, "conversations": c} for i, c in reader(root)]
         rng.shuffle(items)
-        lists.append(items[: PER_SOURCE[name]])
+        lists.append(items if every_record else items[: PER_SOURCE[name]])
     # interleave proportionally: each record's key is its rank within its source / that source's size
     keyed = [((k + rng.random()) / len(items), r) for items in lists for k, r in enumerate(items)]
     return [r for _, r in sorted(keyed, key=lambda x: x[0])]
@@ -87,8 +92,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", default="../shared/data/train")
     p.add_argument("--output", required=True)
+    p.add_argument("--all", action="store_true", help=f"every record of each source instead of {PER_SOURCE}")
     args = p.parse_args()
-    records = build(Path(args.shared))
+    records = build(Path(args.shared), args.all)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     print(f"wrote {len(records)} records to {args.output}")
