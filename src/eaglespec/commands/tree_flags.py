@@ -22,8 +22,8 @@ def add_tree_flags(p: argparse.ArgumentParser, allow_auto: bool = False) -> None
     auto = "; auto = tune on this hardware first" if allow_auto else ""
     p.add_argument("--tree", choices=kinds, default=None,
                    help=f"draft tree{auto} (default: the draft's tuned tree from `eaglespec tune`, else dynamic)")
-    p.add_argument("--depth", type=int, default=None,
-                   help=f"tree depth (default: {DEFAULT_DEPTH['eagle3']} for eagle3, {DEFAULT_DEPTH['eagle1']} for eagle1)")
+    depths = ", ".join(f"{depth} for {method}" for method, depth in DEFAULT_DEPTH.items())
+    p.add_argument("--depth", type=int, default=None, help=f"tree depth (default: {depths})")
     p.add_argument("--draft-top-k", type=int, default=None, help=f"dynamic tree branching (default {DEFAULT_TOP_K})")
     p.add_argument("--total-tokens", type=int, default=None,
                    help=f"dynamic tree size incl. root (default {DEFAULT_TOTAL_TOKENS})")

@@ -43,7 +43,7 @@ API (a `DecodingSession`'s batches; `SpeculativeGenerator` has them as methods, 
     result.wall_time, result.tokens_per_second, result.batch_forwards
     gen.stream_batch(prompts, ...)            # the same as StepEvents (request_id = prompt index)
     batch = gen.running_batch(max_batch_size=8)   # continuous batching (the server)
-    request_id = batch.add(prompt, options=GenerationOptions(...))   # or its fields as keywords; ValueError on bad input
+    request_id = batch.add(prompt, options=GenerationOptions(...))  # (or its fields) ValueError on bad input
     for event in batch.step(): ...            # StepEvent(request_id, chunk, output/timing on the last one)
     batch.cancel(request_id)
 vanilla=True gives the batched vanilla baseline (a root-only tree per row) through the same API.

@@ -53,8 +53,8 @@ class SpeculativeGenerator:
         self.session = DecodingSession(target, draft, tokenizer, tree)
         # the session's parts, read by evaluation, serving and the commands
         self.target, self.draft, self.tokenizer = target, draft, tokenizer
-        self.tree, self.drafter, self.aux_layer_ids = self.session.tree, self.session.drafter, self.session.aux_layer_ids
-        self.context_length = self.session.context_length
+        self.tree, self.drafter = self.session.tree, self.session.drafter
+        self.aux_layer_ids, self.context_length = self.session.aux_layer_ids, self.session.context_length
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike, draft: str | os.PathLike | None,
