@@ -1,6 +1,7 @@
 """Train a small FIM code model on this interpreter's standard library (issue 37): tokenizer, model, card.
 
-    nice -n 19 python recipes/code/train.py --output ~/.cache/eaglespec/models/code-fim 2>&1 | tee train.log
+    nice -n 19 python recipes/code/train.py --output ~/.cache/eaglespec/models/stdlib-fim-10m --threads 1 \
+        2>&1 | tee stdlib-fim-10m.log
 
 Rerun the same command after an interruption and it resumes from the last checkpoint (same lr schedule).
 A finished model is not overwritten without --overwrite. Every flag's default is in codefim/config.py.
@@ -21,6 +22,9 @@ from codefim.config import ModelShape, RecipeConfig  # noqa: E402
 from codefim.run import run_recipe  # noqa: E402
 
 RENAMED = {"time_budget_min": "--time-budget"}  # minutes, the flag name the issue uses
+HELP = {"time_budget_min": "minutes of CPU time to train (the process's, all threads)",
+        "source": "standard-library folder; '' = this interpreter's", "threads": "torch threads; 0 = torch's default",
+        "max_steps": "steps; the schedule ends at this or the time budget, whichever comes first"}
 
 
 def _flag(name: str) -> str:
@@ -31,7 +35,7 @@ def _add_fields(parser: argparse.ArgumentParser, fields: tuple[dataclasses.Field
     for f in fields:
         if f.name not in skip:
             parser.add_argument(_flag(f.name), dest=f.name, type=type(f.default), default=f.default,
-                                help=f"default {f.default!r}")
+                                help=f"{HELP.get(f.name, '')} (default {f.default!r})".lstrip())
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RecipeConfig, argparse.Namespace]:

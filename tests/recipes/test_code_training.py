@@ -95,3 +95,12 @@ def test_one_schedule_by_steps_or_time_whichever_is_further(tiny_config):
     assert lr_at(config, TrainState(step=100)) == pytest.approx(config.lr * config.min_lr_ratio)
     assert lr_at(config, TrainState(step=10, cpu_seconds=1e9)) == pytest.approx(config.lr * config.min_lr_ratio)
     assert lr_at(config, TrainState(step=10, train_seconds=1e9)) > config.lr * 0.9  # wall time is not the budget
+
+
+def test_the_command_line_takes_its_defaults_from_the_config():
+    from train import parse_args
+
+    config, args = parse_args(["--output", "out", "--time-budget", "5", "--hidden-size", "128", "--overwrite"])
+    assert config.time_budget_min == 5.0 and config.shape.hidden_size == 128 and args.overwrite
+    assert dataclasses.replace(config, time_budget_min=120.0, shape=type(config.shape)()) == \
+        type(config)(output="out")
