@@ -240,15 +240,15 @@ class RunningBatch:
         """Draft -> verify (one target forward) -> accept per row -> update caches -> finished rows leave."""
         rows, device = self.rows, self.session.device
         lengths = [r.length for r in rows]
-        with timed(device, self._charge(GenerationStats.add_draft_time, rows)):
+        with timed(device, self._charge(GenerationStats.add_draft_time, rows)):  # draft
             trees = self._propose(rows)
         slots = self.cache.get_seq_length()
         with timed(device, self._charge(GenerationStats.add_verify_time, rows)):
-            out = self._verify_forward(trees, lengths)
+            out = self._verify_forward(trees, lengths)  # verify
             results = [verify(tree, out.logits[b, : tree.size], r.request.sampling, r.request.generator)
-                       for b, (tree, r) in enumerate(zip(trees, rows))]
+                       for b, (tree, r) in enumerate(zip(trees, rows))]  # accept, per row
         self.batch_forwards += 1
-        keep_row_positions(self.cache, lengths, [res.path for res in results], base=slots)
+        keep_row_positions(self.cache, lengths, [res.path for res in results], base=slots)  # update caches
         events = [self._accept(row, tree, result) for row, tree, result in zip(rows, trees, results)]
         finished = {b for b, event in enumerate(events) if event.finished}
         with timed(device, self._charge(GenerationStats.add_draft_time)):  # charged to the rows that stay

@@ -194,17 +194,17 @@ class SpeculativeGenerator:
         with timed(device, stats.add_draft_time, synchronize=False):  # the proposal's timing waits for it
             lookup = self._start_proposers(drafter, request, root, features)
         while length + 2 <= self.context_length:  # room for the root and at least the bonus token
-            with timed(device, stats.add_draft_time):
+            with timed(device, stats.add_draft_time):  # draft
                 tree, drafted = self._propose(drafter, lookup, root, max_depth=self.context_length - length - 2)
             with timed(device, stats.add_verify_time):
-                out = self._verify_forward(tree, length, cache)
-                result = verify(tree, out.logits[0], request.sampling, request.generator)
+                out = self._verify_forward(tree, length, cache)  # verify
+                result = verify(tree, out.logits[0], request.sampling, request.generator)  # accept
             stats.record_step(result.accept_length, tree.depth, int((result.path >= drafted).sum()))
-            keep_positions(cache, length, result.path)
+            keep_positions(cache, length, result.path)  # update caches: the target's keeps the accepted path
             accepted = tree.tokens[result.path[1:]].tolist()
             yield accepted + [result.bonus_token], [True] * len(accepted) + [False]
             length, root = length + result.path.numel(), result.bonus_token
-            with timed(device, stats.add_draft_time, synchronize=False):
+            with timed(device, stats.add_draft_time, synchronize=False):  # ... and the draft's follows it
                 self._follow(drafter, lookup, accepted + [root], out, result)
 
     def _start_proposers(self, drafter: Drafter | None, request: Request, root: int,
