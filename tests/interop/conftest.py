@@ -38,3 +38,11 @@ def eagle_llm_python():
 @pytest.fixture(scope="session")
 def interop_home():
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_home():
+    """The pinned llama.cpp build: src/ (convert_hf_to_gguf.py), build/bin/ (llama-server, ...), venv/ (its
+    converter's python); built by build_envs.sh on first use (about 30 minutes on 2 cores)."""
+    interop_python("llama.cpp")
+    return ROOT / "llama.cpp"
