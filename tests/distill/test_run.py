@@ -77,3 +77,14 @@ def test_records_are_written_as_they_complete(generator, tmp_path):
     distill.run_plan(plan, LocalEngine(generator, options(max_new_tokens=8), 2),
                      progress=lambda n: seen.append([r["id"] for r in read_jsonl(out)]))
     assert seen == [["short"], ["short", "long"]]  # "short" was on disk while "long" still had turns to go
+
+
+def test_a_chat_with_nothing_to_regenerate_is_written_as_it_is(generator, tmp_path):
+    tool_call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    only_tools = {"id": "tools", "messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "", "tool_calls": [tool_call]}]}
+    src = write_jsonl(tmp_path / "in.jsonl", [only_tools, *chats({"a": 1})])
+    summary = distill.regenerate_file(generator, src, tmp_path / "o.jsonl", "chat", options(max_new_tokens=4))
+    tools, a = read_by_id(tmp_path / "o.jsonl")[::-1]
+    assert tools["messages"] == only_tools["messages"] and a["messages"][1]["content"] != "old"
+    assert summary.generated == 2

@@ -75,8 +75,13 @@ class _PromptQueue:
     """Prompts waiting for the engine: follow-ups first (their record is half done), then first prompts by length."""
 
     def __init__(self, jobs: list[RegenerationJob]):
-        lengths = {id(job): len(job.next_prompt().token_ids) for job in jobs}  # every job has a first prompt
-        self.fresh = deque(sorted(jobs, key=lambda job: lengths[id(job)]))  # sorted() is stable: input order on ties
+        first = {id(job): job.next_prompt() for job in jobs}
+        lengths = {key: len(prompt.token_ids) for key, prompt in first.items() if prompt is not None}
+        del first  # only the lengths are kept: the prompts are rendered again when their turn comes
+        # records with nothing to regenerate (a chat whose assistant turns all call tools) are done already
+        self.without_prompts = [job for job in jobs if id(job) not in lengths]
+        waiting = [job for job in jobs if id(job) in lengths]
+        self.fresh = deque(sorted(waiting, key=lambda job: lengths[id(job)]))  # sorted() is stable: input order on ties
         self.follow_ups: deque[tuple[RegenerationJob, JobPrompt]] = deque()
 
     def __bool__(self) -> bool:
@@ -93,7 +98,8 @@ def run_plan(plan: RegeneratePlan, engine: Engine, progress: Callable[[int], Non
              ) -> RegenerateSummary:
     """Complete every job of `plan` through `engine`, appending each record as soon as it is complete."""
     queue, running = _PromptQueue(plan.todo), {}
-    hit_limit, written, skipped = 0, 0, Counter()
+    hit_limit, skipped = 0, Counter()
+    written = _write(plan, queue.without_prompts, engine.generated_by, skipped)
     while queue or engine.in_flight:
         while queue and engine.in_flight < engine.capacity:
             job, prompt = queue.pop()
