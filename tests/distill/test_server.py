@@ -4,7 +4,9 @@ record says who answered, and a run resumes as a local one does."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import urllib.request
 
 import pytest
 from distill_helpers import CHAT_TEMPLATE, chats, make_generator, options, read_by_id, read_jsonl, write_jsonl
@@ -22,13 +24,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(URL of `eaglespec serve` with stories260K + an untrained draft, the target directory)."""
+def served_model(tmp_path_factory):
+    """(a generator of stories260K + an untrained draft, the target directory with a chat template)."""
     from transformers import AutoTokenizer
 
     from eaglespec.decoding import SpeculativeGenerator
     from eaglespec.models import bundled_model_path
-    from eaglespec.serving import ServeConfig, ServerThread
 
     root = tmp_path_factory.mktemp("served")
     target, draft = root / MODEL, root / "draft"
@@ -37,7 +38,15 @@ def served(tmp_path_factory):
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(target)
     assert main(["init-draft", "--base", str(target), "--method", "eagle3", "--output", str(draft)]) == 0
-    generator = SpeculativeGenerator.from_pretrained(target, draft)
+    return SpeculativeGenerator.from_pretrained(target, draft), target
+
+
+@pytest.fixture(scope="module")
+def served(served_model):
+    """(URL of `eaglespec serve` on loopback, the target directory)."""
+    from eaglespec.serving import ServeConfig, ServerThread
+
+    generator, target = served_model
     config = ServeConfig(port=0, served_model_name=MODEL, max_concurrency=4, max_batch_size=4)
     with ServerThread(generator, config) as url:
         yield url, target
@@ -120,3 +129,23 @@ def write_template(tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text(CHAT_TEMPLATE)
     return path
+
+
+def test_a_busy_server_is_asked_again(served_model, tmp_path):
+    """A server that takes one request and queues none answers the others 429; they are sent again."""
+    from eaglespec.serving import ServeConfig, ServerThread
+
+    generator, target = served_model
+    src = write_jsonl(tmp_path / "in.jsonl", chats({f"r{i}": 1 for i in range(4)}))
+    config = ServeConfig(port=0, served_model_name=MODEL, max_concurrency=1, queue_size=0)
+    with ServerThread(generator, config) as url:
+        engine = ServerEngine(ServerConfig(url, concurrency=4), options(max_new_tokens=4))
+        plan = distill.plan_regeneration(distill.file_jobs(src, "chat", distill_tokenizer(target)), tmp_path / "o.jsonl")
+        try:
+            assert distill.run_plan(plan, engine).generated == 4
+        finally:
+            engine.close()
+        with urllib.request.urlopen(url + "/metrics") as response:
+            metrics = response.read().decode()
+    busy = re.search(r'eaglespec_requests_total\{endpoint="/v1/completions",status="429"\} (\d+)', metrics)
+    assert busy and int(busy.group(1)) >= 1, metrics  # the server did refuse some, and every record was written

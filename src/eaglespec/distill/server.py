@@ -7,6 +7,7 @@ says which engine and model answered (`generated_by`, from the server's `/v1/mod
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,6 +20,9 @@ from eaglespec.distill.local import prompt_options
 
 SERVER_APIS = ("completions", "chat")
 REQUEST_TIMEOUT_SECONDS = 3600.0  # one completion; a busy server may queue a request for long
+BUSY_STATUSES = (429, 503)  # "too many requests" / "unavailable": the server is full, not wrong; asked again
+BUSY_RETRIES = 8  # then the run stops (and resumes when rerun)
+BUSY_FIRST_WAIT_SECONDS = 0.5  # doubled after each busy answer: 0.5 s .. 64 s, about two minutes in all
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,23 @@ class ServerConfig:
 
 
 def _http(config: ServerConfig, path: str, body: dict | None = None) -> dict:
-    """One JSON request -> the JSON answer; HTTP and connection errors name the URL and the server's message."""
+    """One JSON request -> the JSON answer, asked again while the server answers busy (429/503)."""
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            return _http_once(config, path, body)
+        except urllib.error.HTTPError as e:
+            if e.code not in BUSY_STATUSES or attempt == BUSY_RETRIES:
+                raise _http_error(config, path, e) from e
+        time.sleep(BUSY_FIRST_WAIT_SECONDS * 2**attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _http_error(config: ServerConfig, path: str, e: urllib.error.HTTPError) -> ValueError:
+    return ValueError(f"{config.base}{path}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}")
+
+
+def _http_once(config: ServerConfig, path: str, body: dict | None) -> dict:
+    """One JSON request; HTTP errors are raised as they are, connection errors name the URL."""
     headers = {"Content-Type": "application/json"}
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"
@@ -53,8 +73,8 @@ def _http(config: ServerConfig, path: str, body: dict | None = None) -> dict:
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
             return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise ValueError(f"{config.base}{path}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from e
+    except urllib.error.HTTPError:
+        raise
     except (urllib.error.URLError, OSError) as e:
         raise ValueError(f"{config.base}{path}: cannot reach the server ({e})") from e
 
