@@ -17,6 +17,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eaglespec.evaluation.methods import MethodRun, Sampling
 
 HOST = "127.0.0.1"  # loopback only: the server is a private helper of this process
 BUILD_HINT = "build the pinned llama.cpp with `tests/interop/build_envs.sh llama.cpp`"
@@ -205,7 +209,7 @@ class LlamaCppMethod:
     def acceptance(self) -> float:
         return self.draft_accepted / self.draft_tokens if self.draft_tokens else 0.0
 
-    def run(self, ids: list[int], max_new_tokens: int, sampling, seed: int):
+    def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
         from eaglespec.decoding import GenerationStats
         from eaglespec.evaluation.methods import MethodRun
 
