@@ -35,7 +35,7 @@ def test_completions_on_loopback_and_the_server_stops(fake_binary, monkeypatch):
         assert server.config.command(server.port)[server.config.command(server.port).index("--host") + 1] == HOST
         c = server.complete([5, 6, 7], 4)
         assert c.tokens == [7, 7, 7, 7] and c.prompt_tokens == 3 and (c.draft_tokens, c.draft_accepted) == (3, 2)
-    assert process.poll() is not None
+    assert process.poll() is not None and not server.log_path.exists()  # a clean run leaves no log behind
 
 
 def test_an_error_inside_stops_the_server(fake_binary, monkeypatch):
@@ -44,7 +44,7 @@ def test_an_error_inside_stops_the_server(fake_binary, monkeypatch):
         with _server(fake_binary) as server:
             process = server._process
             raise KeyboardInterrupt
-    assert process.poll() is not None
+    assert process.poll() is not None and server.log_path.exists()  # kept for the error
 
 
 def test_a_server_that_fails_to_start_shows_its_log(fake_binary, monkeypatch):

@@ -103,8 +103,10 @@ class LlamaServer:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is None and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)  # kept when something failed: errors point to it
 
     def start(self) -> None:
         check_binary(self.config.binary)
