@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eaglespec._io import read_json
+
 METHODS = ("eagle1", "eagle3")
 
 # How `aux_layer_ids` are numbered. Ours: id k = Hugging Face `hidden_states[k]` = the INPUT of
@@ -136,12 +138,7 @@ class DraftConfig:
     @classmethod
     def load(cls, directory: str | Path) -> "DraftConfig":
         path = Path(directory) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no draft config.json (is {directory} a draft directory?)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from e
-        if "method" not in d:
+        d = read_json(path, f"no draft config.json (is {directory} a draft directory?)")
+        if not isinstance(d, dict) or "method" not in d:
             raise ValueError(f"{path}: not an eaglespec draft config (no 'method' field); is this a target model directory?")
         return cls.from_dict(d, source=str(path))

@@ -18,7 +18,6 @@ How a user's ds_config and our flags combine (the config is the user's; our flag
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eaglespec._io import read_json
 from eaglespec.training.distributed import (
     LaunchInfo,
     all_reduce_mean,
@@ -59,13 +59,7 @@ def _deepspeed():
 
 def read_ds_config(path: str | os.PathLike) -> dict:
     """Parse a ds_config JSON file (errors name the file, line and column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: DeepSpeed config not found")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON in DeepSpeed config: {e.msg}") from None
+    config = read_json(path, "DeepSpeed config not found")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a DeepSpeed config must be a JSON object, got {type(config).__name__}")
     return config
