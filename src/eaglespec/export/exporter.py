@@ -35,11 +35,15 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        lines = [f"{self.fmt}: wrote {self.output} (architectures {self.config.get('architectures')})"]
-        lines += [f"  {spec.describe()}" for spec in self.tensors]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  checked: {len(self.tensors)} tensors present with the expected shapes and dtypes, none extra")
-        return "\n".join(lines)
+        header = f"{self.fmt}: wrote {self.output} (architectures {self.config.get('architectures')})"
+        checked = f"{len(self.tensors)} tensors present with the expected shapes and dtypes, none extra"
+        return render_report(header, self.tensors, [f"note: {n}" for n in self.notes], checked)
+
+
+def render_report(header: str, tensors: list[TensorSpec], details: list[str], checked: str) -> str:
+    """An export's report: what was written, one line per tensor, then details and what was checked."""
+    lines = [header, *(f"  {spec.describe()}" for spec in tensors), *(f"  {d}" for d in details)]
+    return "\n".join([*lines, f"  checked: {checked}"])
 
 
 @dataclass

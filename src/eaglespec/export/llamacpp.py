@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from eaglespec.export.exporter import load_draft, render_report
 from eaglespec.export.gguf_vocab import MetaValue, tokenizer_metadata
 from eaglespec.export.layout import TensorSpec
 from eaglespec.models.config import DraftConfig
@@ -71,13 +72,11 @@ class GGUFExportReport:
     notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        lines = [f"gguf: wrote {self.output} (general.architecture {ARCH})"]
-        lines += [f"  {spec.describe()}" for spec in self.tensors]
-        lines += [f"  {key} = {_short(meta.value)}" for key, meta in self.metadata.items()]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  checked: read back with gguf.GGUFReader: {len(self.tensors)} tensors with the expected "
-                     f"shapes and dtypes, none extra; {len(self.metadata)} metadata keys with the expected values")
-        return "\n".join(lines)
+        details = [f"{key} = {_short(meta.value)}" for key, meta in self.metadata.items()]
+        checked = (f"read back with gguf.GGUFReader: {len(self.tensors)} tensors with the expected shapes and "
+                   f"dtypes, none extra; {len(self.metadata)} metadata keys with the expected values")
+        return render_report(f"gguf: wrote {self.output} (general.architecture {ARCH})", self.tensors,
+                             details + [f"note: {n}" for n in self.notes], checked)
 
 
 def _short(value: Any) -> str:
@@ -232,7 +231,6 @@ def export_gguf(draft_dir: str | os.PathLike, output: str | os.PathLike, target:
                 dtype: str | None = None, overwrite: bool = False) -> GGUFExportReport:
     """Write the EAGLE-3 draft in `draft_dir` (or a committed draft's name) as llama.cpp's eagle3 GGUF at
     `output`, with `target`'s tokenizer; refuse what llama.cpp cannot represent; read the file back to check it."""
-    from eaglespec.export.exporter import load_draft
     from eaglespec.export.gguf_io import check_gguf, write_gguf
     from eaglespec.models import resolve_model_path
 
