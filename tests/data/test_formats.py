@@ -120,3 +120,14 @@ def test_text_records():
     assert (example.prompt, example.completion) == ("p", "c")
     with pytest.raises(InvalidRecord, match=r"t: not a text record: expected 'text' or 'prompt'\+'completion'"):
         parse_text(Record("t", "i", {"body": "x"}))
+
+
+def test_json_lines_split_at_newline_only(tmp_path):
+    """U+2028 / U+0085 may stand unescaped inside a JSON string (gsm8k_train.jsonl has them): one record, not a
+    record cut in two and an 'invalid JSON' error."""
+    text = "first\u2028second\u0085third"
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n" + json.dumps({"text": "y"})
+                    + "\n", encoding="utf-8")
+    records = read_records(path).records
+    assert [r.data["text"] for r in records] == [text, "y"]

@@ -404,3 +404,12 @@ def test_cli_sample_chats_flags_are_checked(tmp_path, capsys):
     assert main(["regenerate", "--model", "stories260K", "--sample-chats", "2", "--prompt-temperature", "0",
                  "--output", out]) == 1
     assert "--prompt-temperature 0" in capsys.readouterr().err
+
+
+def test_finished_ids_split_lines_at_newline_only(tmp_path):
+    """An answer holding U+2028 (allowed unescaped in JSON) is one line of the output, not two broken ones."""
+    out = tmp_path / "out.jsonl"
+    append_records(out, [{"id": "a", "text": "x\u2028y"}, {"id": "b", "text": "z"}])
+    out.write_text(out.read_text(encoding="utf-8").replace("\\u2028", "\u2028"), encoding="utf-8")
+    assert "\u2028" in out.read_text(encoding="utf-8")
+    assert finished_ids(out) == ["a", "b"]

@@ -126,7 +126,9 @@ def _records_from_json(path: Path, value: Any) -> list[Record]:
 
 def _read_json_lines(path: Path, text: str, skip_invalid: bool) -> ReadResult:
     result = ReadResult()
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines end at "\n" only: str.splitlines() would also split inside strings at U+2028, U+0085, ...,
+    # which JSON allows unescaped (seen in gsm8k_train.jsonl)
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         source = f"{path}:{lineno}"

@@ -26,7 +26,7 @@ def finished_ids(path: str | os.PathLike) -> list[str]:
             f.truncate(complete)
             os.fsync(f.fileno())
     ids = []
-    for line_no, line in enumerate(data[:complete].decode("utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(data[:complete].decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
