@@ -1,7 +1,9 @@
-"""A stand-in for llama.cpp's llama-server (same flags, /health and /completion) for the lifecycle tests.
+"""A stand-in for llama.cpp's llama-server (same flags, /health, /completion and /metrics) for the lifecycle tests.
 
-FAKE_LLAMA_MODE: "ok" (answers: the prompt's last id repeated n_predict times, 2 of 3 "draft" tokens accepted
-when -md is given), "crash" (prints an error and exits 1 before listening), "die" (exits after one completion).
+FAKE_LLAMA_MODE: "ok" (answers: the prompt's last id repeated n_predict times; when -md is given, one verification
+step per request that accepted 2 of 3 draft tokens, counted in /metrics as llama.cpp counts them, and a drafter
+statistics line in the log as llama.cpp writes it at -lv 4), "crash" (prints an error and exits 1 before listening),
+"die" (exits after one completion).
 """
 
 import argparse
@@ -13,16 +15,33 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 MODE = os.environ.get("FAKE_LLAMA_MODE", "ok")
 
 
+COUNTERS = {"steps": 0}
+METRICS = """# HELP llamacpp:spec_decode_num_drafts_total Speculative: Total speculative decoding verification steps
+# TYPE llamacpp:spec_decode_num_drafts_total counter
+llamacpp:spec_decode_num_drafts_total {steps}
+# HELP llamacpp:spec_decode_num_accepted_tokens_per_pos_total Accepted tokens per draft position
+# TYPE llamacpp:spec_decode_num_accepted_tokens_per_pos_total counter
+llamacpp:spec_decode_num_accepted_tokens_per_pos_total{{position="0"}} {steps}
+llamacpp:spec_decode_num_accepted_tokens_per_pos_total{{position="1"}} {steps}
+llamacpp:spec_decode_num_accepted_tokens_per_pos_total{{position="2"}} 0
+"""
+STATS = ("0.01.000.000 I spec common_specu: statistics     draft-eagle3: #calls(b,g,a) =    1 {steps:6d} {steps:6d}, "
+         "#gen drafts = 0, #acc drafts = 0, #gen tokens = 0, #acc tokens = 0, dur(b,g,a) = 0.003, {ms:.3f}, 0.100 ms")
+
+
 def reply(body: dict, drafting: bool) -> dict:
     tokens = [body["prompt"][-1]] * body["n_predict"]
     timings = {"prompt_n": len(body["prompt"]), "prompt_ms": 1.0, "predicted_n": len(tokens), "predicted_ms": 2.0}
     if drafting:
         timings.update(draft_n=3, draft_n_accepted=2)
+        COUNTERS["steps"] += 1
+        print(STATS.format(steps=COUNTERS["steps"], ms=4.0 * COUNTERS["steps"]), flush=True)
     return {"tokens": tokens, "stop_type": "limit", "timings": timings}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    p.add_argument("-m")  # declared, or argparse reads "-m target.gguf" as an abbreviation of -md
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("-md", default=None)
@@ -35,7 +54,10 @@ def main() -> None:
         def do_GET(self):
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(b'{"status": "ok"}')
+            if self.path == "/metrics":
+                self.wfile.write(METRICS.format(**COUNTERS).encode())
+            else:
+                self.wfile.write(b'{"status": "ok"}')
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", nargs="+", required=True,
                    help="MT-bench / Spec-Bench question.jsonl, HumanEval(.gz), HumanEval-infilling, or plain text lines")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, lookup, hf, pld, assisted=PATH")
+                   help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, lookup, hf, pld, "
+                        "assisted=PATH, llama.cpp, llama.cpp-eagle3")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
@@ -41,9 +43,25 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-turn-only", action="store_true", help="multi-turn questions: first turn only")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--output", default=DEFAULTS.output, help="directory for results.json, report.md and plots")
+    add_llama_cpp_flags(p.add_argument_group("llama.cpp methods (llama.cpp, llama.cpp-eagle3; greedy)"))
     p.add_argument("--batch-size", type=int, default=None,
                    help="throughput mode: batched vanilla / eagle / hf generate and eagle at batch size 1 on the "
                         "first turns (total new tokens / wall time, per-sequence latency)")
+
+
+def add_llama_cpp_flags(g) -> None:
+    g.add_argument("--gguf-target", default=None, metavar="FILE",
+                   help="the target as GGUF (llama.cpp's convert_hf_to_gguf.py of --base; any quantization)")
+    g.add_argument("--gguf-draft", default=None, metavar="FILE",
+                   help="the draft as GGUF for llama.cpp-eagle3 (default: --draft exported into --output, f32 with "
+                        "--dtype float32, else bf16)")
+    g.add_argument("--llama-server", default=None, metavar="PATH",
+                   help="llama-server binary (default: the pinned build of tests/interop/build_envs.sh llama.cpp)")
+    g.add_argument("--llama-threads", type=int, default=None, help="llama.cpp threads (default: every core)")
+    g.add_argument("--spec-draft-n-max", type=int, default=DEFAULTS.spec_draft_n_max,
+                   help="llama.cpp's draft chain length")
+    g.add_argument("--spec-draft-p-min", type=float, default=DEFAULTS.spec_draft_p_min,
+                   help="llama.cpp stops a chain where the draft's probability falls below this")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +72,24 @@ def run(args: argparse.Namespace) -> int:
                         total_tokens=args.total_tokens, lookup=args.lookup, chain_depth=args.chain_depth, dtype=args.dtype,
                         device=args.device, limit=args.limit, every=args.every, first_turn_only=args.first_turn_only,
                         seed=args.seed, output=args.output, batch_size=args.batch_size,
-                        calibration=args.calibration)
+                        calibration=args.calibration, gguf_target=args.gguf_target, gguf_draft=args.gguf_draft,
+                        llama_server=args.llama_server, llama_threads=args.llama_threads,
+                        spec_draft_n_max=args.spec_draft_n_max, spec_draft_p_min=args.spec_draft_p_min)
     return run_benchmark(opts)
+
+
+def with_draft_gguf(opts: BenchOptions, log: Log = print) -> BenchOptions:
+    """llama.cpp-eagle3 without --gguf-draft: --draft exported to GGUF into the output directory first."""
+    if "llama.cpp-eagle3" not in opts.methods or opts.gguf_draft or opts.draft is None:
+        return opts
+    from eaglespec.export import export_gguf
+
+    dtype = "f32" if opts.dtype == "float32" else "bf16"
+    path = Path(opts.output) / f"draft-{dtype}.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_gguf(opts.draft, path, opts.base, dtype=dtype, overwrite=True)  # bench's own file, remade each run
+    log(f"llama.cpp-eagle3: exported {opts.draft} to {path} ({dtype})")
+    return dataclasses.replace(opts, gguf_draft=str(path))
 
 
 def run_benchmark(opts: BenchOptions, log: Log = print) -> int:
@@ -69,14 +103,16 @@ def run_benchmark(opts: BenchOptions, log: Log = print) -> int:
 
     if opts.batch_size is not None:
         return run_throughput(opts, log)
+    opts = with_draft_gguf(opts, log)
     setup, tune = load_setup(opts, log)
-    for note in setup_notes(setup):
-        log(note)
-    with tqdm(total=answer_count(setup), unit="answer", desc="bench") as bar:
-        result = run_rounds(setup, progress=bar.update)
-    for qid, why in result.skipped.items():
-        log(f"skipped question {qid}: {why}")
-    bench = summarise_run(setup, result, opts, tune)
+    with setup.resources:  # llama.cpp's servers stop here, after their timings are read
+        for note in setup_notes(setup):
+            log(note)
+        with tqdm(total=answer_count(setup), unit="answer", desc="bench") as bar:
+            result = run_rounds(setup, progress=bar.update)
+        for qid, why in result.skipped.items():
+            log(f"skipped question {qid}: {why}")
+        bench = summarise_run(setup, result, opts, tune)
     paths = write_outputs(Path(opts.output), bench.data, result, bench.methods)
     print_summary(bench, paths, log)
     print_mismatches(bench, setup.generator.target.dtype, log)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 
 from eaglespec.decoding import GenerationStats, PromptTooLong, SpeculativeGenerator, sync
 from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, next_logits_fn
-from eaglespec.evaluation.methods import Sampling
+from eaglespec.evaluation.methods import EXACTNESS_REFERENCE, Sampling
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
 
 WARMUP_MAX_NEW_TOKENS = 32
@@ -52,6 +53,7 @@ class MethodSummary:
     ms_per_forward: dict[str, float] | None  # draft / verify / other, per target forward
     speedup: float | None = None  # vs vanilla, ratio of medians
     speedup_vs_hf: float | None = None
+    speedup_vs_llama_cpp: float | None = None  # vs the `llama.cpp` method (llama.cpp without a draft)
     lookup_share: float | None = None  # of the accepted draft tokens, the share only the n-gram lookup proposed
 
 
@@ -90,6 +92,7 @@ class BenchSetup:
     sampling: Sampling
     seed: int = 0
     fim: object = None  # FimTokens when a question is FIM
+    resources: ExitStack = field(default_factory=ExitStack)  # what the methods hold open (llama.cpp's servers)
 
 
 def answer(setup: BenchSetup, method, question: Question, round_: int, max_new_tokens: int | None = None
@@ -190,7 +193,7 @@ def summarise(runs: list[QuestionRun], method: str, rounds: int) -> MethodSummar
 
 def summarise_all(runs: list[QuestionRun], methods: list[str], rounds: int) -> dict[str, MethodSummary]:
     out = {m: summarise(runs, m, rounds) for m in methods}
-    for key, base in (("speedup", "vanilla"), ("speedup_vs_hf", "hf")):
+    for key, base in (("speedup", "vanilla"), ("speedup_vs_hf", "hf"), ("speedup_vs_llama_cpp", "llama.cpp")):
         if base in out and out[base].tokens_per_s:
             for s in out.values():
                 setattr(s, key, s.tokens_per_s / out[base].tokens_per_s)
@@ -198,13 +201,14 @@ def summarise_all(runs: list[QuestionRun], methods: list[str], rounds: int) -> d
 
 
 def check_exactness(setup: BenchSetup, result: BenchResult) -> None:
-    """Classify every greedy method's round-0 answer against vanilla's, per question."""
+    """Classify every greedy method's round-0 answer against its reference's (vanilla's, or EXACTNESS_REFERENCE's:
+    llama.cpp with the draft against llama.cpp), per question; near-ties are judged by our target's logits."""
     if not setup.sampling.greedy:
         return
     by_key = {(r.method, r.question_id): r for r in result.runs if r.round == 0}
     judge = exactness_judge(setup.generator)
     for (method, qid), run in sorted(by_key.items()):
-        ref = by_key.get(("vanilla", qid))
+        ref = by_key.get((EXACTNESS_REFERENCE.get(method, "vanilla"), qid))
         if method == "vanilla" or ref is None:
             continue
         result.exactness.setdefault(method, {})[qid] = judge(ref.prompts, ref.turns, run.turns)

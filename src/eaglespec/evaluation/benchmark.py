@@ -12,6 +12,13 @@ from pathlib import Path
 
 from eaglespec.evaluation.bench import BenchResult, BenchSetup, check_exactness, mismatches
 from eaglespec.evaluation.exactness import Exactness
+from eaglespec.evaluation.llamacpp import (
+    DEFAULT_DRAFT_N_MAX,
+    DEFAULT_DRAFT_P_MIN,
+    LlamaCppMethod,
+    LlamaCppOptions,
+    start_llama_cpp_methods,
+)
 from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
@@ -50,6 +57,16 @@ class BenchOptions:
     output: str = "bench"
     batch_size: int | None = None  # throughput mode: batched decoding of every question's first turn
     calibration: str | None = None  # --tree auto: tune on this question file's first turns (built-in prompts if None)
+    gguf_target: str | None = None  # the llama.cpp methods: the target as GGUF
+    gguf_draft: str | None = None  # llama.cpp-eagle3: our draft as GGUF
+    llama_server: str | None = None  # llama-server binary (None: the pinned build in the interop cache)
+    llama_threads: int | None = None  # llama.cpp's threads (None: every core)
+    spec_draft_n_max: int = DEFAULT_DRAFT_N_MAX  # llama.cpp's chain length
+    spec_draft_p_min: float = DEFAULT_DRAFT_P_MIN  # llama.cpp stops drafting below this draft probability
+
+    def llama_cpp(self) -> LlamaCppOptions:
+        return LlamaCppOptions(self.gguf_target, self.gguf_draft, self.llama_server, self.llama_threads,
+                               self.spec_draft_n_max, self.spec_draft_p_min)
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:
@@ -69,12 +86,11 @@ def check_calibration(opts: BenchOptions) -> None:
 
 
 def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, dict | None]:
+    """The generator (tuned with --tree auto), the questions and the methods in the order named; the llama.cpp
+    methods' servers are started (checked before any tuning) and stop when `setup.resources` closes."""
     from eaglespec.decoding import SpeculativeGenerator
 
-    needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
-    if needs_draft and opts.draft is None:
-        raise ValueError(f"methods {needs_draft} need --draft")
-    check_calibration(opts)
+    check_method_inputs(opts)
     questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
     gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device,
                                                **_explicit_tree(opts))
@@ -83,12 +99,36 @@ def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, 
         from eaglespec.data.fim import detect_fim_tokens
 
         fim = detect_fim_tokens(gen.tokenizer)
+    setup = BenchSetup(gen, questions, [], opts.max_new_tokens, opts.repeats, Sampling(opts.temperature, opts.top_p),
+                       opts.seed, fim)
     tune = None
-    if opts.tree == "auto":
-        gen, tune = tune_for_workload(gen, opts, questions, fim, log, isolated=True)
-    methods = build_methods(opts.methods, gen, opts.chain_depth, opts.lookup)
-    sampling = Sampling(opts.temperature, opts.top_p)
-    return BenchSetup(gen, questions, methods, opts.max_new_tokens, opts.repeats, sampling, opts.seed, fim), tune
+    try:
+        engines = start_llama_cpp_methods(opts.methods, opts.llama_cpp(), vocabulary(gen.tokenizer), setup.resources)
+        if opts.tree == "auto":
+            setup.generator, tune = tune_for_workload(gen, opts, questions, fim, log, isolated=True)
+        ours = build_methods([m for m in opts.methods if m not in engines], setup.generator, opts.chain_depth,
+                             opts.lookup)
+    except BaseException:
+        setup.resources.close()
+        raise
+    by_name = {**{m.name: m for m in ours}, **engines}
+    setup.methods = [by_name[name] for name in opts.methods]
+    return setup, tune
+
+
+def check_method_inputs(opts: BenchOptions) -> None:
+    needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
+    if needs_draft and opts.draft is None:
+        raise ValueError(f"methods {needs_draft} need --draft")
+    if "llama.cpp-eagle3" in opts.methods and opts.draft is None and opts.gguf_draft is None:
+        raise ValueError("llama.cpp-eagle3 needs our draft: --draft DIR (exported to GGUF for the run) or "
+                         "--gguf-draft FILE")
+    check_calibration(opts)
+
+
+def vocabulary(tokenizer) -> list[str]:
+    """The tokenizer's tokens by id (what a GGUF's tokenizer.ggml.tokens holds)."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
 
 def tune_for_workload(gen, opts: BenchOptions, questions, fim, log: Log = logger.info, isolated: bool = False):
@@ -211,15 +251,17 @@ def answer_count(setup: BenchSetup) -> int:
 
 
 def summarise_run(setup: BenchSetup, result: BenchResult, opts: BenchOptions, tune: dict | None) -> BenchRun:
-    """Classify every answer against vanilla and gather results.json's contents (tune's measured figures too)."""
+    """Classify every answer against its reference and gather results.json's contents (tune's measured figures and
+    llama.cpp's own timings too)."""
     from eaglespec.evaluation.report import machine_info, results_dict
 
     check_exactness(setup, result)
     names = [m.name for m in setup.methods]
     gen = setup.generator
     tree = gen.tree.summary(gen.draft.config.method) if gen.draft else None
+    engines = {m.name: m.engine_figures() for m in setup.methods if isinstance(m, LlamaCppMethod)}
     data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype),
-                        {"tree": tree, "tune": tune})
+                        {"tree": tree, "tune": tune, **({"llama_cpp": engines} if engines else {})})
     if tune and "eagle" in data["overall"]:
         check_prediction(data["tune"], data["overall"])
     return BenchRun(result, names, data, mismatches(result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -19,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eaglespec.decoding import GenerationStats
+from eaglespec.evaluation.methods import LLAMA_CPP_METHODS, MethodRun, Sampling
+
 if TYPE_CHECKING:
-    from eaglespec.evaluation.methods import MethodRun, Sampling
+    from contextlib import ExitStack
 
 HOST = "127.0.0.1"  # loopback only: the server is a private helper of this process
 BUILD_HINT = "build the pinned llama.cpp with `tests/interop/build_envs.sh llama.cpp`"
@@ -31,6 +35,12 @@ EXIT_SETTLE_S = 2.0
 LOG_TAIL_CHARS = 3000
 DEFAULT_DRAFT_N_MAX = 3  # llama.cpp's own default chain length
 DEFAULT_DRAFT_P_MIN = 0.0  # llama.cpp's default: draft the whole chain whatever the draft's confidence
+TRACE_VERBOSITY = "4"  # -lv 4: llama.cpp logs its drafter's cumulative call counts and times at this level
+STEPS_METRIC = "llamacpp:spec_decode_num_drafts_total"  # verification steps (`--metrics`)
+PER_POS_METRIC = "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"  # {position="i"}: steps accepting > i
+# common_speculative_print_stats, logged when a request ends: "#calls(b,g,a) = 1 37 37, ... dur(b,g,a) = b, g, a ms"
+DRAFT_STATS = re.compile(r"statistics\s+draft-eagle3: #calls\(b,g,a\) =\s*\d+\s+(\d+)\s+\d+.*"
+                         r"dur\(b,g,a\) = [\d.]+, ([\d.]+), [\d.]+ ms")
 
 
 def interop_home() -> Path:
@@ -53,13 +63,17 @@ class LlamaServerConfig:
     threads: int = max(1, os.cpu_count() or 1)
     context: int = 4096
     extra_args: tuple[str, ...] = ()
+    trace_steps: bool = False  # LLAMA_TRACE=1: the log gets one "task N | accepted a/d draft tokens" line per step
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "LLAMA_TRACE": "1"} if self.trace_steps else dict(os.environ)
 
     def command(self, port: int) -> list[str]:
         cmd = [str(self.binary), "-m", str(self.model), "--host", HOST, "--port", str(port), "-t", str(self.threads),
-               "-c", str(self.context), "-np", "1", "--no-webui", *self.extra_args]
+               "-c", str(self.context), "-np", "1", "--no-webui", "--metrics", *self.extra_args]
         if self.draft is not None:
             cmd += ["-md", str(self.draft), "--spec-type", "draft-eagle3", "--spec-draft-n-max", str(self.draft_n_max),
-                    "--spec-draft-p-min", str(self.draft_p_min), "-td", str(self.threads)]
+                    "--spec-draft-p-min", str(self.draft_p_min), "-td", str(self.threads), "-lv", TRACE_VERBOSITY]
         return cmd
 
 
@@ -74,6 +88,57 @@ class LlamaCompletion:
     draft_tokens: int = 0
     draft_accepted: int = 0
     stop_type: str = ""
+    spec: SpecCounters | None = None  # verification steps and accepted tokens by draft position (with a draft)
+
+
+@dataclass(frozen=True)
+class SpecCounters:
+    """llama-server's speculative counters (`/metrics`): verification steps and, per draft position i, the steps
+    that accepted more than i draft tokens. Cumulative over the server's life; `minus` gives one request's."""
+
+    steps: int = 0
+    accepted_per_pos: tuple[int, ...] = ()
+
+    def minus(self, before: SpecCounters) -> SpecCounters:
+        old = before.accepted_per_pos + (0,) * (len(self.accepted_per_pos) - len(before.accepted_per_pos))
+        return SpecCounters(self.steps - before.steps, tuple(a - b for a, b in zip(self.accepted_per_pos, old)))
+
+    def accept_length_counts(self) -> list[int]:
+        """[k]: how many steps accepted exactly k draft tokens."""
+        reached = [self.steps, *self.accepted_per_pos, 0]
+        return [reached[k] - reached[k + 1] for k in range(len(reached) - 1)]
+
+
+def parse_spec_counters(text: str) -> SpecCounters:
+    """The speculative counters in a Prometheus text page from llama-server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    steps, per_pos = 0, {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == STEPS_METRIC:
+                steps = int(sample.value)
+            elif sample.name == PER_POS_METRIC:
+                per_pos[int(sample.labels["position"])] = int(sample.value)
+    return SpecCounters(steps, tuple(per_pos.get(i, 0) for i in range(max(per_pos, default=-1) + 1)))
+
+
+@dataclass(frozen=True)
+class DraftTiming:
+    """llama.cpp's drafter over the server's life so far: draft calls (one per drafted chain) and their time."""
+
+    calls: int
+    ms: float
+
+    @property
+    def ms_per_call(self) -> float:
+        return self.ms / self.calls if self.calls else 0.0
+
+
+def parse_draft_timing(log: str) -> DraftTiming | None:
+    """The last drafter statistics line in a llama-server log written at -lv 4 (None: none yet)."""
+    found = DRAFT_STATS.findall(log)
+    return DraftTiming(int(found[-1][0]), float(found[-1][1])) if found else None
 
 
 def check_binary(path: str | os.PathLike) -> Path:
@@ -115,7 +180,7 @@ class LlamaServer:
         self.log_path = Path(log)
         with os.fdopen(fd, "wb") as out:
             self._process = subprocess.Popen(self.config.command(self.port), stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+                                             stdin=subprocess.DEVNULL, env=self.config.environment())
         try:
             self._wait_ready()
         except BaseException:
@@ -149,11 +214,14 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 pass
 
-    def log_tail(self) -> str:
+    def log_text(self) -> str:
         if self.log_path is None or not self.log_path.is_file():
-            return "(no log)"
-        text = self.log_path.read_text(errors="replace")
-        return f"--- last lines of {self.log_path} ---\n{text[-LOG_TAIL_CHARS:]}"
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        text = self.log_text()
+        return f"--- last lines of {self.log_path} ---\n{text[-LOG_TAIL_CHARS:]}" if text else "(no log)"
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -168,61 +236,165 @@ class LlamaServer:
 
     def complete(self, prompt_ids: list[int], max_new_tokens: int) -> LlamaCompletion:
         """Greedy decoding of `max_new_tokens` after `prompt_ids` (no prompt cache, so every request pays its
-        prefill, as ours do)."""
+        prefill, as ours do); with a draft, the request's own speculative counters too (/metrics before and after:
+        one slot, so nothing else moves them)."""
         body = {"prompt": [int(i) for i in prompt_ids], "n_predict": int(max_new_tokens), "temperature": 0.0,
                 "top_k": 1, "cache_prompt": False, "return_tokens": True, "stream": False}
-        request = urllib.request.Request(f"http://{HOST}:{self.port}/completion", data=json.dumps(body).encode(),
+        before = self.spec_counters() if self.config.draft is not None else None
+        reply = json.loads(self._request("/completion", json.dumps(body).encode()))
+        spec = None if before is None else self.spec_counters().minus(before)
+        return _completion(reply, spec)
+
+    def spec_counters(self) -> SpecCounters:
+        return parse_spec_counters(self._request("/metrics").decode())
+
+    def draft_timing(self) -> DraftTiming | None:
+        """The drafter's calls and time so far, from the server's log (None before the first drafted request)."""
+        return parse_draft_timing(self.log_text())
+
+    def _request(self, path: str, data: bytes | None = None) -> bytes:
+        request = urllib.request.Request(f"http://{HOST}:{self.port}{path}", data=data,
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as r:
-                reply = json.loads(r.read())
+                return r.read()
         except (urllib.error.URLError, ConnectionError) as e:
             self._settle()
             self.check_alive()
-            raise RuntimeError(f"llama-server request failed: {e}\n{self.log_tail()}") from e
-        return _completion(reply)
+            raise RuntimeError(f"llama-server request {path} failed: {e}\n{self.log_tail()}") from e
 
 
-def _completion(reply: dict) -> LlamaCompletion:
+def _completion(reply: dict, spec: SpecCounters | None) -> LlamaCompletion:
     t = reply.get("timings") or {}
     return LlamaCompletion(tokens=[int(i) for i in reply.get("tokens") or []],
                            prompt_tokens=int(t.get("prompt_n", 0)), prompt_ms=float(t.get("prompt_ms", 0.0)),
                            predicted_ms=float(t.get("predicted_ms", 0.0)), draft_tokens=int(t.get("draft_n", 0)),
-                           draft_accepted=int(t.get("draft_n_accepted", 0)), stop_type=str(reply.get("stop_type", "")))
+                           draft_accepted=int(t.get("draft_n_accepted", 0)), stop_type=str(reply.get("stop_type", "")),
+                           spec=spec)
 
 
 # -------------------------------------------------------------------------------------------------
 # bench methods: `llama.cpp` (the target GGUF alone) and `llama.cpp-eagle3` (with our draft as GGUF)
 # -------------------------------------------------------------------------------------------------
 
-LLAMA_CPP_METHODS = ("llama.cpp", "llama.cpp-eagle3")
+CONVERT_HINT = ("convert the target with llama.cpp's convert_hf_to_gguf.py (in the pinned build's src/; "
+                "see the README section \"Running your draft in llama.cpp\")")
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    """What `bench`'s llama.cpp methods run: the target GGUF, our draft as GGUF, the server and its chain flags."""
+
+    target_gguf: str | None = None
+    draft_gguf: str | None = None
+    server: str | None = None  # llama-server binary (None: the pinned build's)
+    threads: int | None = None  # None: every core
+    draft_n_max: int = DEFAULT_DRAFT_N_MAX
+    draft_p_min: float = DEFAULT_DRAFT_P_MIN
 
 
 @dataclass
 class LlamaCppMethod:
-    """A bench method answered by a running llama-server (greedy only; llama.cpp samples with its own RNG)."""
+    """A bench method answered by a running llama-server (greedy only; llama.cpp samples with its own RNG).
+
+    Its stats are llama.cpp's own: target forwards = new tokens - accepted draft tokens (the prefill gives the first
+    token, each forward after it one token plus what it accepts) and, with a draft, acceptance by draft position
+    from the server's counters (a step that drafted fewer than n-max tokens, at the end of an answer, counts as
+    drafting n-max)."""
 
     name: str
     server: LlamaServer
-    draft_tokens: int = 0  # llama.cpp's draft acceptance over every run so far (its timings.draft_n*)
+    draft_tokens: int = 0  # over every run so far, the warm-up included
     draft_accepted: int = 0
+    predicted_ms: float = 0.0  # llama.cpp's generation time after the prefill
+    decode_forwards: int = 0  # target forwards after the prefill
 
     @property
     def acceptance(self) -> float:
         return self.draft_accepted / self.draft_tokens if self.draft_tokens else 0.0
 
     def run(self, ids: list[int], max_new_tokens: int, sampling: Sampling, seed: int) -> MethodRun:
-        from eaglespec.decoding import GenerationStats
-        from eaglespec.evaluation.methods import MethodRun
-
         if not sampling.greedy:
             raise ValueError(f"{self.name}: llama.cpp methods run greedy only (its sampler draws from its own "
                              "random numbers, so outputs could not be compared); use --temperature 0")
         c = self.server.complete(ids, max_new_tokens)
-        # llama.cpp reports totals only: prefill gives the first token and each verification step gives its
-        # accepted draft tokens plus one, so the target forwards are new tokens - accepted draft tokens.
-        stats = GenerationStats(new_tokens=len(c.tokens), target_forwards=max(len(c.tokens) - c.draft_accepted, 1),
-                                finish_reason="stop" if c.stop_type in ("eos", "word") else "length")
+        stats = completion_stats(c, self.server.config.draft_n_max)
         self.draft_tokens += c.draft_tokens
         self.draft_accepted += c.draft_accepted
+        self.predicted_ms += c.predicted_ms
+        self.decode_forwards += max(stats.target_forwards - 1, 0)
         return MethodRun(c.tokens, stats, split_known=False)
+
+    def engine_figures(self) -> dict:
+        """Where llama.cpp's time went (over every run, the warm-up included): ms per target forward after the
+        prefill and, with the draft, the drafter's calls and ms per call (from the server's log) and acceptance."""
+        figures = {"command": " ".join(self.server.config.command(self.server.port)),
+                   "decode_ms_per_forward": self.predicted_ms / self.decode_forwards if self.decode_forwards else None}
+        timing = self.server.draft_timing()
+        if self.server.config.draft is not None:
+            figures.update(draft_tokens=self.draft_tokens, draft_accepted=self.draft_accepted,
+                           acceptance=self.acceptance, draft_calls=timing.calls if timing else None,
+                           draft_ms_per_call=timing.ms_per_call if timing else None)
+        return figures
+
+
+def completion_stats(c: LlamaCompletion, chain: int) -> GenerationStats:
+    stats = GenerationStats(new_tokens=len(c.tokens), target_forwards=max(len(c.tokens) - c.draft_accepted, 1),
+                            finish_reason="stop" if c.stop_type in ("eos", "word") else "length")
+    if c.spec is not None:
+        for accepted, steps in enumerate(c.spec.accept_length_counts()):
+            for _ in range(steps):
+                stats.record_step(accepted, chain)
+    return stats
+
+
+def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabulary: list[str], stack: ExitStack
+                            ) -> dict[str, LlamaCppMethod]:
+    """A running server per llama.cpp method named (stopped when `stack` closes), after checking the inputs:
+    the target GGUF is given and its vocabulary is `vocabulary` (our tokenizer's tokens by id: prompts are sent
+    as token ids), and llama.cpp-eagle3 has a draft GGUF."""
+    wanted = [n for n in names if n in LLAMA_CPP_METHODS]
+    if not wanted:
+        return {}
+    binary = check_binary(options.server or default_llama_server())
+    target = check_target_gguf(options.target_gguf, vocabulary)
+    if "llama.cpp-eagle3" in wanted and not options.draft_gguf:
+        raise ValueError("llama.cpp-eagle3 needs the draft as GGUF: --gguf-draft FILE "
+                         "(`eaglespec export --format gguf`), or --draft to export it")
+    methods = {}
+    for name in wanted:
+        draft = Path(options.draft_gguf) if name == "llama.cpp-eagle3" else None
+        if draft is not None and not draft.is_file():
+            raise FileNotFoundError(f"--gguf-draft {draft}: no such file")
+        config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=options.draft_n_max,
+                                   draft_p_min=options.draft_p_min, threads=options.threads or LlamaServerConfig.threads)
+        methods[name] = LlamaCppMethod(name, stack.enter_context(LlamaServer(config)))
+    return methods
+
+
+def check_target_gguf(path: str | None, vocabulary: list[str]) -> Path:
+    """The target GGUF exists, is a GGUF, and holds our tokenizer's vocabulary in our ids (first)."""
+    if not path:
+        raise ValueError(f"the llama.cpp methods need the target as GGUF: --gguf-target FILE ({CONVERT_HINT})")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--gguf-target {path}: no such file ({CONVERT_HINT})")
+    theirs = gguf_vocabulary(path)
+    if theirs[: len(vocabulary)] != vocabulary:  # a converter may pad the vocabulary up to the embedding's rows
+        first = next((i for i, (a, b) in enumerate(zip(theirs, vocabulary)) if a != b), min(len(theirs), len(vocabulary)))
+        raise ValueError(f"--gguf-target {path}: its vocabulary differs from the target's tokenizer ({len(theirs)} vs "
+                         f"{len(vocabulary)} tokens; first difference at id {first}); bench sends token ids, so both "
+                         "must be the same model")
+    return Path(path)
+
+
+def gguf_vocabulary(path: str | os.PathLike) -> list[str]:
+    """`tokenizer.ggml.tokens` of a GGUF file, by id."""
+    from gguf import GGUFReader
+
+    try:
+        field_ = GGUFReader(path).get_field("tokenizer.ggml.tokens")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+    if field_ is None:
+        raise ValueError(f"{path}: no tokenizer.ggml.tokens in this GGUF")
+    return [bytes(field_.parts[i]).decode("utf-8", errors="replace") for i in field_.data]

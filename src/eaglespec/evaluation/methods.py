@@ -7,7 +7,9 @@
   lookup alone, no draft (`--lookup`, default DEFAULT_LOOKUP_TOKENS; what the draft adds to it shows against `eagle`);
 - `hf`: transformers `generate` (greedy or sampling: the baseline users know);
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
-- `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer).
+- `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer);
+- `llama.cpp`: the target as GGUF in a llama-server; `llama.cpp-eagle3`: the same with our draft as GGUF (chain
+  drafting, `--spec-type draft-eagle3`); built by `evaluation.llamacpp`, greedy only.
 
 Every method returns the new token ids and a `GenerationStats`; for transformers' methods the target
 forwards are counted by a forward hook on the target, and the draft/verify split is not known.
@@ -26,6 +28,10 @@ from eaglespec.decoding.lookup import DEFAULT_LOOKUP_TOKENS
 OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default", "lookup")
 DRAFT_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
 HF_METHODS = ("hf", "pld")
+LLAMA_CPP_METHODS = ("llama.cpp", "llama.cpp-eagle3")
+# whose answers a greedy method must repeat (default: vanilla's); llama.cpp itself is another engine with other
+# kernels (and maybe quantized weights), so its answers are not classified against ours
+EXACTNESS_REFERENCE = {"llama.cpp-eagle3": "llama.cpp", "llama.cpp": None}
 DEFAULT_METHODS = ("vanilla", "hf", "eagle", "eagle-chain", "pld")
 DEFAULT_CHAIN_DEPTH = 4
 PLD_NUM_TOKENS = 10  # transformers' documented example value for prompt_lookup_num_tokens
@@ -165,5 +171,6 @@ def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth
             methods.append(HFMethod(name, generator, counter,
                                     {"assistant_model": load_assistant(name.split("=", 1)[1], generator)}))
         else:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(OUR_METHODS + HF_METHODS)}, assisted=PATH")
+            known = ", ".join(OUR_METHODS + HF_METHODS + LLAMA_CPP_METHODS)
+            raise ValueError(f"unknown method {name!r}; known: {known}, assisted=PATH")
     return methods

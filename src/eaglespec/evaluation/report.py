@@ -97,16 +97,20 @@ def _ratio(x) -> str:
 
 
 def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None = None) -> list[str]:
-    head = "| method | tokens/s | speedup vs vanilla | vs hf | tau | draft / verify / other ms per forward | exactness |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    """One row per method; a "vs llama.cpp" column when llama.cpp ran."""
+    engine = any(s.speedup_vs_llama_cpp is not None for s in summaries.values())
+    head = ("| method | tokens/s | speedup vs vanilla | vs hf |" + (" vs llama.cpp |" if engine else "")
+            + " tau | draft / verify / other ms per forward | exactness |")
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
     for m, s in summaries.items():
         split = "/".join(f"{s.ms_per_forward[k]:.1f}" for k in ("draft", "verify", "other")) if s.ms_per_forward else "-"
         exact = "-"
         if result is not None and m in result.exactness:
             c = exactness_counts(result, m)
             exact = f"{c[EXACT]} exact, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
-        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_ratio(s.speedup)} | {_ratio(s.speedup_vs_hf)} | {s.tau:.2f} "
-                     f"| {split} | {exact} |")
+        vs_engine = f" {_ratio(s.speedup_vs_llama_cpp)} |" if engine else ""
+        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_ratio(s.speedup)} | {_ratio(s.speedup_vs_hf)} |{vs_engine} "
+                     f"{s.tau:.2f} | {split} | {exact} |")
     lines += [f"\n{m}: {100 * s.lookup_share:.1f}% of the accepted draft tokens came from the n-gram lookup alone"
               for m, s in summaries.items() if s.lookup_share]
     return lines
@@ -129,14 +133,31 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
     lines += ["## Overall", "", *method_table(_summaries(result, methods), result), ""]
     for c in sorted(data["categories"]):
         lines += [f"## {c}", "", *method_table(_summaries(result, methods, c)), ""]
+    lines += llama_cpp_lines(data)
     bad = [(meth, q, e) for meth, per in result.exactness.items() for q, e in per.items() if e.status != EXACT]
     if bad:
-        lines += ["## Differences from vanilla", "", "| method | question | status | turn | position | fp32 gap | run-dtype gap | threshold |",
+        lines += ["## Differences from vanilla (llama.cpp-eagle3: from llama.cpp without the draft)", "", "| method | question | status | turn | position | fp32 gap | run-dtype gap | threshold |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {meth} | {q} | {e.status} | {e.turn} | {e.position} | {_fmt(e.gap, '.4f')} | "
                   f"{_fmt(e.run_gap, '.4f')} | {_fmt(e.threshold, '.4f')} |"
                   for meth, q, e in bad]
     return "\n".join(lines) + "\n"
+
+
+def llama_cpp_lines(data: dict) -> list[str]:
+    """Where llama.cpp's time went: its command, ms per target forward after the prefill, the drafter's cost and
+    acceptance by draft position (over every request, the warm-up included)."""
+    engines = data.get("llama_cpp") or {}
+    lines = ["## llama.cpp", ""] if engines else []
+    for name, f in engines.items():
+        line = f"- {name}: {_fmt(f['decode_ms_per_forward'], '.1f')} ms per target forward after the prefill"
+        if "draft_calls" in f:
+            depth = data["overall"].get(name, {}).get("acceptance_by_depth") or []
+            line += (f"; drafter {_fmt(f['draft_ms_per_call'], '.1f')} ms per chain ({f['draft_calls']} chains), "
+                     f"{100 * f['acceptance']:.1f}% of {f['draft_tokens']} drafted tokens accepted, by position "
+                     + " / ".join(f"{r:.2f}" for r in depth))
+        lines += [line, f"  `{f['command']}`"]
+    return lines + ([""] if engines else [])
 
 
 def write_plots(data: dict, output: Path) -> list[Path]:
@@ -210,4 +231,5 @@ def console_summary(data: dict, result: BenchResult, methods: list[str]) -> str:
              f"{m['torch_threads']} threads: {len(complete_questions(result.runs, methods, result.rounds))} questions "
              f"x {result.rounds} rounds"]
     lines += method_table(_summaries(result, methods), result)
+    lines += [line for line in llama_cpp_lines(data) if not line.startswith("  `")]
     return "\n".join(lines)
