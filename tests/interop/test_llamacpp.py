@@ -1,18 +1,26 @@
 """llama.cpp (the pinned build of build_envs.sh) runs our `export --format gguf` of the committed SmolLM2 draft:
-the GGUF loads, greedy output with the draft equals llama.cpp's own output without it, the draft is accepted
-(a draft that llama.cpp computed differently, e.g. with q/k rows in the wrong RoPE order, accepts almost nothing
-while the output stays lossless), and our GGUF equals the one llama.cpp's converter makes from our vllm export up
-to the differences listed in EXPLAINED. Quantized targets (Q8_0, Q4_K_M) run, with and without the draft."""
+the GGUF loads, greedy output with the draft equals llama.cpp's own output without it on 20 MT-bench first turns
+of 128 tokens (F32), and llama.cpp accepts, step by step, what our chain of the same length accepts (a draft that
+llama.cpp computed differently, e.g. with q/k rows in the wrong RoPE order, accepts almost nothing while the
+output stays lossless); our GGUF equals the one llama.cpp's converter makes from our vllm export up to the
+differences listed in EXPLAINED. Quantized targets (Q8_0, Q4_K_M) run, with and without the draft.
+
+EAGLESPEC_LLAMA_THREADS sets llama.cpp's threads (default 1, see THREADS)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from eaglespec.evaluation.exactness import first_difference, next_logits_fn
 from eaglespec.evaluation.llamacpp import LlamaServer, LlamaServerConfig
 from eaglespec.export import export_draft, export_gguf
 
@@ -23,13 +31,19 @@ pytestmark = pytest.mark.interop
 HERE = Path(__file__).resolve().parent
 DRAFT = "smollm2-135m-eagle3"
 MT_BENCH = HERE.parents[1].parent / "shared" / "data" / "eval" / "eagle_mt_bench_question.jsonl"
-NUM_PROMPTS, MAX_TOKENS = 6, 64  # a few prompts: two servers, a loaded 2-core machine
-# One thread: llama.cpp's threads spin at barriers, and on this shared 2-core machine a second thread waiting for
-# a descheduled one made F32 decoding 0.4-0.7 tokens/s (6 tokens/s with one thread, same load).
-THREADS = 1
+NUM_PROMPTS, MAX_TOKENS = 20, 128  # issue 34's check: 20 MT-bench first turns, 128 new tokens
+# One thread by default: llama.cpp's threads spin at barriers, and on this shared 2-core machine a second thread
+# waiting for a descheduled one made F32 decoding 0.4-0.7 tokens/s (6 tokens/s with one thread, same load).
+THREADS = int(os.environ.get("EAGLESPEC_LLAMA_THREADS", "1"))
+STEP = re.compile(r"task\s+(\d+) \| accepted\s+(\d+)/\s*(\d+) draft tokens")  # at LLAMA_TRACE=1, one per step
 MIN_ACCEPTANCE = 0.10
 CHAIN = 3  # llama.cpp's default --spec-draft-n-max (LlamaServerConfig's default)
-POINTS = 0.05  # llama.cpp's and our chain's acceptance may differ by 5 percentage points (end-of-answer steps)  # the converter's GGUF of this draft accepted 23.5% at n-max 3 (ENGINES_NOTES.md)
+POINTS = 0.05  # llama.cpp's and our chain's shares of accepted draft tokens (answers that part at a near-tie)
+# Two F32 engines (or llama.cpp's batch-of-4 verification and its one-token decode) sum in different orders; where
+# the target's two best logits are this close, either may win. A wrong kernel or a misplaced token is far beyond.
+ENGINE_NEAR_TIE = 0.01
+MAX_FLIPS = 2  # of 20 answers, those allowed to part at such a near-tie
+MAX_DRAFT_FLIPS = 0.01  # of the steps compared, those whose acceptance may differ (a near-tie in the draft's logits)
 # Our GGUF vs llama.cpp's converter on our vllm export: the only differences, and why
 EXPLAINED = {
     ("metadata", "general.name"): "ours names the draft; the converter names the export's directory",
@@ -88,50 +102,139 @@ def prompts(smollm2):
                                           tokenize=True, return_dict=True)["input_ids"] for q in questions]
 
 
-def _run(home: Path, model: Path, prompts, draft: Path | None = None, max_tokens: int = MAX_TOKENS):
-    config = LlamaServerConfig(home / "build" / "bin" / "llama-server", model, draft=draft, threads=THREADS)
+def _run(home: Path, model: Path, prompts, draft: Path | None = None, max_tokens: int = MAX_TOKENS, steps=None):
+    """llama.cpp's completions; `steps`, a list, gets each request's (accepted, drafted) per step from the log."""
+    config = LlamaServerConfig(home / "build" / "bin" / "llama-server", model, draft=draft, threads=THREADS,
+                               trace_steps=steps is not None)
     with LlamaServer(config) as server:
-        return [server.complete(p, max_tokens) for p in prompts]
+        completions = [server.complete(p, max_tokens) for p in prompts]
+        if steps is not None:
+            time.sleep(1.0)  # llama.cpp's logger writes from its own thread
+            steps += steps_by_request(server.log_text())
+    return completions
+
+
+def steps_by_request(log: str) -> list[list[tuple[int, int]]]:
+    """(accepted, drafted) per verification step, one list per request in the order served."""
+    tasks: dict[int, list[tuple[int, int]]] = {}
+    for task, accepted, drafted in STEP.findall(log):
+        tasks.setdefault(int(task), []).append((int(accepted), int(drafted)))
+    return [tasks[t] for t in sorted(tasks)]
 
 
 @pytest.fixture(scope="module")
 def f32_runs(llama_cpp_home, target_ggufs, draft_gguf, prompts):
-    """llama.cpp's greedy completions on the F32 target, without and with our draft (run once)."""
-    plain = _run(llama_cpp_home, target_ggufs["f32"], prompts)
-    return plain, _run(llama_cpp_home, target_ggufs["f32"], prompts, draft=draft_gguf)
+    """llama.cpp's greedy completions on the F32 target, without and with our draft (run once), and the drafted
+    run's steps."""
+    plain, steps = _run(llama_cpp_home, target_ggufs["f32"], prompts), []
+    return plain, _run(llama_cpp_home, target_ggufs["f32"], prompts, draft=draft_gguf, steps=steps), steps
 
 
-def test_llama_cpp_runs_our_gguf_losslessly_and_accepts_the_draft(f32_runs):
-    plain, drafted = f32_runs
+def test_llama_cpp_runs_our_gguf_losslessly_and_accepts_the_draft(f32_runs, fp32_next_logits, prompts):
+    """With the draft, llama.cpp answers as it does without it; where it does not, the first differing token is a
+    near-tie of the target (llama.cpp verifies n-max + 1 tokens in one batch, whose F32 sums run in another order
+    than a one-token decode's), shown with its logit gap."""
+    plain, drafted, _ = f32_runs
     drafted_n = sum(c.draft_tokens for c in drafted)
     accepted = sum(c.draft_accepted for c in drafted)
     print(f"\nF32 target, n-max {CHAIN}: {accepted}/{drafted_n} draft tokens accepted ({accepted / max(drafted_n, 1):.1%})")
+    differ = {}
     for i, (a, b) in enumerate(zip(plain, drafted)):
-        same = a.tokens == b.tokens
-        print(f"  prompt {i}: {len(a.tokens)} tokens, identical {same}, accepted {b.draft_accepted}/{b.draft_tokens}")
+        differ[i] = divergence(fp32_next_logits, prompts[i], a.tokens, b.tokens)
+        print(f"  prompt {i}: {len(a.tokens)} tokens, accepted {b.draft_accepted}/{b.draft_tokens}, "
+              f"{differ[i] or 'identical'}")
     assert all(len(c.tokens) > 0 for c in plain)
-    assert [c.tokens for c in drafted] == [c.tokens for c in plain]
     assert drafted_n > 0 and accepted / drafted_n >= MIN_ACCEPTANCE
+    assert sum(d is None for d in differ.values()) >= len(prompts) - MAX_FLIPS
+    assert all(d is None or d.gap <= ENGINE_NEAR_TIE for d in differ.values())
 
 
-def test_llama_cpp_accepts_what_our_chain_accepts(f32_runs, smollm2, prompts):
-    """llama.cpp's share of accepted draft tokens equals our chain's of the same length on the same prompts
-    (fp32 both), within POINTS: a draft llama.cpp computed differently would be accepted differently."""
+@dataclass
+class Divergence:
+    position: int
+    expected: int
+    got: int
+    gap: float  # |logit(expected) - logit(got)| of our fp32 target on the common prefix
+
+    def __str__(self) -> str:
+        return f"first differs at token {self.position} ({self.expected} vs {self.got}), fp32 logit gap {self.gap:.5f}"
+
+
+def divergence(next_logits, prompt: list[int], a: list[int], b: list[int]) -> Divergence | None:
+    i = first_difference(a, b)
+    if i is None:
+        return None
+    if i >= min(len(a), len(b)):
+        return Divergence(i, -1, -1, float("inf"))  # one stops where the other goes on: not a rounding flip
+    logits = next_logits(prompt + a[:i])
+    return Divergence(i, a[i], b[i], abs(float(logits[a[i]]) - float(logits[b[i]])))
+
+
+@pytest.fixture(scope="module")
+def fp32_target(smollm2):
     import torch
 
-    from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+    from eaglespec.decoding import SpeculativeGenerator
 
-    plain, drafted = f32_runs
-    gen = SpeculativeGenerator.from_pretrained(smollm2, DRAFT, dtype=torch.float32)
-    gen = gen.with_tree(TreeConfig(kind="chain", depth=CHAIN, lookup=0))
-    outputs = [gen.generate(p, MAX_TOKENS) for p in prompts]  # lossless: our greedy output too
-    steps = [o.stats.accept_lengths for o in outputs]
-    our_rate = sum(map(sum, steps)) / sum(CHAIN * len(s) for s in steps)
-    theirs = sum(c.draft_accepted for c in drafted) / sum(c.draft_tokens for c in drafted)
-    same = sum(o.token_ids == c.tokens for o, c in zip(outputs, plain))
-    print(f"\nacceptance of draft tokens, chain of {CHAIN}: llama.cpp {theirs:.3f}, ours {our_rate:.3f}; "
-          f"our greedy output = llama.cpp's on {same} of {len(prompts)} prompts")
-    assert abs(theirs - our_rate) <= POINTS
+    return SpeculativeGenerator.from_pretrained(smollm2, DRAFT, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def fp32_next_logits(fp32_target):
+    return next_logits_fn(fp32_target.target.model)
+
+
+def test_llama_cpp_accepts_what_our_chain_accepts_step_by_step(f32_runs, fp32_target, fp32_next_logits, prompts):
+    """Our chain of the same length (fp32, no lookup) on the same prompts: where our greedy output is llama.cpp's
+    (with the draft), every verification step accepts the same number of draft tokens. Steps are compared up to
+    the first token where the two outputs differ (a near-tie between two engines' F32 sums, shown with its gap;
+    after it the contexts differ). llama.cpp drafts fewer than n-max tokens where fewer remain to generate
+    (n_predict - 1); there ours, which drafts the whole chain and cuts the answer, must have accepted at least
+    what llama.cpp did, capped at what it drafted. A step may still differ where the draft's own two best tokens
+    are near-tied (its F32 sums differ between the engines too): at most MAX_DRAFT_FLIPS of the steps, each shown."""
+    from eaglespec.decoding import TreeConfig
+
+    _, drafted, steps = f32_runs
+    gen = fp32_target.with_tree(TreeConfig(kind="chain", depth=CHAIN, lookup=0))
+    outputs = [gen.generate(p, MAX_TOKENS) for p in prompts]
+    assert len(steps) == len(prompts)
+    compared, differ, flips = 0, [], {}
+    for i, (out, theirs) in enumerate(zip(outputs, steps)):
+        flip = divergence(fp32_next_logits, prompts[i], drafted[i].tokens, out.token_ids)
+        common = len(out.token_ids) if flip is None else flip.position
+        flips[i] = flip
+        for mine, (accepted, n_drafted) in steps_within(out.stats.accept_lengths, theirs, common):
+            compared += 1
+            if (mine if n_drafted == CHAIN else min(mine, n_drafted)) != accepted:
+                differ.append(f"prompt {i}: a step accepted {accepted}/{n_drafted} in llama.cpp, {mine}/{CHAIN} ours")
+    ours_rate = sum(sum(o.stats.accept_lengths) for o in outputs) / sum(CHAIN * len(o.stats.accept_lengths) for o in outputs)
+    theirs_rate = sum(c.draft_accepted for c in drafted) / sum(c.draft_tokens for c in drafted)
+    print(f"\nchain of {CHAIN}, {len(prompts)} prompts x {MAX_TOKENS} tokens: {compared} steps compared, "
+          f"{len(differ)} differ; accepted share llama.cpp {theirs_rate:.3f}, ours {ours_rate:.3f}",
+          *[f"prompt {i}: ours vs llama.cpp {f}" for i, f in flips.items() if f is not None], *differ, sep="\n  ")
+    assert len(differ) <= MAX_DRAFT_FLIPS * compared and compared >= len(prompts) * MAX_TOKENS // (2 * (CHAIN + 1))
+    assert all(f is None or f.gap <= ENGINE_NEAR_TIE for f in flips.values())
+    assert abs(theirs_rate - ours_rate) <= POINTS
+
+
+def steps_within(ours: list[int], theirs: list[tuple[int, int]], common: int):
+    """(our accepted, llama.cpp's (accepted, drafted)) of the steps that start at the same new-token position in
+    both runs and whose tokens all lie in the first `common` new tokens (the prefill gives token 0; a step gives its
+    accepted tokens and one more). Aligned by position, not by index: where the two drafts part at a near-tie of
+    the draft's own logits, one step accepts differently and the steps after it start elsewhere until the two
+    runs meet at the same position again."""
+    mine = dict(_step_starts(ours, lambda a: a))
+    for start, (accepted, drafted) in _step_starts(theirs, lambda step: step[0]):
+        if start in mine and start + max(mine[start], accepted) + 1 <= common:
+            yield mine[start], (accepted, drafted)
+
+
+def _step_starts(steps: list, accepted_of) -> list[tuple[int, object]]:
+    out, start = [], 1
+    for step in steps:
+        out.append((start, step))
+        start += accepted_of(step) + 1
+    return out
 
 
 def test_our_gguf_equals_llama_cpps_conversion_of_our_vllm_export(llama_cpp_home, smollm2, tmp_path):
