@@ -125,6 +125,24 @@ def test_eval_every_and_sim_states(eagle3_features, tmp_path, capsys):
     train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=1, sim_states=3), features=eagle3_features, ttt_length=2))
     (test,) = [m for m in read_metrics(out) if m["split"] == "test"]
     assert test["sim_accept_length"] >= 1.0 and test["sim_accept_length_chain"] >= 1.0
+    # the chain engines draft (3 tokens) accepts at most what the longer chain does, and at most 3 + 1
+    assert 1.0 <= test["sim_accept_length_chain3"] <= min(test["sim_accept_length_chain"], 4.0)
+    assert len(test["accept"]) == 2 and all(0 < a < 100 for a in test["accept"])  # expected acceptance, percent
+
+
+def test_the_acceptance_objective_trains_and_a_resume_with_another_objective_is_refused(eagle3_features, tmp_path):
+    """--objective tv: the draft learns (expected acceptance rises over epochs; soft CE is still reported, so runs
+    of different objectives compare); --resume with --objective ce names the setting that differs."""
+    out = tmp_path / "tv"
+    train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=3, lr=3e-3, sim_states=0), features=eagle3_features,
+                                   ttt_length=2, objective="tv"))
+    train = [m for m in read_metrics(out) if m["split"] == "train"]
+    assert train[-1]["accept"][0] > train[0]["accept"][0] and all(p > 0 for p in train[-1]["ploss"])
+    with pytest.raises(ValueError, match="objective: checkpoint 'tv', now 'ce'"):
+        train_eagle3(Eagle3TrainConfig(train_config(out, num_epochs=3, lr=3e-3, sim_states=0, resume=True),
+                                       features=eagle3_features, ttt_length=2))
+    with pytest.raises(ValueError, match="--objective: expected one of ce, tv, lk, ce\\+tv"):
+        Eagle3TrainConfig(train_config(out), features=eagle3_features, objective="kl")
 
 
 def test_bad_eval_settings_are_refused(tmp_path):

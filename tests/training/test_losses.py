@@ -96,3 +96,82 @@ def test_schedule_drives_adamw_lr():
 def test_save_modulo_one_based_epochs():
     assert [e for e in range(1, 21) if is_save_epoch(e, 20, 5)] == [5, 10, 15, 20]
     assert [e for e in range(1, 8) if is_save_epoch(e, 7, 3)] == [3, 6, 7]  # the last epoch always
+
+
+# --- the acceptance objectives (--objective ce | tv | lk | ce+tv) ---------------------------------------------
+
+def _acceptance_by_hand(p: list[float], q: list[float]) -> float:
+    return sum(min(a, b) for a, b in zip(p, q))
+
+
+def test_acceptance_rate_is_what_speculative_sampling_accepts():
+    """sum_x min(p, q) is the chance that a token drawn from q passes the test u < p/q (EAGLE_NOTES, sampling):
+    computed by hand, and as that chance summed token by token (q(x) * min(1, p(x)/q(x)))."""
+    from eaglespec.training.losses import acceptance_rate
+
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    q = torch.softmax(logits, -1)
+    by_hand = _acceptance_by_hand(p.tolist(), q.tolist())
+    by_test = float(sum(qx * min(1.0, px / qx) for px, qx in zip(p.tolist(), q.tolist())))
+    assert float(acceptance_rate(logits, p)) == pytest.approx(by_hand) == pytest.approx(by_test)
+    assert float(acceptance_rate(torch.log(p + 1e-30), p)) == pytest.approx(1.0, abs=1e-6)  # q = p: always accepted
+
+
+@pytest.mark.parametrize("objective", ["ce", "tv", "lk", "ce+tv"])
+def test_objective_values_and_gradients_match_a_direct_computation(objective):
+    from eaglespec.training.losses import objective_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(5, 7, dtype=torch.float64) * 2, -1)
+    loss, ce, alpha = objective_loss(logits, p, objective, tv_weight=0.5)
+
+    direct_logits = logits.detach().clone().requires_grad_(True)
+    q = torch.exp(direct_logits) / torch.exp(direct_logits).sum(-1, keepdim=True)
+    direct_ce = -(p * torch.log(q)).sum(-1)
+    direct_alpha = torch.stack([sum(torch.minimum(p[i, k], q[i, k]) for k in range(7)) for i in range(5)])
+    direct = {"ce": direct_ce, "tv": 1 - direct_alpha, "lk": -torch.log(direct_alpha),
+              "ce+tv": direct_ce + 0.5 * (1 - direct_alpha)}[objective]
+    assert torch.allclose(loss.double(), direct, atol=1e-6)
+    assert torch.allclose(ce.double(), direct_ce, atol=1e-6) and torch.allclose(alpha.double(), direct_alpha, atol=1e-6)
+    (g,) = torch.autograd.grad(loss.sum(), logits)
+    (want,) = torch.autograd.grad(direct.sum(), direct_logits)
+    assert torch.allclose(g.double(), want, atol=1e-6)
+
+
+def test_tv_gradient_by_hand():
+    """d(1 - alpha)/d logit_j = -sum_{x: q < p} q(x) (1[x = j] - q(j)): only tokens the draft under-weights pull."""
+    from eaglespec.training.losses import objective_loss
+
+    logits = torch.tensor([0.2, -0.4, 1.0], requires_grad=True)
+    p = torch.tensor([0.6, 0.3, 0.1])
+    loss, _, _ = objective_loss(logits, p, "tv")
+    loss.backward()
+    q = torch.softmax(logits.detach(), -1)
+    under = (q < p).float()
+    want = -torch.tensor([sum(float(under[x] * q[x] * (float(x == j) - q[j])) for x in range(3)) for j in range(3)])
+    assert torch.allclose(logits.grad, want, atol=1e-6)
+
+
+def test_rows_loss_optimises_the_objective_but_reports_ce_and_acceptance():
+    from eaglespec.training.losses import eagle3_rows_loss, soft_cross_entropy
+
+    torch.manual_seed(1)
+    logits, p = torch.randn(4, 6), torch.softmax(torch.randn(4, 6), -1)
+    top = p.argmax(-1)
+    ce_run, tv_run = eagle3_rows_loss(logits, p, top), eagle3_rows_loss(logits, p, top, "tv")
+    ce = soft_cross_entropy(logits, p)
+    alpha = torch.minimum(p, torch.softmax(logits, -1)).sum(-1)
+    assert float(ce_run.ploss) == pytest.approx(float(ce.mean()))
+    assert float(tv_run.ploss) == pytest.approx(float((1 - alpha).mean()))
+    for run in (ce_run, tv_run):
+        assert float(run.ploss_sum) == pytest.approx(float(ce.sum()))
+        assert float(run.accept_sum) == pytest.approx(float(alpha.sum()))
+
+
+def test_an_unknown_objective_is_refused():
+    from eaglespec.training.losses import objective_loss
+
+    with pytest.raises(ValueError, match="--objective: expected one of ce, tv, lk, ce\\+tv, got 'kl'"):
+        objective_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]), "kl")

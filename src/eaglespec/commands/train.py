@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from eaglespec.commands.init_draft import parse_layer_ids
+from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
 
 
 def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, grad_accum: int,
@@ -80,6 +81,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                     help="draft vocabulary size (default: min(target vocab, 32000))")
     p3.add_argument("--aux-layers", type=parse_layer_ids, default=None, help="aux layer ids a,b,c")
     p3.add_argument("--gradient-checkpointing", action="store_true")
+    p3.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE,
+                    help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
+                         "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv")
+    p3.add_argument("--tv-weight", type=float, default=DEFAULT_TV_WEIGHT, help="ce+tv: weight of the tv term")
     p3.add_argument("--full-save-every", type=int, default=10,
                     help="resumable state every N epochs and at the end (a 16-bit draft every epoch)")
     # deepspeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
@@ -127,6 +132,7 @@ def _train(args: argparse.Namespace) -> int:
             deepspeed_config=args.deepspeed_config, ttt_length=args.ttt_length, step_weight=args.step_weight,
             draft_vocab_size=args.draft_vocab_size, aux_layers=args.aux_layers,
             gradient_checkpointing=args.gradient_checkpointing, full_save_every=args.full_save_every,
+            objective=args.objective, tv_weight=args.tv_weight,
         )
         result = train_eagle3(cfg)
     if current_rank() == 0:

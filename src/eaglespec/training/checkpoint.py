@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from eaglespec.models.draft import EMBED_KEY, WEIGHTS_NAME, EagleDraftModel, embedding_from_target
 from eaglespec.training.distributed import atomic_directory_all_ranks
 from eaglespec.training.engine import Engine
+from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT
 
 MARKER = "checkpoint.json"
 TRAINING_STATE = "training_state.pt"
@@ -121,11 +122,15 @@ def find_latest_complete(cpdir: str | Path, resumable: bool = True) -> Path | No
     return max(found, key=lambda x: x[:2])[2] if found else None
 
 
+# Schedule settings added after checkpoints were first written: what a checkpoint without them trained with.
+SETTINGS_BEFORE_RECORDED = {"objective": DEFAULT_OBJECTIVE, "tv_weight": DEFAULT_TV_WEIGHT}
+
+
 def load_checkpoint(path: Path, draft: EagleDraftModel, engine: Engine, config: dict, schedule_keys: tuple[str, ...]) -> TrainState:
     """Restore draft weights, optimizer/scheduler, RNG and step; the schedule-defining settings must match."""
     saved = torch.load(Path(path) / TRAINING_STATE, map_location="cpu", weights_only=False)
-    changed = [f"{k}: checkpoint {saved['config'].get(k)!r}, now {config.get(k)!r}"
-               for k in schedule_keys if saved["config"].get(k) != config.get(k)]
+    old = {**SETTINGS_BEFORE_RECORDED, **saved["config"]}
+    changed = [f"{k}: checkpoint {old.get(k)!r}, now {config.get(k)!r}" for k in schedule_keys if old.get(k) != config.get(k)]
     if changed:
         raise ValueError(f"--resume from {path}: these settings differ from the run being resumed, so the schedule "
                          f"would not be identical: {'; '.join(changed)}")

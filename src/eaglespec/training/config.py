@@ -8,6 +8,7 @@ from pathlib import Path
 
 from eaglespec.training.data import SPLIT_RULE
 from eaglespec.training.engine import PRECISIONS
+from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
 from eaglespec.training.metrics import REPORT_TO
 from eaglespec.training.noise import NOISE_KINDS
 
@@ -135,9 +136,12 @@ class Eagle3TrainConfig:
     aux_layers: list[int] | None = None
     gradient_checkpointing: bool = False
     full_save_every: int = 10
+    objective: str = DEFAULT_OBJECTIVE  # one of losses.OBJECTIVES
+    tv_weight: float = DEFAULT_TV_WEIGHT  # ce+tv's weight of 1 - alpha
 
     method = "eagle3"
-    SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("ttt_length", "step_weight", "draft_vocab_size", "aux_layers")
+    SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("ttt_length", "step_weight", "draft_vocab_size", "aux_layers",
+                                                       "objective", "tv_weight")
 
     def __post_init__(self) -> None:
         self.features = _path_list(self.features)
@@ -155,6 +159,10 @@ class Eagle3TrainConfig:
             raise ValueError(f"--draft-vocab-size: expected >= 1, got {self.draft_vocab_size}")
         if self.full_save_every < 1:
             raise ValueError(f"--full-save-every: expected >= 1, got {self.full_save_every}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.tv_weight < 0:
+            raise ValueError(f"--tv-weight: expected >= 0, got {self.tv_weight}")
 
     def to_dict(self) -> dict:
         return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}

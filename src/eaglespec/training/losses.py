@@ -12,11 +12,40 @@ import torch
 import torch.nn.functional as F
 
 TOPK = (1, 2, 3)  # EAGLE-1 accuracies reported (target argmax within the draft's top-k)
+# EAGLE-3's --objective, per trained position, with p the target's distribution and q the draft's (over the draft
+# vocabulary) and alpha = sum_x min(p(x), q(x)), the chance speculative sampling accepts a drafted token:
+# ce: soft cross-entropy -sum p log q (EAGLE's); tv: 1 - alpha (total variation: exactly one minus the acceptance
+# rate); lk: -log alpha (LK losses' negative log-acceptance, arXiv 2602.23881: TV's gradient scaled by 1 / alpha,
+# which keeps it from vanishing where the draft starts far off); ce+tv: ce + tv_weight * (1 - alpha).
+OBJECTIVES = ("ce", "tv", "lk", "ce+tv")
+DEFAULT_OBJECTIVE = "ce"
+DEFAULT_TV_WEIGHT = 1.0
+MIN_ALPHA = 1e-6  # lk: alpha is floored here (a draft with no mass on p's support would give log 0)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """[..., V] logits and [..., V] target distribution -> [...] cross-entropy -sum p log q (fp32)."""
     return -(target_probs * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+
+
+def acceptance_rate(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """[..., V] draft logits and target distribution -> [...] sum_x min(p(x), softmax(logits)(x)) (fp32)."""
+    return torch.minimum(target_probs, torch.softmax(logits.float(), dim=-1)).sum(-1)
+
+
+def objective_loss(logits: torch.Tensor, target_probs: torch.Tensor, objective: str = DEFAULT_OBJECTIVE,
+                   tv_weight: float = DEFAULT_TV_WEIGHT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[..., V] -> ([...] the objective, [...] soft CE, [...] alpha) per position (see OBJECTIVES)."""
+    ce, alpha = soft_cross_entropy(logits, target_probs), acceptance_rate(logits, target_probs)
+    if objective == "ce":
+        return ce, ce, alpha
+    if objective == "tv":
+        return 1 - alpha, ce, alpha
+    if objective == "lk":
+        return -torch.log(alpha.clamp(min=MIN_ALPHA)), ce, alpha
+    if objective == "ce+tv":
+        return ce + tv_weight * (1 - alpha), ce, alpha
+    raise ValueError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
 @dataclass
@@ -62,10 +91,11 @@ def eagle1_loss(
 class StepLoss:
     """One training-time-test step of EAGLE-3."""
 
-    ploss: torch.Tensor  # scalar: soft CE summed over masked positions / count
+    ploss: torch.Tensor  # scalar: the objective summed over masked positions / count (soft CE by default)
     count: torch.Tensor  # scalar: trained positions of this step
-    ploss_sum: torch.Tensor
+    ploss_sum: torch.Tensor  # soft CE, whatever the objective (so runs of different objectives compare)
     correct: torch.Tensor  # scalar: masked positions where draft argmax == target argmax
+    accept_sum: torch.Tensor | None = None  # sum of alpha (the expected acceptance of speculative sampling)
 
 
 def eagle3_step_loss(
@@ -89,15 +119,17 @@ def eagle3_rows_loss(
     draft_logits: torch.Tensor,  # [M, Vd] at trained rows only
     target_probs: torch.Tensor,  # [M, Vd] fp32 softmax of the target logits over the draft vocabulary
     target_top: torch.Tensor,  # [M] argmax of those target logits
+    objective: str = DEFAULT_OBJECTIVE,
+    tv_weight: float = DEFAULT_TV_WEIGHT,
 ) -> StepLoss:
     """eagle3_step_loss when every row is trained, with the target's softmax and argmax computed once for all
-    TTT steps (the [M, Vd] passes cost as much as a matmul on a CPU)."""
+    TTT steps (the [M, Vd] passes cost as much as a matmul on a CPU), for any of OBJECTIVES."""
     logits = draft_logits.float()  # the fp32 copy also makes argmax fast (bf16 argmax is slow on CPUs)
     count = torch.tensor(float(logits.shape[0]), device=logits.device)
-    ploss_sum = soft_cross_entropy(logits, target_probs).sum()
+    loss, ce, alpha = objective_loss(logits, target_probs, objective, tv_weight)
     with torch.no_grad():
         correct = (logits.argmax(-1) == target_top).sum().float()
-    return StepLoss(ploss_sum / count.clamp(min=1.0), count, ploss_sum.detach(), correct)
+    return StepLoss(loss.sum() / count.clamp(min=1.0), count, ce.sum().detach(), correct, alpha.sum().detach())
 
 
 def ttt_total_loss(steps: list[StepLoss], step_weight: float) -> torch.Tensor:

@@ -18,7 +18,14 @@ from eaglespec.decoding.verify import accepted_length_on_path
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.config import SIM_TREE_STATES_PER_BATCH
 from eaglespec.training.data import PAD_ID, TargetBatch
-from eaglespec.training.losses import TOPK, eagle1_loss, eagle3_rows_loss, ttt_total_loss
+from eaglespec.training.losses import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_TV_WEIGHT,
+    TOPK,
+    eagle1_loss,
+    eagle3_rows_loss,
+    ttt_total_loss,
+)
 from eaglespec.training.noise import add_feature_noise
 from eaglespec.training.ttt import chain_predictions, query_slots, shift_left, ttt_forward_at
 
@@ -70,6 +77,9 @@ def align(batch: TargetBatch) -> Aligned:
     )
 
 
+ENGINE_CHAIN_DEPTH = 3  # llama.cpp's default --spec-draft-n-max: the chain engines draft
+
+
 def simulated_acceptance(
     draft: EagleDraftModel,
     input_ids: torch.Tensor,  # [B, T] x_{t+1}
@@ -82,7 +92,8 @@ def simulated_acceptance(
     states (draft positions where `sim_mask` holds, evenly spaced; `greedy` needs their rows, see sim_rows):
 
     chain: the draft rolled forward on its own greedy tokens, compared with the target's greedy
-        continuation (the issue's definition; it estimates chain decoding);
+        continuation (the issue's definition; it estimates chain decoding); chain3: the same chain cut at
+        ENGINE_CHAIN_DEPTH tokens, what llama.cpp's default chain (and a 3-token vLLM draft) can accept;
     tree: the decoder's own default dynamic tree (`decoding.Drafter`) built from that decoding state;
         accepted = the longest root path that spells the target's greedy continuation, exactly what greedy
         verification would accept there.
@@ -94,9 +105,10 @@ def simulated_acceptance(
     b = torch.tensor([st[0] for st in states], dtype=torch.long, device=input_ids.device)
     t = torch.tensor([st[1] for st in states], dtype=torch.long, device=input_ids.device)
     chain = _chain_at_states(draft, input_ids, hidden, depth, b, t)  # [n, D] own greedy chain per state
-    hits = (chain == target[b, t]).long().cumprod(-1).sum(-1)[:real]
+    matched = (chain == target[b, t]).long().cumprod(-1)
+    hits, hits3 = matched.sum(-1)[:real], matched[:, :ENGINE_CHAIN_DEPTH].sum(-1)[:real]
     accepted = simulated_tree_acceptance(draft, input_ids, features, target, states)[:real]
-    return {"sim_chain_sum": (hits + 1).sum().double(),
+    return {"sim_chain_sum": (hits + 1).sum().double(), "sim_chain3_sum": (hits3 + 1).sum().double(),
             "sim_positions": torch.tensor(float(real)),
             "sim_tree_sum": torch.tensor(float(sum(1 + a for a in accepted))),
             "sim_tree_states": torch.tensor(float(real))}
@@ -233,9 +245,11 @@ class Eagle3Method:
     name = "eagle3"
 
     def __init__(self, ttt_length: int, step_weight: float, gradient_checkpointing: bool = False,
-                 sim_states: int = SIM_TREE_STATES_PER_BATCH):
+                 sim_states: int = SIM_TREE_STATES_PER_BATCH, objective: str = DEFAULT_OBJECTIVE,
+                 tv_weight: float = DEFAULT_TV_WEIGHT):
         self.num_positions, self.step_weight = ttt_length, step_weight
         self.gradient_checkpointing, self.sim_states = gradient_checkpointing, sim_states
+        self.objective, self.tv_weight = objective, tv_weight
 
     def _step_losses(self, model, draft: EagleDraftModel, batch: TargetBatch, a: Aligned, hidden: torch.Tensor):
         """Step j trains draft position t on target row t + 1 + j where loss_mask[t + 2 + j] holds and the
@@ -255,14 +269,16 @@ class Eagle3Method:
             n = int((p >= j).sum())  # draft position p - j of step j predicts the token of row p + 1
             t = p[:n] - j
             rows = out[b[:n], t if j == 0 else slot_of[b[:n], t]]  # [n, H]
-            steps.append(eagle3_rows_loss(draft.compute_logits(rows), target_probs[:n], target_top[:n]))
+            steps.append(eagle3_rows_loss(draft.compute_logits(rows), target_probs[:n], target_top[:n],
+                                          self.objective, self.tv_weight))
         return steps
 
     @staticmethod
     def _sums(steps) -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}
         for j, s in enumerate(steps):
-            sums.update({f"count_{j}": s.count, f"ploss_sum_{j}": s.ploss_sum, f"correct_{j}": s.correct})
+            sums.update({f"count_{j}": s.count, f"ploss_sum_{j}": s.ploss_sum, f"correct_{j}": s.correct,
+                         f"accept_sum_{j}": s.accept_sum})
         return sums
 
     def train_step(self, model, draft, batch: TargetBatch) -> StepOutput:

@@ -92,10 +92,12 @@ class EpochMetrics:
     acc: list[float]  # per position, percent
     ploss: list[float]  # per position
     positions_trained: list[int]
+    accept: list[float] = field(default_factory=list)  # EAGLE-3, per position: mean sum min(p, q), percent
     vloss: float | None = None  # EAGLE-1
     topk_acc: dict[str, float] = field(default_factory=dict)  # EAGLE-1: {"top2": .., "top3": ..} percent
     sim_accept_length: float | None = None  # tree simulation (compare with measured dynamic-tree tau)
     sim_accept_length_chain: float | None = None
+    sim_accept_length_chain3: float | None = None  # the chain cut at 3 tokens (llama.cpp's default chain)
     lr: float | None = None
 
 
@@ -109,6 +111,7 @@ def epoch_metrics(split: str, epoch: int, num_epochs: int, step: int, sums: dict
         acc=[ratio(f"correct_{j}", f"count_{j}", 100.0) for j in range(num_positions)],
         ploss=[ratio(f"ploss_sum_{j}", f"count_{j}") for j in range(num_positions)],
         positions_trained=[int(sums.get(f"count_{j}", 0)) for j in range(num_positions)],
+        accept=[ratio(f"accept_sum_{j}", f"count_{j}", 100.0) for j in range(num_positions) if f"accept_sum_{j}" in sums],
         lr=lr,
     )
     if "vloss_sum" in sums:
@@ -116,6 +119,8 @@ def epoch_metrics(split: str, epoch: int, num_epochs: int, step: int, sums: dict
         m.topk_acc = {f"top{k}": ratio(f"top{k}_correct", "count_0", 100.0) for k in (2, 3)}
     if sums.get("sim_positions", 0) > 0:
         m.sim_accept_length_chain = ratio("sim_chain_sum", "sim_positions")
+        if "sim_chain3_sum" in sums:
+            m.sim_accept_length_chain3 = ratio("sim_chain3_sum", "sim_positions")
         if sums.get("sim_tree_states", 0) > 0:  # --sim-states 0: no tree estimate
             m.sim_accept_length = ratio("sim_tree_sum", "sim_tree_states")
     return m
@@ -128,12 +133,15 @@ def format_lines(m: EpochMetrics) -> list[str]:
     for j, (acc, ploss) in enumerate(zip(m.acc, m.ploss)):
         lines.append(f"{head}, position {j}, Acc: {acc:.2f}")
         lines.append(f"{head}, position {j}, pLoss: {ploss:.2f}")
+    if m.accept:
+        lines.append(f"{head}, expected acceptance (sampling) by position: " + " / ".join(f"{a:.2f}" for a in m.accept))
     if m.vloss is not None:
         lines.append(f"{head}, vLoss: {m.vloss:.4f}")
         lines.extend(f"{head}, position 0, {k.capitalize()} Acc: {v:.2f}" for k, v in m.topk_acc.items())
     if m.sim_accept_length_chain is not None:
         tree = f"{m.sim_accept_length:.2f} (dynamic tree), " if m.sim_accept_length is not None else ""
-        lines.append(f"{head}, simulated acceptance length: {tree}{m.sim_accept_length_chain:.2f} (chain)")
+        chain3 = f", {m.sim_accept_length_chain3:.2f} (chain of 3)" if m.sim_accept_length_chain3 is not None else ""
+        lines.append(f"{head}, simulated acceptance length: {tree}{m.sim_accept_length_chain:.2f} (chain){chain3}")
     return lines
 
 
@@ -142,6 +150,7 @@ def flat_scalars(m: EpochMetrics) -> dict[str, float]:
     out: dict[str, float] = {}
     for j, (acc, ploss) in enumerate(zip(m.acc, m.ploss)):
         out[f"{m.split}/acc_{j}"], out[f"{m.split}/ploss_{j}"] = acc, ploss
+    out.update({f"{m.split}/accept_{j}": a for j, a in enumerate(m.accept)})
     if m.vloss is not None:
         out[f"{m.split}/vloss"] = m.vloss
         out.update({f"{m.split}/{k}_acc": v for k, v in m.topk_acc.items()})
@@ -149,6 +158,8 @@ def flat_scalars(m: EpochMetrics) -> dict[str, float]:
         out[f"{m.split}/sim_accept_length"] = m.sim_accept_length
     if m.sim_accept_length_chain is not None:
         out[f"{m.split}/sim_accept_length_chain"] = m.sim_accept_length_chain
+    if m.sim_accept_length_chain3 is not None:
+        out[f"{m.split}/sim_accept_length_chain3"] = m.sim_accept_length_chain3
     if m.lr is not None:
         out[f"{m.split}/lr"] = m.lr
     return out

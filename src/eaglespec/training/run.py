@@ -347,6 +347,7 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
                             default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs),
                             whole_groups=whole_groups)
     engine = make_engine(draft, opt, ds, precision, common.grad_accum)
-    method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing, common.sim_states)
+    method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing, common.sim_states,
+                          cfg.objective, cfg.tv_weight)
     sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
     return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.full_save_every, sixteen_bit)
