@@ -98,11 +98,18 @@ def run_benchmark(opts: BenchOptions, log: Log = print) -> int:
     from tqdm import tqdm
 
     from eaglespec.evaluation.bench import run_rounds
-    from eaglespec.evaluation.benchmark import answer_count, load_setup, setup_notes, summarise_run
+    from eaglespec.evaluation.benchmark import (
+        answer_count,
+        check_method_inputs,
+        load_setup,
+        setup_notes,
+        summarise_run,
+    )
     from eaglespec.evaluation.report import write_outputs
 
     if opts.batch_size is not None:
         return run_throughput(opts, log)
+    check_method_inputs(opts)  # before exporting a draft for llama.cpp
     opts = with_draft_gguf(opts, log)
     setup, tune = load_setup(opts, log)
     with setup.resources:  # llama.cpp's servers stop here, after their timings are read

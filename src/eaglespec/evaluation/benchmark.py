@@ -18,11 +18,13 @@ from eaglespec.evaluation.llamacpp import (
     LlamaCppMethod,
     LlamaCppOptions,
     start_llama_cpp_methods,
+    target_gguf_path,
 )
 from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
     DRAFT_METHODS,
+    LLAMA_CPP_METHODS,
     Sampling,
     build_methods,
 )
@@ -123,6 +125,8 @@ def check_method_inputs(opts: BenchOptions) -> None:
     if "llama.cpp-eagle3" in opts.methods and opts.draft is None and opts.gguf_draft is None:
         raise ValueError("llama.cpp-eagle3 needs our draft: --draft DIR (exported to GGUF for the run) or "
                          "--gguf-draft FILE")
+    if any(m in LLAMA_CPP_METHODS for m in opts.methods):
+        target_gguf_path(opts.gguf_target)
     check_calibration(opts)
 
 

@@ -7,6 +7,7 @@ $EAGLESPEC_INTEROP_HOME/llama.cpp/build/bin (default ~/.cache/eaglespec-interop)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -356,6 +357,9 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
     wanted = [n for n in names if n in LLAMA_CPP_METHODS]
     if not wanted:
         return {}
+    for module, extra in (("gguf", "gguf"), ("prometheus_client", "serve")):  # the target's vocabulary; /metrics
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"the llama.cpp methods need {module}: pip install 'eaglespec[{extra}]'")
     binary = check_binary(options.server or default_llama_server())
     target = check_target_gguf(options.target_gguf, vocabulary)
     if "llama.cpp-eagle3" in wanted and not options.draft_gguf:
@@ -372,19 +376,25 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
     return methods
 
 
-def check_target_gguf(path: str | None, vocabulary: list[str]) -> Path:
-    """The target GGUF exists, is a GGUF, and holds our tokenizer's vocabulary in our ids (first)."""
+def target_gguf_path(path: str | None) -> Path:
+    """--gguf-target, given and present."""
     if not path:
         raise ValueError(f"the llama.cpp methods need the target as GGUF: --gguf-target FILE ({CONVERT_HINT})")
     if not Path(path).is_file():
         raise FileNotFoundError(f"--gguf-target {path}: no such file ({CONVERT_HINT})")
+    return Path(path)
+
+
+def check_target_gguf(path: str | None, vocabulary: list[str]) -> Path:
+    """The target GGUF exists, is a GGUF, and holds our tokenizer's vocabulary in our ids (first)."""
+    path = target_gguf_path(path)
     theirs = gguf_vocabulary(path)
     if theirs[: len(vocabulary)] != vocabulary:  # a converter may pad the vocabulary up to the embedding's rows
         first = next((i for i, (a, b) in enumerate(zip(theirs, vocabulary)) if a != b), min(len(theirs), len(vocabulary)))
         raise ValueError(f"--gguf-target {path}: its vocabulary differs from the target's tokenizer ({len(theirs)} vs "
                          f"{len(vocabulary)} tokens; first difference at id {first}); bench sends token ids, so both "
                          "must be the same model")
-    return Path(path)
+    return path
 
 
 def gguf_vocabulary(path: str | os.PathLike) -> list[str]:
