@@ -151,12 +151,17 @@ def test_bench_runs_llama_cpp_beside_our_methods(fake_binary, monkeypatch, tmp_p
     target = write_vocab_gguf(tmp_path / "t.gguf", vocabulary(AutoTokenizer.from_pretrained(str(bundled_model_path()))))
     (tmp_path / "p.txt").write_text("Once upon a time\nThe little cat\n")
     opts = BenchOptions(base="stories260K", questions=[str(tmp_path / "p.txt")],
-                        methods=["vanilla", "llama.cpp", "llama.cpp-eagle3"], max_new_tokens=6, repeats=1,
+                        methods=["vanilla", "llama.cpp", "llama.cpp-eagle3", "llama.cpp-eagle3:n2:p0.5"],
+                        max_new_tokens=6, repeats=1,
                         output=str(tmp_path / "out"), gguf_target=str(target), gguf_draft=str(target),
                         llama_server=str(fake_binary), llama_threads=1)
     assert run_benchmark(opts, log=lambda *_: None) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert list(data["overall"]) == ["vanilla", "llama.cpp", "llama.cpp-eagle3"]
+    assert list(data["overall"]) == ["vanilla", "llama.cpp", "llama.cpp-eagle3", "llama.cpp-eagle3:n2:p0.5"]
+    variant = data["llama_cpp"]["llama.cpp-eagle3:n2:p0.5"]["command"]
+    assert "--spec-draft-n-max 2 --spec-draft-p-min 0.5" in variant
+    assert "--spec-draft-n-max 3 --spec-draft-p-min 0.0" in data["llama_cpp"]["llama.cpp-eagle3"]["command"]
+    assert data["exactness"]["llama.cpp-eagle3:n2:p0.5"]["counts"]["exact"] == 2
     drafted = data["overall"]["llama.cpp-eagle3"]
     assert drafted["tau"] == pytest.approx(6 / 4) and drafted["acceptance_by_depth"] == [1.0, 1.0, 0.0]
     assert drafted["speedup_vs_llama_cpp"] > 0 and data["overall"]["llama.cpp"]["speedup_vs_llama_cpp"] == 1.0
@@ -178,3 +183,17 @@ def test_bench_refuses_llama_cpp_without_a_target_gguf(tmp_path):
     with pytest.raises(ValueError, match="llama.cpp-eagle3 needs our draft"):
         run_benchmark(BenchOptions(base="stories260K", questions=[str(tmp_path / "p.txt")],
                                    methods=["llama.cpp-eagle3"]), log=lambda *_: None)
+
+
+def test_llama_cpp_method_names_carry_their_own_chain_flags():
+    from eaglespec.evaluation.methods import LlamaCppVariant, exactness_reference, llama_cpp_variant
+
+    assert llama_cpp_variant("llama.cpp") == LlamaCppVariant(drafted=False)
+    assert llama_cpp_variant("llama.cpp-eagle3") == LlamaCppVariant(True)
+    assert llama_cpp_variant("llama.cpp-eagle3:n2:p0.5") == LlamaCppVariant(True, 2, 0.5)
+    assert llama_cpp_variant("eagle-chain") is None
+    assert [exactness_reference(m) for m in ("eagle", "llama.cpp", "llama.cpp-eagle3:p0.3")] == ["vanilla", None,
+                                                                                                "llama.cpp"]
+    for bad in ("llama.cpp-eagle3:x3", "llama.cpp-eagle3:n0", "llama.cpp-eagle3:p1.5", "llama.cpp-eagle3:nfour"):
+        with pytest.raises(ValueError, match="is neither nN .* nor pP"):
+            llama_cpp_variant(bad)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from eaglespec.commands.tree_flags import add_tree_flags
 from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
-from eaglespec.evaluation.methods import DEFAULT_METHODS
+from eaglespec.evaluation.methods import DEFAULT_METHODS, llama_cpp_variant
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +26,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="MT-bench / Spec-Bench question.jsonl, HumanEval(.gz), HumanEval-infilling, or plain text lines")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, lookup, hf, pld, "
-                        "assisted=PATH, llama.cpp, llama.cpp-eagle3")
+                        "assisted=PATH, llama.cpp, llama.cpp-eagle3 (llama.cpp-eagle3:n2:p0.5: with its own "
+                        "--spec-draft-n-max / --spec-draft-p-min)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 def with_draft_gguf(opts: BenchOptions, log: Log = print) -> BenchOptions:
     """llama.cpp-eagle3 without --gguf-draft: --draft exported to GGUF into the output directory first."""
-    if "llama.cpp-eagle3" not in opts.methods or opts.gguf_draft or opts.draft is None:
+    drafted = any(v is not None and v.drafted for v in map(llama_cpp_variant, opts.methods))
+    if not drafted or opts.gguf_draft or opts.draft is None:
         return opts
     from eaglespec.export import export_gguf
 

@@ -20,7 +20,7 @@ import torch
 
 from eaglespec.decoding import GenerationStats, PromptTooLong, SpeculativeGenerator, sync
 from eaglespec.evaluation.exactness import MISMATCH, Exactness, classify, next_logits_fn
-from eaglespec.evaluation.methods import EXACTNESS_REFERENCE, Sampling
+from eaglespec.evaluation.methods import Sampling, exactness_reference
 from eaglespec.evaluation.questions import Question, QuestionSet, prompt_ids
 
 WARMUP_MAX_NEW_TOKENS = 32
@@ -201,14 +201,14 @@ def summarise_all(runs: list[QuestionRun], methods: list[str], rounds: int) -> d
 
 
 def check_exactness(setup: BenchSetup, result: BenchResult) -> None:
-    """Classify every greedy method's round-0 answer against its reference's (vanilla's, or EXACTNESS_REFERENCE's:
-    llama.cpp with the draft against llama.cpp), per question; near-ties are judged by our target's logits."""
+    """Classify every greedy method's round-0 answer against its reference's (`exactness_reference`: vanilla's, or
+    llama.cpp's for llama.cpp with the draft), per question; near-ties are judged by our target's logits."""
     if not setup.sampling.greedy:
         return
     by_key = {(r.method, r.question_id): r for r in result.runs if r.round == 0}
     judge = exactness_judge(setup.generator)
     for (method, qid), run in sorted(by_key.items()):
-        ref = by_key.get((EXACTNESS_REFERENCE.get(method, "vanilla"), qid))
+        ref = by_key.get((exactness_reference(method), qid))
         if method == "vanilla" or ref is None:
             continue
         result.exactness.setdefault(method, {})[qid] = judge(ref.prompts, ref.turns, run.turns)

@@ -24,9 +24,9 @@ from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
     DRAFT_METHODS,
-    LLAMA_CPP_METHODS,
     Sampling,
     build_methods,
+    llama_cpp_variant,
 )
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
@@ -122,10 +122,11 @@ def check_method_inputs(opts: BenchOptions) -> None:
     needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
     if needs_draft and opts.draft is None:
         raise ValueError(f"methods {needs_draft} need --draft")
-    if "llama.cpp-eagle3" in opts.methods and opts.draft is None and opts.gguf_draft is None:
+    variants = [v for v in map(llama_cpp_variant, opts.methods) if v is not None]
+    if any(v.drafted for v in variants) and opts.draft is None and opts.gguf_draft is None:
         raise ValueError("llama.cpp-eagle3 needs our draft: --draft DIR (exported to GGUF for the run) or "
                          "--gguf-draft FILE")
-    if any(m in LLAMA_CPP_METHODS for m in opts.methods):
+    if variants:
         target_gguf_path(opts.gguf_target)
     check_calibration(opts)
 

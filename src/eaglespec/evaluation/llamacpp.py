@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eaglespec.decoding import GenerationStats
-from eaglespec.evaluation.methods import LLAMA_CPP_METHODS, MethodRun, Sampling
+from eaglespec.evaluation.methods import MethodRun, Sampling, llama_cpp_variant
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -354,7 +354,7 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
     """A running server per llama.cpp method named (stopped when `stack` closes), after checking the inputs:
     the target GGUF is given and its vocabulary is `vocabulary` (our tokenizer's tokens by id: prompts are sent
     as token ids), and llama.cpp-eagle3 has a draft GGUF."""
-    wanted = [n for n in names if n in LLAMA_CPP_METHODS]
+    wanted = {n: llama_cpp_variant(n) for n in names if llama_cpp_variant(n) is not None}
     if not wanted:
         return {}
     for module, extra in (("gguf", "gguf"), ("prometheus_client", "serve")):  # the target's vocabulary; /metrics
@@ -362,16 +362,17 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
             raise ModuleNotFoundError(f"the llama.cpp methods need {module}: pip install 'eaglespec[{extra}]'")
     binary = check_binary(options.server or default_llama_server())
     target = check_target_gguf(options.target_gguf, vocabulary)
-    if "llama.cpp-eagle3" in wanted and not options.draft_gguf:
+    if any(v.drafted for v in wanted.values()) and not options.draft_gguf:
         raise ValueError("llama.cpp-eagle3 needs the draft as GGUF: --gguf-draft FILE "
                          "(`eaglespec export --format gguf`), or --draft to export it")
     methods = {}
-    for name in wanted:
-        draft = Path(options.draft_gguf) if name == "llama.cpp-eagle3" else None
+    for name, variant in wanted.items():
+        draft = Path(options.draft_gguf) if variant.drafted else None
         if draft is not None and not draft.is_file():
             raise FileNotFoundError(f"--gguf-draft {draft}: no such file")
-        config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=options.draft_n_max,
-                                   draft_p_min=options.draft_p_min, threads=options.threads or LlamaServerConfig.threads)
+        config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=variant.n_max or options.draft_n_max,
+                                   draft_p_min=options.draft_p_min if variant.p_min is None else variant.p_min,
+                                   threads=options.threads or LlamaServerConfig.threads)
         methods[name] = LlamaCppMethod(name, stack.enter_context(LlamaServer(config)))
     return methods
 

@@ -9,7 +9,8 @@
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
 - `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer);
 - `llama.cpp`: the target as GGUF in a llama-server; `llama.cpp-eagle3`: the same with our draft as GGUF (chain
-  drafting, `--spec-type draft-eagle3`); built by `evaluation.llamacpp`, greedy only.
+  drafting, `--spec-type draft-eagle3`), `llama.cpp-eagle3:n2:p0.5` with its own chain length and minimum draft
+  probability (so one run compares llama.cpp's flags); built by `evaluation.llamacpp`, greedy only.
 
 Every method returns the new token ids and a `GenerationStats`; for transformers' methods the target
 forwards are counted by a forward hook on the target, and the draft/verify split is not known.
@@ -28,10 +29,50 @@ from eaglespec.decoding.lookup import DEFAULT_LOOKUP_TOKENS
 OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default", "lookup")
 DRAFT_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
 HF_METHODS = ("hf", "pld")
-LLAMA_CPP_METHODS = ("llama.cpp", "llama.cpp-eagle3")
-# whose answers a greedy method must repeat (default: vanilla's); llama.cpp itself is another engine with other
-# kernels (and maybe quantized weights), so its answers are not classified against ours
-EXACTNESS_REFERENCE = {"llama.cpp-eagle3": "llama.cpp", "llama.cpp": None}
+LLAMA_CPP, LLAMA_CPP_EAGLE3 = "llama.cpp", "llama.cpp-eagle3"
+LLAMA_CPP_METHODS = (LLAMA_CPP, LLAMA_CPP_EAGLE3)
+
+
+@dataclass(frozen=True)
+class LlamaCppVariant:
+    """A llama.cpp method by name: `llama.cpp` (no draft) or `llama.cpp-eagle3[:nN][:pP]` (our draft; N and P
+    override --spec-draft-n-max / --spec-draft-p-min for this method)."""
+
+    drafted: bool
+    n_max: int | None = None
+    p_min: float | None = None
+
+
+def llama_cpp_variant(name: str) -> LlamaCppVariant | None:
+    """The llama.cpp method `name` names (None: not a llama.cpp method)."""
+    if name == LLAMA_CPP:
+        return LlamaCppVariant(drafted=False)
+    base, *flags = name.split(":")
+    if base != LLAMA_CPP_EAGLE3:
+        return None
+    n_max = p_min = None
+    for flag in flags:
+        try:
+            if flag[:1] == "n" and int(flag[1:]) >= 1:
+                n_max = int(flag[1:])
+                continue
+            if flag[:1] == "p" and 0 <= float(flag[1:]) <= 1:
+                p_min = float(flag[1:])
+                continue
+        except ValueError:
+            pass
+        raise ValueError(f"method {name!r}: {flag!r} is neither nN (chain length >= 1) nor pP (minimum draft "
+                         "probability in [0, 1]), as in llama.cpp-eagle3:n2:p0.5")
+    return LlamaCppVariant(True, n_max, p_min)
+
+
+def exactness_reference(name: str) -> str | None:
+    """Whose answers a greedy method must repeat: vanilla's, llama.cpp's for llama.cpp with the draft; None for
+    llama.cpp itself (another engine's kernels and maybe quantized weights: not classified against ours)."""
+    variant = llama_cpp_variant(name)
+    if variant is None:
+        return "vanilla"
+    return LLAMA_CPP if variant.drafted else None
 DEFAULT_METHODS = ("vanilla", "hf", "eagle", "eagle-chain", "pld")
 DEFAULT_CHAIN_DEPTH = 4
 PLD_NUM_TOKENS = 10  # transformers' documented example value for prompt_lookup_num_tokens
@@ -172,5 +213,5 @@ def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth
                                     {"assistant_model": load_assistant(name.split("=", 1)[1], generator)}))
         else:
             known = ", ".join(OUR_METHODS + HF_METHODS + LLAMA_CPP_METHODS)
-            raise ValueError(f"unknown method {name!r}; known: {known}, assisted=PATH")
+            raise ValueError(f"unknown method {name!r}; known: {known}, assisted=PATH, llama.cpp-eagle3:nN:pP")
     return methods
