@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from eaglespec.commands.init_draft import parse_layer_ids
-from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
+from eaglespec.training.config import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
+from eaglespec.training.losses import OBJECTIVES
+
+
+def _default(config_class, name: str):
+    """A config field's default: each default is written once, in training.config."""
+    return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
 
 
 def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, grad_accum: int,
@@ -20,25 +27,30 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
     p.add_argument("--warmup-steps", type=int, default=warmup,
                    help="linear warmup steps, then linear decay to 0" + ("" if warmup is not None else
                                                                          " (default: 1.5%% of all steps)"))
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                   default=_default(CommonTrainConfig, "precision"),
                    help="autocast precision (auto: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--grad-clip", type=float, default=0.5, help="gradient clipping threshold (0: off)")
-    p.add_argument("--clip-mode", choices=("norm", "value"), default="norm",
+    p.add_argument("--grad-clip", type=float, default=_default(CommonTrainConfig, "grad_clip"),
+                   help="gradient clipping threshold (0: off)")
+    p.add_argument("--clip-mode", choices=("norm", "value"), default=_default(CommonTrainConfig, "clip_mode"),
                    help="clip the global gradient norm (default) or each value (the reference's choice)")
-    p.add_argument("--test-split", type=float, default=0.05, help="held-out fraction (seeded) for test metrics")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-split", type=float, default=_default(CommonTrainConfig, "test_split"),
+                   help="held-out fraction (seeded) for test metrics")
+    p.add_argument("--seed", type=int, default=_default(CommonTrainConfig, "seed"))
     p.add_argument("--resume", action="store_true", help="continue from the newest complete resumable checkpoint")
     p.add_argument("--init-from", type=Path, default=None, metavar="DRAFT_DIR",
                    help="start from this draft's weights with a fresh optimizer and lr schedule (train a finished "
                         "or published draft further; --resume instead continues an interrupted run)")
-    p.add_argument("--report-to", choices=("none", "tensorboard", "wandb"), default="none")
+    p.add_argument("--report-to", choices=("none", "tensorboard", "wandb"),
+                   default=_default(CommonTrainConfig, "report_to"))
     p.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many optimizer steps")
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="stop cleanly (evaluate and save a resumable checkpoint) after this much training time")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--target-dtype", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--target-dtype", choices=("auto", "bf16", "fp32"),
+                   default=_default(CommonTrainConfig, "target_dtype"),
                    help="dtype of the frozen target (auto: bf16 on GPU, fp32 on CPU); loss math stays fp32")
-    p.add_argument("--eval-every", type=int, default=1,
+    p.add_argument("--eval-every", type=int, default=_default(CommonTrainConfig, "eval_every"),
                    help="evaluate on the test split every N epochs (always after the last epoch)")
     p.add_argument("--sim-states", type=int, default=None,
                    help="decoding states per test batch for the simulated dynamic-tree acceptance length "
@@ -57,17 +69,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                            "one dataset; EAGLE-3 features serve EAGLE-1 too)")
     data.add_argument("--data", type=Path, help="prepared dataset; the target runs on the fly (online)")
     p1.add_argument("--cpdir", type=Path, required=True, help="checkpoint directory (state_{epoch}/)")
-    p1.add_argument("--save-freq", type=int, default=5, help="save every N epochs (and the last)")
-    p1.add_argument("--noise", choices=("uniform", "gaussian", "none"), default="uniform")
-    p1.add_argument("--noise-std", type=float, default=0.2)
-    p1.add_argument("--v-w", type=float, default=1.0, help="weight of the feature (SmoothL1) loss")
-    p1.add_argument("--p-w", type=float, default=0.1, help="weight of the token (soft cross-entropy) loss")
+    p1.add_argument("--save-freq", type=int, default=_default(Eagle1TrainConfig, "save_freq"),
+                    help="save every N epochs (and the last)")
+    p1.add_argument("--noise", choices=("uniform", "gaussian", "none"), default=_default(Eagle1TrainConfig, "noise"))
+    p1.add_argument("--noise-std", type=float, default=_default(Eagle1TrainConfig, "noise_std"))
+    p1.add_argument("--v-w", type=float, default=_default(Eagle1TrainConfig, "v_w"),
+                    help="weight of the feature (SmoothL1) loss")
+    p1.add_argument("--p-w", type=float, default=_default(Eagle1TrainConfig, "p_w"),
+                    help="weight of the token (soft cross-entropy) loss")
 
     p3 = sub.add_parser("eagle3", help="EAGLE-3 head with training-time test", description="Train an EAGLE-3 draft head.")
     _common_flags(p3, lr=5e-5, bs=1, epochs=40, grad_accum=2, warmup=None)
     p3.add_argument("--trainpath", type=Path, help="raw training file (chat / fim / text)")
     p3.add_argument("--testpath", type=Path, help="raw test file (default: --test-split of the training data)")
-    p3.add_argument("--data-format", choices=("chat", "fim", "text"), default="chat")
+    p3.add_argument("--data-format", choices=("chat", "fim", "text"),
+                    default=_default(Eagle3TrainConfig, "data_format"))
     p3.add_argument("--tokenizer", default=None, help="tokenizer for raw files (default: the target's)")
     p3.add_argument("--data", type=Path, help="prepared dataset (online target)")
     p3.add_argument("--features", type=Path, nargs="+", metavar="DIR",
@@ -75,25 +91,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                          "one dataset)")
     p3.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
     p3.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
-    p3.add_argument("--ttt-length", type=int, default=7, help="training-time-test steps")
-    p3.add_argument("--step-weight", type=float, default=0.8, help="loss weight of TTT step j is step_weight**j")
+    p3.add_argument("--ttt-length", type=int, default=_default(Eagle3TrainConfig, "ttt_length"),
+                    help="training-time-test steps")
+    p3.add_argument("--step-weight", type=float, default=_default(Eagle3TrainConfig, "step_weight"),
+                    help="loss weight of TTT step j is step_weight**j")
     p3.add_argument("--draft-vocab-size", type=int, default=None,
                     help="draft vocabulary size (default: min(target vocab, 32000))")
     p3.add_argument("--aux-layers", type=parse_layer_ids, default=None, help="aux layer ids a,b,c")
     p3.add_argument("--gradient-checkpointing", action="store_true")
-    p3.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE,
+    p3.add_argument("--objective", choices=OBJECTIVES, default=_default(Eagle3TrainConfig, "objective"),
                     help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
                          "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv")
-    p3.add_argument("--tv-weight", type=float, default=DEFAULT_TV_WEIGHT, help="ce+tv: weight of the tv term")
-    p3.add_argument("--full-save-every", type=int, default=10,
+    p3.add_argument("--tv-weight", type=float, default=_default(Eagle3TrainConfig, "tv_weight"),
+                    help="ce+tv: weight of the tv term")
+    p3.add_argument("--full-save-every", type=int, default=_default(Eagle3TrainConfig, "full_save_every"),
                     help="resumable state every N epochs and at the end (a 16-bit draft every epoch)")
     # deepspeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
     p3.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _common_config(args: argparse.Namespace, output_dir: Path):
-    from eaglespec.training.config import CommonTrainConfig
-
     return CommonTrainConfig(
         basepath=args.basepath, output_dir=output_dir, lr=args.lr, batch_size=args.bs, num_epochs=args.num_epochs,
         grad_accum=args.grad_accum, max_len=args.max_len, warmup_steps=args.warmup_steps, precision=args.precision,
@@ -115,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from eaglespec.training.config import Eagle1TrainConfig, Eagle3TrainConfig
     from eaglespec.training.distributed import current_rank
     from eaglespec.training.run import train_eagle1, train_eagle3
 
