@@ -197,3 +197,25 @@ def test_llama_cpp_method_names_carry_their_own_chain_flags():
     for bad in ("llama.cpp-eagle3:x3", "llama.cpp-eagle3:n0", "llama.cpp-eagle3:p1.5", "llama.cpp-eagle3:nfour"):
         with pytest.raises(ValueError, match="is neither nN .* nor pP"):
             llama_cpp_variant(bad)
+
+
+def test_a_method_whose_reference_is_missing_is_noted():
+    """Exactness needs the reference's answers: llama.cpp-eagle3 without llama.cpp, eagle without vanilla."""
+    from eaglespec.evaluation.bench import BenchSetup
+    from eaglespec.evaluation.benchmark import setup_notes
+    from eaglespec.evaluation.questions import Question, QuestionSet
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+    class Gen:
+        tokenizer = type("T", (), {"chat_template": "x"})()
+
+    questions = QuestionSet([Question("q1", "c", "completion", ["hi"])])
+    setup = BenchSetup(Gen(), questions, [Named("llama.cpp-eagle3"), Named("eagle")], 4, 1, Sampling())
+    notes = setup_notes(setup)
+    assert any("llama.cpp-eagle3's answers are checked against llama.cpp's" in n for n in notes)
+    assert any("eagle's answers are checked against vanilla's" in n for n in notes)
+    setup.methods = [Named("vanilla"), Named("llama.cpp"), Named("llama.cpp-eagle3")]
+    assert setup_notes(setup) == []

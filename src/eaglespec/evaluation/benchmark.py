@@ -26,6 +26,7 @@ from eaglespec.evaluation.methods import (
     DRAFT_METHODS,
     Sampling,
     build_methods,
+    exactness_reference,
     llama_cpp_variant,
 )
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
@@ -245,9 +246,16 @@ def setup_notes(setup: BenchSetup) -> list[str]:
     """Refuse a run without questions; the notes worth showing before it starts."""
     if not setup.questions.questions:
         raise ValueError("no questions to run")
+    notes = []
     if any(q.kind == "chat" for q in setup.questions.questions) and setup.generator.tokenizer.chat_template is None:
-        return ["note: the tokenizer has no chat template; chat questions are given as plain text"]
-    return []
+        notes.append("note: the tokenizer has no chat template; chat questions are given as plain text")
+    names = [m.name for m in setup.methods]
+    for name in names:
+        reference = exactness_reference(name)
+        if reference is not None and reference not in names and setup.sampling.greedy:
+            notes.append(f"note: {name}'s answers are checked against {reference}'s; without {reference} among the "
+                         "methods they are not checked")
+    return notes
 
 
 def answer_count(setup: BenchSetup) -> int:
