@@ -35,7 +35,8 @@ NUM_PROMPTS, MAX_TOKENS = 20, 128  # issue 34's check: 20 MT-bench first turns, 
 # One thread by default: llama.cpp's threads spin at barriers, and on this shared 2-core machine a second thread
 # waiting for a descheduled one made F32 decoding 0.4-0.7 tokens/s (6 tokens/s with one thread, same load).
 THREADS = int(os.environ.get("EAGLESPEC_LLAMA_THREADS", "1"))
-STEP = re.compile(r"task\s+(\d+) \| accepted\s+(\d+)/\s*(\d+) draft tokens")  # at LLAMA_TRACE=1, one per step
+# at LLAMA_TRACE=1, one INFO line per step (at -lv 5 a DEBUG line "..., new n_tokens = N" repeats it: not matched)
+STEP = re.compile(r"task\s+(\d+) \| accepted\s+(\d+)/\s*(\d+) draft tokens$", re.MULTILINE)
 MIN_ACCEPTANCE = 0.10
 CHAIN = 3  # llama.cpp's default --spec-draft-n-max (LlamaServerConfig's default)
 POINTS = 0.05  # llama.cpp's and our chain's shares of accepted draft tokens (answers that part at a near-tie)
