@@ -40,8 +40,9 @@ STEP = re.compile(r"task\s+(\d+) \| accepted\s+(\d+)/\s*(\d+) draft tokens$", re
 MIN_ACCEPTANCE = 0.10
 CHAIN = 3  # llama.cpp's default --spec-draft-n-max (LlamaServerConfig's default)
 POINTS = 0.05  # llama.cpp's and our chain's shares of accepted draft tokens (answers that part at a near-tie)
-# Two F32 engines (or llama.cpp's batch-of-4 verification and its one-token decode) sum in different orders; where
-# the target's two best logits are this close, either may win. A wrong kernel or a misplaced token is far beyond.
+# Two F32 engines (or llama.cpp's batch-of-4 verification and its one-token decode) do not give bit-identical
+# logits; where the target's two best are this close, either may win. A wrong kernel or a misplaced token is far
+# beyond.
 ENGINE_NEAR_TIE = 0.01
 MAX_FLIPS = 2  # of 20 answers, those allowed to part at such a near-tie
 MAX_DRAFT_FLIPS = 0.01  # of the steps compared, those whose acceptance may differ (a near-tie in the draft's logits)
@@ -133,8 +134,8 @@ def f32_runs(llama_cpp_home, target_ggufs, draft_gguf, prompts):
 
 def test_llama_cpp_runs_our_gguf_losslessly_and_accepts_the_draft(f32_runs, fp32_next_logits, prompts):
     """With the draft, llama.cpp answers as it does without it; where it does not, the first differing token is a
-    near-tie of the target (llama.cpp verifies n-max + 1 tokens in one batch, whose F32 sums run in another order
-    than a one-token decode's), shown with its logit gap."""
+    near-tie of the target (llama.cpp's batched verification of n-max + 1 tokens does not give F32 logits
+    bit-identical to its one-token decode), shown with its logit gap."""
     plain, drafted, _ = f32_runs
     drafted_n = sum(c.draft_tokens for c in drafted)
     accepted = sum(c.draft_accepted for c in drafted)
