@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from eaglespec.commands.tree_flags import add_tree_flags
 from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
-from eaglespec.evaluation.methods import DEFAULT_METHODS, llama_cpp_variant
+from eaglespec.evaluation.methods import DEFAULT_METHODS, runs_our_draft_in_llama_cpp
 
 if TYPE_CHECKING:
     import torch
@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def with_draft_gguf(opts: BenchOptions, log: Log = print) -> BenchOptions:
     """llama.cpp-eagle3 without --gguf-draft: --draft exported to GGUF into the output directory first."""
-    drafted = any(v is not None and v.drafted for v in map(llama_cpp_variant, opts.methods))
-    if not drafted or opts.gguf_draft or opts.draft is None:
+    if not runs_our_draft_in_llama_cpp(opts.methods) or opts.gguf_draft or opts.draft is None:
         return opts
     from eaglespec.export import export_gguf
 

@@ -28,6 +28,7 @@ from eaglespec.evaluation.methods import (
     build_methods,
     exactness_reference,
     llama_cpp_variant,
+    runs_our_draft_in_llama_cpp,
 )
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
@@ -123,11 +124,10 @@ def check_method_inputs(opts: BenchOptions) -> None:
     needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
     if needs_draft and opts.draft is None:
         raise ValueError(f"methods {needs_draft} need --draft")
-    variants = [v for v in map(llama_cpp_variant, opts.methods) if v is not None]
-    if any(v.drafted for v in variants) and opts.draft is None and opts.gguf_draft is None:
+    if runs_our_draft_in_llama_cpp(opts.methods) and opts.draft is None and opts.gguf_draft is None:
         raise ValueError("llama.cpp-eagle3 needs our draft: --draft DIR (exported to GGUF for the run) or "
                          "--gguf-draft FILE")
-    if variants:
+    if any(llama_cpp_variant(m) is not None for m in opts.methods):
         target_gguf_path(opts.gguf_target)
     check_calibration(opts)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eaglespec.decoding import GenerationStats
-from eaglespec.evaluation.methods import MethodRun, Sampling, llama_cpp_variant
+from eaglespec.evaluation.exactness import first_difference
+from eaglespec.evaluation.methods import MethodRun, Sampling, llama_cpp_variant, runs_our_draft_in_llama_cpp
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -331,8 +332,8 @@ class LlamaCppMethod:
         prefill and, with the draft, the drafter's calls and ms per call (from the server's log) and acceptance."""
         figures = {"command": " ".join(self.server.config.command(self.server.port)),
                    "decode_ms_per_forward": self.predicted_ms / self.decode_forwards if self.decode_forwards else None}
-        timing = self.server.draft_timing()
         if self.server.config.draft is not None:
+            timing = self.server.draft_timing()
             figures.update(draft_tokens=self.draft_tokens, draft_accepted=self.draft_accepted,
                            acceptance=self.acceptance, draft_calls=timing.calls if timing else None,
                            draft_ms_per_call=timing.ms_per_call if timing else None)
@@ -354,7 +355,7 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
     """A running server per llama.cpp method named (stopped when `stack` closes), after checking the inputs:
     the target GGUF is given and its vocabulary is `vocabulary` (our tokenizer's tokens by id: prompts are sent
     as token ids), and llama.cpp-eagle3 has a draft GGUF."""
-    wanted = {n: llama_cpp_variant(n) for n in names if llama_cpp_variant(n) is not None}
+    wanted = {n: v for n in names if (v := llama_cpp_variant(n)) is not None}
     if not wanted:
         return {}
     for module, extra in (("gguf", "gguf"), ("prometheus_client", "serve")):  # the target's vocabulary; /metrics
@@ -362,7 +363,7 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
             raise ModuleNotFoundError(f"the llama.cpp methods need {module}: pip install 'eaglespec[{extra}]'")
     binary = check_binary(options.server or default_llama_server())
     target = check_target_gguf(options.target_gguf, vocabulary)
-    if any(v.drafted for v in wanted.values()) and not options.draft_gguf:
+    if runs_our_draft_in_llama_cpp(names) and not options.draft_gguf:
         raise ValueError("llama.cpp-eagle3 needs the draft as GGUF: --gguf-draft FILE "
                          "(`eaglespec export --format gguf`), or --draft to export it")
     methods = {}
@@ -391,7 +392,7 @@ def check_target_gguf(path: str | None, vocabulary: list[str]) -> Path:
     path = target_gguf_path(path)
     theirs = gguf_vocabulary(path)
     if theirs[: len(vocabulary)] != vocabulary:  # a converter may pad the vocabulary up to the embedding's rows
-        first = next((i for i, (a, b) in enumerate(zip(theirs, vocabulary)) if a != b), min(len(theirs), len(vocabulary)))
+        first = first_difference(theirs[: len(vocabulary)], vocabulary)
         raise ValueError(f"--gguf-target {path}: its vocabulary differs from the target's tokenizer ({len(theirs)} vs "
                          f"{len(vocabulary)} tokens; first difference at id {first}); bench sends token ids, so both "
                          "must be the same model")

@@ -66,6 +66,11 @@ def llama_cpp_variant(name: str) -> LlamaCppVariant | None:
     return LlamaCppVariant(True, n_max, p_min)
 
 
+def runs_our_draft_in_llama_cpp(names: list[str]) -> bool:
+    """Whether any of these methods is llama.cpp with our draft (so it needs the draft as GGUF)."""
+    return any(v is not None and v.drafted for v in map(llama_cpp_variant, names))
+
+
 def exactness_reference(name: str) -> str | None:
     """Whose answers a greedy method must repeat: vanilla's, llama.cpp's for llama.cpp with the draft; None for
     llama.cpp itself (another engine's kernels and maybe quantized weights: not classified against ours)."""

@@ -144,9 +144,10 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def llama_cpp_lines(data: dict) -> list[str]:
-    """Where llama.cpp's time went: its command, ms per target forward after the prefill, the drafter's cost and
-    acceptance by draft position (over every request, the warm-up included)."""
+def llama_cpp_lines(data: dict, commands: bool = True) -> list[str]:
+    """Where llama.cpp's time went: ms per target forward after the prefill, the drafter's cost and acceptance by
+    draft position (over every request, the warm-up included), and each server's command unless `commands` is
+    False."""
     engines = data.get("llama_cpp") or {}
     lines = ["## llama.cpp", ""] if engines else []
     for name, f in engines.items():
@@ -156,7 +157,7 @@ def llama_cpp_lines(data: dict) -> list[str]:
             line += (f"; drafter {_fmt(f['draft_ms_per_call'], '.1f')} ms per chain ({f['draft_calls']} chains), "
                      f"{100 * f['acceptance']:.1f}% of {f['draft_tokens']} drafted tokens accepted, by position "
                      + " / ".join(f"{r:.2f}" for r in depth))
-        lines += [line, f"  `{f['command']}`"]
+        lines += [line, f"  `{f['command']}`"] if commands else [line]
     return lines + ([""] if engines else [])
 
 
@@ -231,5 +232,5 @@ def console_summary(data: dict, result: BenchResult, methods: list[str]) -> str:
              f"{m['torch_threads']} threads: {len(complete_questions(result.runs, methods, result.rounds))} questions "
              f"x {result.rounds} rounds"]
     lines += method_table(_summaries(result, methods), result)
-    lines += [line for line in llama_cpp_lines(data) if not line.startswith("  `")]
+    lines += llama_cpp_lines(data, commands=False)
     return "\n".join(lines)
