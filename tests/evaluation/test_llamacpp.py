@@ -154,13 +154,14 @@ def test_bench_runs_llama_cpp_beside_our_methods(fake_binary, monkeypatch, tmp_p
                         methods=["vanilla", "llama.cpp", "llama.cpp-eagle3", "llama.cpp-eagle3:n2:p0.5"],
                         max_new_tokens=6, repeats=1,
                         output=str(tmp_path / "out"), gguf_target=str(target), gguf_draft=str(target),
-                        llama_server=str(fake_binary), llama_threads=1)
+                        llama_server=str(fake_binary), llama_threads=1, llama_flash_attn="off")
     assert run_benchmark(opts, log=lambda *_: None) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(data["overall"]) == ["vanilla", "llama.cpp", "llama.cpp-eagle3", "llama.cpp-eagle3:n2:p0.5"]
     variant = data["llama_cpp"]["llama.cpp-eagle3:n2:p0.5"]["command"]
     assert "--spec-draft-n-max 2 --spec-draft-p-min 0.5" in variant
     assert "--spec-draft-n-max 3 --spec-draft-p-min 0.0" in data["llama_cpp"]["llama.cpp-eagle3"]["command"]
+    assert all(" -fa off " in data["llama_cpp"][m]["command"] for m in data["llama_cpp"])  # one kernel for all
     assert data["exactness"]["llama.cpp-eagle3:n2:p0.5"]["counts"]["exact"] == 2
     drafted = data["overall"]["llama.cpp-eagle3"]
     assert drafted["tau"] == pytest.approx(6 / 4) and drafted["acceptance_by_depth"] == [1.0, 1.0, 0.0]

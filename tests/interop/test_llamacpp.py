@@ -1,6 +1,6 @@
 """llama.cpp (the pinned build of build_envs.sh) runs our `export --format gguf` of the committed SmolLM2 draft:
 the GGUF loads, greedy output with the draft equals llama.cpp's own output without it on 20 MT-bench first turns
-of 128 tokens (F32), and llama.cpp accepts, step by step, what our chain of the same length accepts (a draft that
+of 128 tokens (F32, flash attention off: see FLASH_ATTN), and llama.cpp accepts, step by step, what our chain of the same length accepts (a draft that
 llama.cpp computed differently, e.g. with q/k rows in the wrong RoPE order, accepts almost nothing while the
 output stays lossless); our GGUF equals the one llama.cpp's converter makes from our vllm export up to the
 differences listed in EXPLAINED. Quantized targets (Q8_0, Q4_K_M) run, with and without the draft.
@@ -40,11 +40,14 @@ STEP = re.compile(r"task\s+(\d+) \| accepted\s+(\d+)/\s*(\d+) draft tokens$", re
 MIN_ACCEPTANCE = 0.10
 CHAIN = 3  # llama.cpp's default --spec-draft-n-max (LlamaServerConfig's default)
 POINTS = 0.05  # llama.cpp's and our chain's shares of accepted draft tokens (answers that part at a near-tie)
-# Two F32 engines (or llama.cpp's batch-of-4 verification and its one-token decode) do not give bit-identical
-# logits; where the target's two best are this close, either may win. A wrong kernel or a misplaced token is far
-# beyond.
+# Two F32 engines do not give bit-identical logits; where the target's two best are this close, either may win.
+# A wrong kernel or a misplaced token is far beyond.
 ENGINE_NEAR_TIE = 0.01
-MAX_FLIPS = 2  # of 20 answers, those allowed to part at such a near-tie
+# llama.cpp's CPU flash attention (on by default here, -fa auto) computes one query row otherwise than several, so
+# its one-token decode and its verification of a drafted chain differ in the last bits and near-ties flip: with it
+# on, 1 of these 20 answers parted from the plain one (prompt 9, token 29, fp32 gap 0.003); off, none (its F32
+# matrix products sum each element in the same order at any batch size, as its llamafile sgemm reads).
+FLASH_ATTN = "off"
 MAX_DRAFT_FLIPS = 0.01  # of the steps compared, those whose acceptance may differ (a near-tie in the draft's logits)
 # Our GGUF vs llama.cpp's converter on our vllm export: the only differences, and why
 EXPLAINED = {
@@ -104,10 +107,11 @@ def prompts(smollm2):
                                           tokenize=True, return_dict=True)["input_ids"] for q in questions]
 
 
-def _run(home: Path, model: Path, prompts, draft: Path | None = None, max_tokens: int = MAX_TOKENS, steps=None):
+def _run(home: Path, model: Path, prompts, draft: Path | None = None, max_tokens: int = MAX_TOKENS, steps=None,
+         flash_attn: str = LlamaServerConfig.flash_attn):
     """llama.cpp's completions; `steps`, a list, gets each request's (accepted, drafted) per step from the log."""
     config = LlamaServerConfig(home / "build" / "bin" / "llama-server", model, draft=draft, threads=THREADS,
-                               trace_steps=steps is not None)
+                               trace_steps=steps is not None, flash_attn=flash_attn)
     with LlamaServer(config) as server:
         completions = [server.complete(p, max_tokens) for p in prompts]
         if steps is not None:
@@ -128,14 +132,14 @@ def steps_by_request(log: str) -> list[list[tuple[int, int]]]:
 def f32_runs(llama_cpp_home, target_ggufs, draft_gguf, prompts):
     """llama.cpp's greedy completions on the F32 target, without and with our draft (run once), and the drafted
     run's steps."""
-    plain, steps = _run(llama_cpp_home, target_ggufs["f32"], prompts), []
-    return plain, _run(llama_cpp_home, target_ggufs["f32"], prompts, draft=draft_gguf, steps=steps), steps
+    plain, steps = _run(llama_cpp_home, target_ggufs["f32"], prompts, flash_attn=FLASH_ATTN), []
+    drafted = _run(llama_cpp_home, target_ggufs["f32"], prompts, draft=draft_gguf, steps=steps, flash_attn=FLASH_ATTN)
+    return plain, drafted, steps
 
 
 def test_llama_cpp_runs_our_gguf_losslessly_and_accepts_the_draft(f32_runs, fp32_next_logits, prompts):
-    """With the draft, llama.cpp answers as it does without it; where it does not, the first differing token is a
-    near-tie of the target (llama.cpp's batched verification of n-max + 1 tokens does not give F32 logits
-    bit-identical to its one-token decode), shown with its logit gap."""
+    """With the draft, llama.cpp answers token for token as it does without it (F32, FLASH_ATTN); a difference is
+    shown with the target's fp32 logit gap there."""
     plain, drafted, _ = f32_runs
     drafted_n = sum(c.draft_tokens for c in drafted)
     accepted = sum(c.draft_accepted for c in drafted)
@@ -147,8 +151,7 @@ def test_llama_cpp_runs_our_gguf_losslessly_and_accepts_the_draft(f32_runs, fp32
               f"{differ[i] or 'identical'}")
     assert all(len(c.tokens) > 0 for c in plain)
     assert drafted_n > 0 and accepted / drafted_n >= MIN_ACCEPTANCE
-    assert sum(d is None for d in differ.values()) >= len(prompts) - MAX_FLIPS
-    assert all(d is None or d.gap <= ENGINE_NEAR_TIE for d in differ.values())
+    assert all(d is None for d in differ.values())
 
 
 @dataclass

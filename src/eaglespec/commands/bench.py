@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from eaglespec.commands.tree_flags import add_tree_flags
 from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
+from eaglespec.evaluation.llamacpp import FLASH_ATTN_CHOICES
 from eaglespec.evaluation.methods import DEFAULT_METHODS, runs_our_draft_in_llama_cpp
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ def add_llama_cpp_flags(g) -> None:
                    help="llama.cpp's draft chain length")
     g.add_argument("--spec-draft-p-min", type=float, default=DEFAULTS.spec_draft_p_min,
                    help="llama.cpp stops a chain where the draft's probability falls below this")
+    g.add_argument("--llama-flash-attn", choices=FLASH_ATTN_CHOICES, default=DEFAULTS.llama_flash_attn,
+                   help="llama.cpp's -fa for every llama.cpp method (default: llama.cpp's own); off makes its "
+                        "answers with the draft identical to those without it (its flash attention rounds a "
+                        "one-token decode otherwise than a verification)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, output=args.output, batch_size=args.batch_size,
                         calibration=args.calibration, gguf_target=args.gguf_target, gguf_draft=args.gguf_draft,
                         llama_server=args.llama_server, llama_threads=args.llama_threads,
-                        spec_draft_n_max=args.spec_draft_n_max, spec_draft_p_min=args.spec_draft_p_min)
+                        spec_draft_n_max=args.spec_draft_n_max, spec_draft_p_min=args.spec_draft_p_min,
+                        llama_flash_attn=args.llama_flash_attn)
     return run_benchmark(opts)
 
 

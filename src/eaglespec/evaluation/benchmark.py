@@ -15,6 +15,7 @@ from eaglespec.evaluation.exactness import Exactness
 from eaglespec.evaluation.llamacpp import (
     DEFAULT_DRAFT_N_MAX,
     DEFAULT_DRAFT_P_MIN,
+    DEFAULT_FLASH_ATTN,
     LlamaCppMethod,
     LlamaCppOptions,
     start_llama_cpp_methods,
@@ -67,10 +68,11 @@ class BenchOptions:
     llama_threads: int | None = None  # llama.cpp's threads (None: every core)
     spec_draft_n_max: int = DEFAULT_DRAFT_N_MAX  # llama.cpp's chain length
     spec_draft_p_min: float = DEFAULT_DRAFT_P_MIN  # llama.cpp stops drafting below this draft probability
+    llama_flash_attn: str = DEFAULT_FLASH_ATTN  # llama.cpp's -fa for every llama.cpp method
 
     def llama_cpp(self) -> LlamaCppOptions:
         return LlamaCppOptions(self.gguf_target, self.gguf_draft, self.llama_server, self.llama_threads,
-                               self.spec_draft_n_max, self.spec_draft_p_min)
+                               self.spec_draft_n_max, self.spec_draft_p_min, self.llama_flash_attn)
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:

@@ -37,6 +37,12 @@ EXIT_SETTLE_S = 2.0
 LOG_TAIL_CHARS = 3000
 DEFAULT_DRAFT_N_MAX = 3  # llama.cpp's own default chain length
 DEFAULT_DRAFT_P_MIN = 0.0  # llama.cpp's default: draft the whole chain whatever the draft's confidence
+# llama.cpp's own default (-fa auto: on for this CPU). "off" makes its output with a draft identical to its output
+# without one: its CPU flash attention computes one query row (a plain decode) otherwise than several (the
+# verification of a drafted chain), so their F32 logits differ in the last bits and near-ties flip (measured:
+# 1 of 20 MT-bench answers with "auto", 0 with "off"; tests/interop/test_llamacpp.py)
+DEFAULT_FLASH_ATTN = "auto"
+FLASH_ATTN_CHOICES = ("auto", "on", "off")
 TRACE_VERBOSITY = "4"  # -lv 4: llama.cpp logs its drafter's cumulative call counts and times at this level
 STEPS_METRIC = "llamacpp:spec_decode_num_drafts_total"  # verification steps (`--metrics`)
 PER_POS_METRIC = "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"  # {position="i"}: steps accepting > i
@@ -64,6 +70,7 @@ class LlamaServerConfig:
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
     threads: int = max(1, os.cpu_count() or 1)
     context: int = 4096
+    flash_attn: str = DEFAULT_FLASH_ATTN
     extra_args: tuple[str, ...] = ()
     trace_steps: bool = False  # LLAMA_TRACE=1: the log gets one "task N | accepted a/d draft tokens" line per step
 
@@ -72,7 +79,7 @@ class LlamaServerConfig:
 
     def command(self, port: int) -> list[str]:
         cmd = [str(self.binary), "-m", str(self.model), "--host", HOST, "--port", str(port), "-t", str(self.threads),
-               "-c", str(self.context), "-np", "1", "--no-webui", "--metrics", *self.extra_args]
+               "-c", str(self.context), "-np", "1", "-fa", self.flash_attn, "--no-webui", "--metrics", *self.extra_args]
         if self.draft is not None:
             cmd += ["-md", str(self.draft), "--spec-type", "draft-eagle3", "--spec-draft-n-max", str(self.draft_n_max),
                     "--spec-draft-p-min", str(self.draft_p_min), "-td", str(self.threads), "-lv", TRACE_VERBOSITY]
@@ -293,6 +300,7 @@ class LlamaCppOptions:
     threads: int | None = None  # None: every core
     draft_n_max: int = DEFAULT_DRAFT_N_MAX
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
+    flash_attn: str = DEFAULT_FLASH_ATTN  # the same for every llama.cpp method, so they are compared on one kernel
 
 
 @dataclass
@@ -373,7 +381,8 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
             raise FileNotFoundError(f"--gguf-draft {draft}: no such file")
         config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=variant.n_max or options.draft_n_max,
                                    draft_p_min=options.draft_p_min if variant.p_min is None else variant.p_min,
-                                   threads=options.threads or LlamaServerConfig.threads)
+                                   threads=options.threads or LlamaServerConfig.threads,
+                                   flash_attn=options.flash_attn)
         methods[name] = LlamaCppMethod(name, stack.enter_context(LlamaServer(config)))
     return methods
 
