@@ -219,18 +219,25 @@ def test_broken_acceptance_rule_is_detected(logit_table, monkeypatch, broken, dr
     assert p < P_THRESHOLD, f"a broken rule went unnoticed: p={p:.2e} tv={tv:.3f}"
 
 
+def generated_counts(gen: SpeculativeGenerator, runs: int) -> tuple[torch.Tensor, int]:
+    """([V, V, V] counts of the first three tokens, draft tokens accepted) over `runs` seeded generations at
+    temperature 1, top-k 8."""
+    counts = torch.zeros(VOCAB, VOCAB, VOCAB, dtype=torch.long)
+    accepted = 0
+    for seed in range(runs):
+        out = gen.generate(torch.tensor([PROMPT]), NUM_TOKENS, temperature=1.0, top_k=8, eos_token_id=[], seed=seed)
+        counts[tuple(out.token_ids)] += 1
+        accepted += sum(out.from_draft)
+    return counts, accepted
+
+
 def test_generate_end_to_end_sampling_is_lossless(tiny_vocab_model, logit_table):
     """2000 seeded runs of SpeculativeGenerator.generate (random EAGLE-1 draft, static tree, top-k)."""
     config = SamplingConfig(temperature=1.0, top_k=8)
     target = TargetModel(tiny_vocab_model)
     draft = build_draft(target, "eagle1", seed=5)
     gen = SpeculativeGenerator(target, draft, tree=TreeConfig(kind="static", paths=TREE_PATHS))
-    counts = torch.zeros(VOCAB, VOCAB, VOCAB, dtype=torch.long)
-    accepted = 0
-    for seed in range(2000):
-        out = gen.generate(torch.tensor([PROMPT]), NUM_TOKENS, temperature=1.0, top_k=8, eos_token_id=[], seed=seed)
-        counts[tuple(out.token_ids)] += 1
-        accepted += sum(out.from_draft)
+    counts, accepted = generated_counts(gen, runs=2000)
     assert accepted > 500, "the draft must get tokens accepted for this test to mean anything"
     p, tv = chi_square_p_value(counts, exact_joint(logit_table, config))
     assert p > P_THRESHOLD, f"p={p:.2e} tv={tv:.3f}"

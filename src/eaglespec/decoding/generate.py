@@ -24,6 +24,7 @@ import torch
 
 from eaglespec.decoding import batch
 from eaglespec.decoding.cache import keep_positions, new_cache
+from eaglespec.decoding.block_drafter import BlockDrafter
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.options import GenerationOptions, generation_options
@@ -35,7 +36,7 @@ from eaglespec.decoding.stopping import StreamProgress
 from eaglespec.decoding.timing import timed
 from eaglespec.decoding.tree import DraftTree, TreeConfig
 from eaglespec.decoding.verify import VerifyResult, verify
-from eaglespec.models import EagleDraftModel, TargetModel
+from eaglespec.models import DFlashDraftModel, EagleDraftModel, TargetModel, load_draft
 from eaglespec.models.target import TargetOutput
 
 Steps = Iterator[tuple[list[int], list[bool]]]  # per target forward: the tokens it gave, and which were drafted
@@ -48,7 +49,7 @@ class SpeculativeGenerator:
     Settings: a `GenerationOptions` (`options=`) and/or its fields as keywords (max_new_tokens, temperature,
     top_p, top_k, eos_token_id, stop, seed), turned into one `GenerationOptions` per call."""
 
-    def __init__(self, target: TargetModel, draft: EagleDraftModel | None, tokenizer=None,
+    def __init__(self, target: TargetModel, draft: EagleDraftModel | DFlashDraftModel | None, tokenizer=None,
                  tree: TreeConfig | None = None):
         self.session = DecodingSession(target, draft, tokenizer, tree)
         # the session's parts, read by evaluation, serving and the commands
@@ -60,7 +61,7 @@ class SpeculativeGenerator:
     def from_pretrained(cls, base: str | os.PathLike, draft: str | os.PathLike | None,
                         dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
                         **tree_kwargs) -> "SpeculativeGenerator":
-        """base: HF model dir (or 'stories260K'); draft: an eaglespec draft dir (None: vanilla only).
+        """base: HF model dir (or 'stories260K'); draft: an eaglespec draft dir, EAGLE or DFlash (None: vanilla only).
         tree_kwargs (TreeConfig fields) override the draft's tuned tree (`eaglespec tune`), if it has one."""
         from transformers import AutoTokenizer
 
@@ -71,8 +72,7 @@ class SpeculativeGenerator:
         target = TargetModel.from_pretrained(base, dtype=dtype, device=device)
         model = None
         if draft is not None:
-            model = EagleDraftModel.from_pretrained(resolve_model_path(draft), target=target, dtype=target.dtype,
-                                                    device=target.device)
+            model = load_draft(resolve_model_path(draft), target=target, dtype=target.dtype, device=target.device)
         tokenizer = AutoTokenizer.from_pretrained(base)
         tuned = (model.config.decoding or {}).get("tree") if model is not None else None
         return cls(target, model, tokenizer, TreeConfig.merged(tuned, tree_kwargs))
@@ -207,7 +207,7 @@ class SpeculativeGenerator:
             with timed(device, stats.add_draft_time, synchronize=False):  # ... and the draft's follows it
                 self._follow(drafter, lookup, accepted + [root], out, result)
 
-    def _start_proposers(self, drafter: Drafter | None, request: Request, root: int,
+    def _start_proposers(self, drafter: Drafter | BlockDrafter | None, request: Request, root: int,
                          features: torch.Tensor | None) -> NgramIndex | None:
         """Catch the stream's draft cache up to the prompt and the first token -> its n-gram index (or None)."""
         if drafter is not None:
@@ -216,7 +216,7 @@ class SpeculativeGenerator:
             drafter.catch_up(torch.cat([request.input_ids[:, 1:], root_ids], 1), features)
         return NgramIndex(request.input_ids[0].tolist() + [root]) if self.tree.lookup else None
 
-    def _propose(self, drafter: Drafter | None, lookup: NgramIndex | None, root: int, max_depth: int
+    def _propose(self, drafter: Drafter | BlockDrafter | None, lookup: NgramIndex | None, root: int, max_depth: int
                  ) -> tuple[DraftTree, int]:
         """The draft's tree (no draft: the root alone), with the n-gram lookup chain merged in when enabled ->
         (tree, nodes the draft proposed: the lookup's own nodes come after them)."""
@@ -235,7 +235,7 @@ class SpeculativeGenerator:
         return self.target(tree.tokens[None], position_ids=(tree.depths + length)[None],
                            attention_mask=mask[None, None], cache=cache, aux_layer_ids=self.aux_layer_ids)
 
-    def _follow(self, drafter: Drafter | None, lookup: NgramIndex | None, tokens: list[int], out: TargetOutput,
+    def _follow(self, drafter: Drafter | BlockDrafter | None, lookup: NgramIndex | None, tokens: list[int], out: TargetOutput,
                 result: VerifyResult) -> None:
         """The draft cache and the n-gram index follow the accepted path: `tokens` (accepted + bonus) are
         x_{t+1} for the path positions t, whose target features f_t the verification forward computed."""

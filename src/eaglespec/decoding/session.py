@@ -1,7 +1,7 @@
 """`DecodingSession`: what every decoding loop over one target shares, and the requests it decodes.
 
-It holds the target, the optional EAGLE draft (with its batch-size-1 `Drafter` and tree settings) and the
-tokenizer; it turns a prompt and `GenerationOptions` into a `Request`, token ids into text, and runs a
+It holds the target, the optional draft (with its batch-size-1 `Drafter`, or `BlockDrafter` for DFlash, and the
+tree settings) and the tokenizer; it turns a prompt and `GenerationOptions` into a `Request`, token ids into text, and runs a
 request's prefill. `SpeculativeGenerator` (batch size 1, `generate.py`) and `RunningBatch` (`batch.py`) both
 decode through one, so neither needs the other's internals.
 """
@@ -10,31 +10,33 @@ from __future__ import annotations
 
 import torch
 
+from eaglespec.decoding.block_drafter import BlockDrafter
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.options import GenerationOptions
 from eaglespec.decoding.request import Prompt, Request, check_prompt_length, context_length, encode_prompt
 from eaglespec.decoding.sampling import next_token
 from eaglespec.decoding.stopping import StopRule
 from eaglespec.decoding.tree import TreeConfig
-from eaglespec.models import EagleDraftModel, TargetModel, check_draft_matches_target
+from eaglespec.models import DFlashDraftModel, EagleDraftModel, TargetModel, check_draft_matches_target
+from eaglespec.models.config import FEATURE_METHODS
 from eaglespec.models.target import TargetOutput
 
 
 class DecodingSession:
     """A target, an optional draft and a tokenizer, ready to decode requests (any number, interleaved)."""
 
-    def __init__(self, target: TargetModel, draft: EagleDraftModel | None, tokenizer=None,
+    def __init__(self, target: TargetModel, draft: EagleDraftModel | DFlashDraftModel | None, tokenizer=None,
                  tree: TreeConfig | None = None):
         self.target = target
         self.draft = draft
         self.tokenizer = tokenizer
         self.tree = tree or TreeConfig()
-        self.drafter: Drafter | None = None
-        self.aux_layer_ids = None  # EAGLE-3: the target layers whose inputs feed the draft
+        self.drafter: Drafter | BlockDrafter | None = None
+        self.aux_layer_ids = None  # EAGLE-3 / DFlash: the target layers whose hidden states feed the draft
         if draft is not None:
             check_draft_matches_target(draft.config, target.config)
-            self.drafter = Drafter(draft, self.tree)
-            self.aux_layer_ids = draft.config.aux_layer_ids if draft.config.method == "eagle3" else None
+            self.drafter = BlockDrafter(draft) if draft.config.method == "dflash" else Drafter(draft, self.tree)
+            self.aux_layer_ids = draft.config.aux_layer_ids if draft.config.method in FEATURE_METHODS else None
         self.context_length = context_length(target.config)
 
     @property

@@ -77,6 +77,10 @@ def load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -
     embedding, so the export carries a copy: engines load the draft's own embed_tokens when present."""
     from eaglespec.models import draft as draft_module
 
+    method = DraftConfig.load(draft_dir).method
+    if method not in draft_module.EAGLE_METHODS:
+        raise ValueError(f"{draft_dir}: a {method} draft; export writes EAGLE-1 / EAGLE-3 drafts only so far "
+                         "(DFlash export is issue 36)")
     stores_embedding = not getattr(draft_module, "embedding_from_target", lambda d: False)(draft_dir)
     if stores_embedding:
         return EagleDraftModel.from_pretrained(draft_dir)

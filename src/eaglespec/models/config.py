@@ -10,7 +10,8 @@ from typing import Any
 
 from eaglespec._io import read_json
 
-METHODS = ("eagle1", "eagle3")
+METHODS = ("eagle1", "eagle3", "dflash")
+FEATURE_METHODS = ("eagle3", "dflash")  # drafts that read target layers by aux_layer_ids (EAGLE-1 reads the last)
 
 # How `aux_layer_ids` are numbered. Ours: id k = Hugging Face `hidden_states[k]` = the INPUT of
 # decoder layer k (hidden_states[0] is the embedding output). vLLM numbers the same way; SGLang
@@ -48,6 +49,41 @@ def validate_aux_layer_ids(ids: list[int], num_hidden_layers: int) -> list[int]:
     return ids
 
 
+DFLASH_DEFAULT_BLOCK_SIZE = 8  # speculators' default (16 on GPUs in z-lab's); smaller suits a CPU (issue 36)
+
+
+@dataclass(frozen=True)
+class DFlashShape:
+    """What a new DFlash draft is made of beyond its target's sizes."""
+
+    num_layers: int = 1
+    block_size: int = DFLASH_DEFAULT_BLOCK_SIZE
+    mask_token_id: int | None = None  # None: chosen from the tokenizer by `models.build.dflash_mask_token`
+
+
+def default_dflash_layer_ids(num_hidden_layers: int, num_draft_layers: int) -> list[int]:
+    """DFlash's default target layers, one per draft layer, as Hugging Face hidden_states indices (= z-lab's
+    layer-output ids + 1): the middle layer's output for one draft layer, else evenly from the output of layer 1
+    to that of layer L-3 (z-lab's `build_target_layer_ids`), never the last layer (llama.cpp cannot capture it)."""
+    L, n = num_hidden_layers, num_draft_layers
+    if L < 2:
+        raise ValueError(f"dflash needs a target of at least 2 layers, got {L}")
+    if n == 1:
+        return [L // 2 + 1 if L // 2 + 1 < L else L - 1]
+    start, end = 1, max(L - 3, 1)
+    return [min(round(start + i * (end - start) / (n - 1)) + 1, L - 1) for i in range(n)]
+
+
+def validate_dflash_layer_ids(ids: list[int], num_hidden_layers: int) -> list[int]:
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 1 <= i < num_hidden_layers]
+    if not ids or bad:
+        raise ValueError(f"dflash target layer ids {bad or ids}: the target has {num_hidden_layers} decoder layers, "
+                         f"so valid ids (Hugging Face hidden_states index = output of layer k - 1) are "
+                         f"1..{num_hidden_layers - 1}")
+    return ids
+
+
 @dataclass
 class TargetInfo:
     """Identity of the target a draft was built for; checked when both are loaded together."""
@@ -77,7 +113,10 @@ class DraftConfig:
     hidden_act: str = "silu"
     attention_bias: bool = False
     fc_bias: bool = False  # EAGLE-1 fc bias (the reference uses True; Llama-3 drafts False)
-    aux_layer_ids: list[int] = field(default_factory=list)  # EAGLE-3 only
+    aux_layer_ids: list[int] = field(default_factory=list)  # EAGLE-3 (three) and DFlash (one or more)
+    num_hidden_layers: int = 1  # draft decoder layers (EAGLE: 1)
+    block_size: int = 0  # DFlash: tokens per drafted block, the anchor (last accepted token) included
+    mask_token_id: int | None = None  # DFlash: the token filling a block's slots after the anchor
     aux_layer_convention: str = AUX_CONVENTION
     target: TargetInfo | None = None
     format_version: int = 1
@@ -105,15 +144,32 @@ class DraftConfig:
             raise ValueError("eagle1 drafts use the target's lm_head: draft_vocab_size must equal vocab_size")
         if self.method == "eagle3" and len(self.aux_layer_ids) != EAGLE3_NUM_AUX_LAYERS:
             raise ValueError(f"eagle3 needs {EAGLE3_NUM_AUX_LAYERS} aux_layer_ids, got {self.aux_layer_ids}")
+        if self.method == "dflash":
+            self._check_dflash()
+        elif self.num_hidden_layers != 1:
+            raise ValueError(f"{self.method} drafts have one decoder layer, got num_hidden_layers={self.num_hidden_layers}")
         if self.aux_layer_convention != AUX_CONVENTION:
             raise ValueError(f"aux_layer_convention: expected {AUX_CONVENTION!r}, got {self.aux_layer_convention!r}")
 
+    def _check_dflash(self) -> None:
+        if not self.aux_layer_ids or min(self.aux_layer_ids) < 1:
+            raise ValueError(f"dflash needs one or more aux_layer_ids >= 1 (target layer outputs), got {self.aux_layer_ids}")
+        if self.block_size < 2:
+            raise ValueError(f"dflash block_size: expected at least 2 (the anchor and one drafted token), got {self.block_size}")
+        if self.mask_token_id is None or not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"dflash mask_token_id: expected a token id in 0..{self.vocab_size - 1}, got {self.mask_token_id}")
+        if self.draft_vocab_size != self.vocab_size:
+            raise ValueError("dflash drafts score with the target's lm_head: draft_vocab_size must equal vocab_size")
+        if self.hidden_size != self.target_hidden_size or self.num_hidden_layers < 1:
+            raise ValueError("dflash drafts have the target's width and at least one layer")
+
     @property
     def fc_in_features(self) -> int:
-        """EAGLE-1: concat(embedding, target feature) = 2H; EAGLE-3: three target states = 3Ht."""
+        """EAGLE-1: concat(embedding, target feature) = 2H; EAGLE-3: three target states = 3Ht; DFlash: one
+        target state per aux layer id."""
         if self.method == "eagle1":
             return 2 * self.hidden_size
-        return EAGLE3_NUM_AUX_LAYERS * self.target_hidden_size
+        return len(self.aux_layer_ids) * self.target_hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,7 +188,7 @@ class DraftConfig:
         return cls(**d)
 
     def save(self, directory: str | Path) -> None:
-        d = {"architectures": ["EagleDraftModel"], **self.to_dict()}
+        d = {"architectures": ["DFlashDraftModel" if self.method == "dflash" else "EagleDraftModel"], **self.to_dict()}
         (Path(directory) / "config.json").write_text(json.dumps(d, indent=2) + "\n")
 
     @classmethod

@@ -39,6 +39,8 @@ from transformers.models.llama.modeling_llama import (
 
 from eaglespec.models.config import DraftConfig
 
+EAGLE_METHODS = ("eagle1", "eagle3")
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
@@ -48,7 +50,7 @@ EMBED_KEY = "embed_tokens.weight"
 EMBED_META = "embed_tokens"
 
 
-def _llama_config(config: DraftConfig) -> LlamaConfig:
+def llama_config(config: DraftConfig) -> LlamaConfig:
     """The Llama config of the single draft decoder layer (for transformers' MLP, norm and RoPE)."""
     return LlamaConfig(
         hidden_size=config.hidden_size,
@@ -105,7 +107,7 @@ class DraftDecoderLayer(nn.Module):
 
     def __init__(self, config: DraftConfig):
         super().__init__()
-        llama = _llama_config(config)
+        llama = llama_config(config)
         H = config.hidden_size
         self.eagle3 = config.method == "eagle3"
         self.self_attn = DraftAttention(2 * H if self.eagle3 else H, config)
@@ -136,6 +138,9 @@ class EagleDraftModel(nn.Module):
 
     def __init__(self, config: DraftConfig):
         super().__init__()
+        if config.method not in EAGLE_METHODS:
+            raise ValueError(f"a {config.method} draft is not an EAGLE one (eagle1 / eagle3); "
+                             "eaglespec.models.load_draft loads any draft")
         self.config = config
         H = config.hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, H)
@@ -152,7 +157,7 @@ class EagleDraftModel(nn.Module):
             self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
             self.register_buffer("t2d", torch.ones(config.vocab_size, dtype=torch.bool))
         # Not a registered submodule: model.to(bf16) must not round the fp32 RoPE frequencies.
-        object.__setattr__(self, "_rope", LlamaRotaryEmbedding(_llama_config(config)))
+        object.__setattr__(self, "_rope", LlamaRotaryEmbedding(llama_config(config)))
 
     def _position_embeddings(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rope.inv_freq.device != x.device:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eaglespec.models.config import DraftConfig, TargetInfo
+from eaglespec.models.config import FEATURE_METHODS, DraftConfig, TargetInfo
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TargetOutput:
         if method == "eagle1":
             return self.last_hidden
         if self.aux_hidden is None:
-            raise ValueError("eagle3 features need aux_layer_ids in the target forward")
+            raise ValueError(f"{method} features need aux_layer_ids in the target forward")
         return self.aux_hidden
 
 
@@ -175,7 +175,7 @@ def check_draft_matches_target(draft: DraftConfig, target_config, source: str = 
     target_vocab = int(cfg.vocab_size)
     if target_vocab != draft.vocab_size:
         problems.append(f"vocab size: draft expects {draft.vocab_size}, target has {target_vocab}")
-    if draft.method == "eagle3":
+    if draft.method in FEATURE_METHODS:
         bad = [i for i in draft.aux_layer_ids if not 0 <= i < int(cfg.num_hidden_layers)]
         if bad:
             problems.append(f"aux layer ids {bad} do not exist in a target with {cfg.num_hidden_layers} layers")

@@ -1,0 +1,174 @@
+"""DFlash decoding (issue 36): greedy output is the target's token for token (9 fixture families, stories260K,
+with and without n-gram lookup), sampling keeps the target's distribution, and the drafter computes a block as
+the training forward does: the block after any prefix, drafted incrementally (context cached across steps, the
+block's own keys and values dropped), equals a plain forward over that prefix's features and the block, and so
+does the all-anchors-at-once forward training runs. A wrong mask or a shifted position breaks that equality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from decoding_helpers import STORY_PROMPTS, count_tie_or_fail, greedy_reference
+from fixtures import ARCHITECTURES, stories260k, stories260k_tokenizer, tiny_model
+from test_lossless_sampling import (
+    P_THRESHOLD,
+    PROMPT,
+    chi_square_p_value,
+    exact_joint,
+    generated_counts,
+    logits_after,
+    tiny_vocab_llama,
+)
+
+from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+from eaglespec.decoding import block_drafter as block_drafter_module
+from eaglespec.decoding.block_drafter import BlockDrafter
+from eaglespec.decoding.sampling import SamplingConfig
+from eaglespec.export import export_draft
+from eaglespec.models import DFlashShape, EagleDraftModel, TargetModel, build_draft, load_draft
+from eaglespec.models import dflash as dflash_module
+
+MAX_NEW = 24
+
+
+def _prompt(vocab: int, length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.tensor([1]), torch.randint(3, vocab, (length - 1,), generator=g)])[None]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_greedy_dflash_equals_the_target_on_every_family(arch):
+    model = tiny_model(arch)
+    target = TargetModel(model)
+    draft = build_draft(target, "dflash", seed=3, dflash=DFlashShape(num_layers=2, block_size=4))
+    ties = 0
+    for i, (length, lookup) in enumerate([(1, 0), (9, 0), (17, 6), (40, 0)]):
+        ids = _prompt(target.vocab_size, length, seed=i)
+        out = SpeculativeGenerator(target, draft, tree=TreeConfig(lookup=lookup)).generate(ids, MAX_NEW)
+        ties += count_tie_or_fail(model, ids, greedy_reference(model, ids, MAX_NEW), out.token_ids)
+        assert out.stats.new_tokens == len(out.token_ids) <= MAX_NEW
+    assert ties <= 1
+
+
+def test_greedy_dflash_on_stories260k_with_a_draft_that_accepts():
+    """Random (untrained) drafts of three block sizes, so what is accepted is what the random draft happens to
+    agree on; the block's consistency with training is tested below."""
+    model, tok = stories260k(), stories260k_tokenizer()
+    target = TargetModel(model)
+    for block_size in (2, 5, 8):
+        draft = build_draft(target, "dflash", seed=block_size, dflash=DFlashShape(block_size=block_size))
+        gen = SpeculativeGenerator(target, draft, tokenizer=tok)
+        ties = 0
+        for text in STORY_PROMPTS[:6]:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            out = gen.generate(ids, 40)
+            ties += count_tie_or_fail(model, ids, greedy_reference(model, ids, 40), out.token_ids)
+        assert ties <= 1
+
+
+def _features(target: TargetModel, draft, ids: torch.Tensor) -> torch.Tensor:
+    return target(ids, aux_layer_ids=draft.config.aux_layer_ids).features("dflash")
+
+
+def _reference_block_logits(draft, features: torch.Tensor, anchor: int, token: int) -> torch.Tensor:
+    """The block anchored at `anchor` from scratch: context = features[:, :anchor], every key visible."""
+    ctx = draft.project_target_features(features[:, :anchor])
+    ids = draft.block_ids(torch.tensor([token]))
+    positions = torch.arange(anchor + draft.block_size)[None]
+    mask = torch.ones(1, 1, draft.block_size, anchor + draft.block_size, dtype=torch.bool)
+    return draft.compute_logits(draft(ids, ctx, positions, mask)[0, 1:])
+
+
+def _training_block_logits(draft, features: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """All blocks at once over the whole sequence's features, as training runs them -> [N, block_size - 1, V]."""
+    ctx = draft.project_target_features(features)
+    T, bs = features.shape[1], draft.block_size
+    block = draft.block_ids(ids[0, anchors]).reshape(1, -1)
+    positions = torch.cat([torch.arange(T), (anchors[:, None] + torch.arange(bs)).flatten()])[None]
+    mask = dflash_module.block_attention_mask(anchors, bs, T)
+    return draft.compute_logits(draft(block, ctx, positions, mask)).reshape(len(anchors), bs, -1)[:, 1:]
+
+
+def _incremental_block_logits(draft, features: torch.Tensor, ids: torch.Tensor, anchors: list[int]) -> list:
+    """The decoder's drafter, caught up step by step to each anchor (ascending), one block per anchor."""
+    drafter, out, done = BlockDrafter(draft), [], 0
+    for a in anchors:
+        drafter.catch_up(ids[:, done + 1:a + 1], features[:, done:a])
+        done = a
+        out.append(drafter.block_logits(int(ids[0, a])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def consistency_case():
+    model = tiny_model("qwen3")
+    target = TargetModel(model)
+    draft = build_draft(target, "dflash", seed=11, dflash=DFlashShape(num_layers=2, block_size=5))
+    ids = _prompt(target.vocab_size, 30, seed=4)
+    with torch.no_grad():
+        return draft, ids, _features(target, draft, ids)
+
+
+def _consistent(draft, ids, features) -> bool:
+    anchors = [3, 4, 9, 17, 25]
+    with torch.no_grad():
+        reference = [_reference_block_logits(draft, features, a, int(ids[0, a])) for a in anchors]
+        incremental = _incremental_block_logits(draft, features, ids, anchors)
+        training = _training_block_logits(draft, features, ids, torch.tensor(anchors))
+    return all(torch.allclose(r, i, atol=1e-5) and torch.allclose(r, t, atol=1e-5)
+               for r, i, t in zip(reference, incremental, training))
+
+
+def test_incremental_and_training_blocks_equal_a_plain_forward(consistency_case):
+    assert _consistent(*consistency_case)
+
+
+def test_a_mask_that_shows_the_anchor_its_own_feature_is_caught(consistency_case, monkeypatch):
+    def leaky(anchors, block_size, context, past=0):
+        return real(anchors + 1, block_size, context, past)  # the context up to and including the anchor
+
+    real = dflash_module.block_attention_mask
+    monkeypatch.setattr(dflash_module, "block_attention_mask", leaky)
+    monkeypatch.setattr(block_drafter_module, "block_attention_mask", leaky)
+    assert not _consistent(*consistency_case)
+
+
+def test_a_shifted_block_position_is_caught(consistency_case, monkeypatch):
+    """The block one position after its anchor's (a shift of everything would be invisible: RoPE is relative)."""
+    def shifted(past, anchor, block_size, device):
+        positions = real(past, anchor, block_size, device).clone()
+        positions[:, -block_size:] += 1
+        return positions
+
+    real = block_drafter_module.block_positions
+    monkeypatch.setattr(block_drafter_module, "block_positions", shifted)
+    assert not _consistent(*consistency_case)
+
+
+def test_sampling_with_a_dflash_draft_keeps_the_target_distribution():
+    """2000 seeded runs through SpeculativeGenerator.generate; the chain's tokens are verified as candidates."""
+    model = tiny_vocab_llama()
+    table = logits_after(model, PROMPT)
+    config = SamplingConfig(temperature=1.0, top_k=8)  # as generated_counts samples
+    target = TargetModel(model)
+    gen = SpeculativeGenerator(target, build_draft(target, "dflash", seed=2, dflash=DFlashShape(block_size=4)))
+    counts, accepted = generated_counts(gen, runs=2000)
+    assert accepted > 200, "the draft must get tokens accepted for this test to mean anything"
+    p, tv = chi_square_p_value(counts, exact_joint(table, config))
+    assert p > P_THRESHOLD, f"p={p:.2e} tv={tv:.3f}"
+
+
+def test_a_dflash_draft_saves_loads_and_is_refused_as_an_eagle_one(tmp_path):
+    target = TargetModel(tiny_model("llama"))
+    draft = build_draft(target, "dflash", seed=1, dflash=DFlashShape(num_layers=2, block_size=3))
+    draft.save_pretrained(tmp_path / "d")
+    loaded = load_draft(tmp_path / "d", target=target)
+    assert loaded.config == draft.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), draft.state_dict().values()))
+    assert not any("embed" in k or "lm_head" in k for k in loaded.state_dict())
+    with pytest.raises(ValueError, match="a dflash draft is not an EAGLE one"):
+        EagleDraftModel.from_pretrained(tmp_path / "d")
+    with pytest.raises(ValueError, match="a dflash draft; export writes EAGLE-1 / EAGLE-3 drafts only"):
+        export_draft(tmp_path / "d", "vllm", tmp_path / "vllm")
+    with pytest.raises(NotImplementedError, match="batched decoding with a dflash draft"):
+        SpeculativeGenerator(target, loaded).generate_batch([[1, 5], [1, 6, 7]], 4)
