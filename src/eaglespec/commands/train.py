@@ -1,4 +1,4 @@
-"""`eaglespec train eagle1|eagle3 ...`: train a draft head (flags as in the tutorial)."""
+"""`eaglespec train eagle1|eagle3|dflash ...`: train a draft (EAGLE flags as in the tutorial)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from eaglespec.commands.init_draft import parse_layer_ids
-from eaglespec.training.config import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
+from eaglespec.training.config import CommonTrainConfig, DFlashTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
 from eaglespec.training.losses import OBJECTIVES
 
 
@@ -80,17 +80,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     p3 = sub.add_parser("eagle3", help="EAGLE-3 head with training-time test", description="Train an EAGLE-3 draft head.")
     _common_flags(p3, lr=5e-5, bs=1, epochs=40, grad_accum=2, warmup=None)
-    p3.add_argument("--trainpath", type=Path, help="raw training file (chat / fim / text)")
-    p3.add_argument("--testpath", type=Path, help="raw test file (default: --test-split of the training data)")
-    p3.add_argument("--data-format", choices=("chat", "fim", "text"),
-                    default=_default(Eagle3TrainConfig, "data_format"))
-    p3.add_argument("--tokenizer", default=None, help="tokenizer for raw files (default: the target's)")
-    p3.add_argument("--data", type=Path, help="prepared dataset (online target)")
-    p3.add_argument("--features", type=Path, nargs="+", metavar="DIR",
-                    help="offline features written by `eaglespec dump-features` (several directories are read as "
-                         "one dataset)")
-    p3.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
-    p3.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
+    _data_flags(p3, Eagle3TrainConfig)
     p3.add_argument("--ttt-length", type=int, default=_default(Eagle3TrainConfig, "ttt_length"),
                     help="training-time-test steps")
     p3.add_argument("--step-weight", type=float, default=_default(Eagle3TrainConfig, "step_weight"),
@@ -99,15 +89,53 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                     help="draft vocabulary size (default: min(target vocab, 32000))")
     p3.add_argument("--aux-layers", type=parse_layer_ids, default=None, help="aux layer ids a,b,c")
     p3.add_argument("--gradient-checkpointing", action="store_true")
-    p3.add_argument("--objective", choices=OBJECTIVES, default=_default(Eagle3TrainConfig, "objective"),
-                    help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
-                         "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv")
-    p3.add_argument("--tv-weight", type=float, default=_default(Eagle3TrainConfig, "tv_weight"),
-                    help="ce+tv: weight of the tv term")
-    p3.add_argument("--full-save-every", type=int, default=_default(Eagle3TrainConfig, "full_save_every"),
-                    help="resumable state every N epochs and at the end (a 16-bit draft every epoch)")
+    _objective_flags(p3, Eagle3TrainConfig)
+
+    pd = sub.add_parser("dflash", help="DFlash block drafter", description="Train a DFlash draft: one forward drafts "
+                        "a block; the data sources are EAGLE-3's (with --features, the layers they hold).")
+    _common_flags(pd, lr=6e-4, bs=1, epochs=6, grad_accum=2, warmup=None)
+    _data_flags(pd, DFlashTrainConfig)
+    pd.add_argument("--block-size", type=int, default=_default(DFlashTrainConfig, "block_size"),
+                    help="tokens per block, the anchor included (block_size - 1 drafted per step)")
+    pd.add_argument("--num-layers", type=int, default=_default(DFlashTrainConfig, "num_layers"),
+                    help="draft decoder layers (each of the target's width)")
+    pd.add_argument("--aux-layers", type=parse_layer_ids, default=None,
+                    help="target layers read, as Hugging Face hidden_states indices a,b,... (default: the features' "
+                         "with --features, else one per draft layer, z-lab's choice)")
+    pd.add_argument("--mask-token-id", type=int, default=None,
+                    help="the token of the drafted slots (default: the tokenizer's mask token, else the first unused "
+                         "embedding row, else padding, else end of text)")
+    pd.add_argument("--num-anchors", type=int, default=_default(DFlashTrainConfig, "num_anchors"),
+                    help="blocks per sequence and step")
+    pd.add_argument("--gamma", type=float, default=None,
+                    help="loss weight of slot k is exp(-(k - 1) / gamma) (default: 7 for blocks of 16, 4 for 8, "
+                         "else half the block)")
+    _objective_flags(pd, DFlashTrainConfig)
+
+
+def _data_flags(p: argparse.ArgumentParser, config_class) -> None:
+    p.add_argument("--trainpath", type=Path, help="raw training file (chat / fim / text)")
+    p.add_argument("--testpath", type=Path, help="raw test file (default: --test-split of the training data)")
+    p.add_argument("--data-format", choices=("chat", "fim", "text"), default=_default(config_class, "data_format"))
+    p.add_argument("--tokenizer", default=None, help="tokenizer for raw files (default: the target's)")
+    p.add_argument("--data", type=Path, help="prepared dataset (online target)")
+    p.add_argument("--features", type=Path, nargs="+", metavar="DIR",
+                   help="offline features written by `eaglespec dump-features` (several directories are read as "
+                        "one dataset)")
+    p.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
+
+
+def _objective_flags(p: argparse.ArgumentParser, config_class) -> None:
+    p.add_argument("--objective", choices=OBJECTIVES, default=_default(config_class, "objective"),
+                   help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
+                        "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv")
+    p.add_argument("--tv-weight", type=float, default=_default(config_class, "tv_weight"),
+                   help="ce+tv: weight of the tv term")
+    p.add_argument("--full-save-every", type=int, default=_default(config_class, "full_save_every"),
+                   help="resumable state every N epochs and at the end (a 16-bit draft every epoch)")
     # deepspeed's launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
-    p3.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _common_config(args: argparse.Namespace, output_dir: Path):
@@ -122,6 +150,12 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
     )
 
 
+def _data_sources(args: argparse.Namespace) -> dict:
+    return {"trainpath": args.trainpath, "testpath": args.testpath, "data_format": args.data_format,
+            "tokenizer": args.tokenizer, "data": args.data, "features": args.features,
+            "deepspeed_config": args.deepspeed_config}
+
+
 def run(args: argparse.Namespace) -> int:
     from eaglespec.training.distributed import destroy_distributed
 
@@ -133,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from eaglespec.training.distributed import current_rank
-    from eaglespec.training.run import train_eagle1, train_eagle3
+    from eaglespec.training.run import train_dflash, train_eagle1, train_eagle3
 
     if args.method == "eagle1":
         cfg = Eagle1TrainConfig(
@@ -141,11 +175,18 @@ def _train(args: argparse.Namespace) -> int:
             noise=args.noise, noise_std=args.noise_std, v_w=args.v_w, p_w=args.p_w,
         )
         result = train_eagle1(cfg)
+    elif args.method == "dflash":
+        cfg = DFlashTrainConfig(
+            common=_common_config(args, args.savedir), **_data_sources(args), block_size=args.block_size,
+            num_layers=args.num_layers, aux_layers=args.aux_layers, mask_token_id=args.mask_token_id,
+            num_anchors=args.num_anchors, gamma=args.gamma, objective=args.objective, tv_weight=args.tv_weight,
+            full_save_every=args.full_save_every,
+        )
+        result = train_dflash(cfg)
     else:
         cfg = Eagle3TrainConfig(
-            common=_common_config(args, args.savedir), trainpath=args.trainpath, testpath=args.testpath,
-            data_format=args.data_format, tokenizer=args.tokenizer, data=args.data, features=args.features,
-            deepspeed_config=args.deepspeed_config, ttt_length=args.ttt_length, step_weight=args.step_weight,
+            common=_common_config(args, args.savedir), **_data_sources(args), ttt_length=args.ttt_length,
+            step_weight=args.step_weight,
             draft_vocab_size=args.draft_vocab_size, aux_layers=args.aux_layers,
             gradient_checkpointing=args.gradient_checkpointing, full_save_every=args.full_save_every,
             objective=args.objective, tv_weight=args.tv_weight,

@@ -84,7 +84,8 @@ def save_checkpoint(
         with engine.full_parameters() as full:
             if engine.is_main:
                 _check_finite(full)
-                full.save_pretrained(tmp, dtype=None if resumable else draft_dtype, target_embedding=target_embedding)
+                embedding = {} if target_embedding is None else {"target_embedding": target_embedding}  # EAGLE only
+                full.save_pretrained(tmp, dtype=None if resumable else draft_dtype, **embedding)
         if resumable:
             engine.save_state(tmp)
         if engine.is_main:

@@ -1,4 +1,4 @@
-"""Typed training configurations of both methods, validated once when built (by the CLI or a test)."""
+"""Typed training configurations of the three methods, validated once when built (by the CLI or a test)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from eaglespec.models.config import DFLASH_DEFAULT_BLOCK_SIZE
 from eaglespec.training.data import SPLIT_RULE
 from eaglespec.training.engine import PRECISIONS
 from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
@@ -17,6 +18,7 @@ EAGLE3_DEFAULT_MAX_DRAFT_VOCAB = 32000  # the reference's draft vocabulary for 1
 EAGLE3_WARMUP_FRACTION = 0.015  # warmup when --warmup-steps is not given (SpecForge's ratio)
 # Tree estimate of the simulated acceptance length: decoding states simulated per test batch (--sim-states).
 SIM_TREE_STATES_PER_BATCH = 32
+DFLASH_NUM_ANCHORS = 64  # blocks per sequence in a DFlash step (SpecForge: 512 on GPUs); each is block_size rows
 TARGET_DTYPES = ("auto", "bf16", "fp32")  # --target-dtype (auto: bf16 on GPU unless --precision fp32, else fp32)
 
 
@@ -144,13 +146,7 @@ class Eagle3TrainConfig:
                                                        "objective", "tv_weight")
 
     def __post_init__(self) -> None:
-        self.features = _path_list(self.features)
-        sources = [self.trainpath is not None, self.data is not None, self.features is not None]
-        if sum(sources) != 1:
-            raise ValueError("give exactly one data source: --trainpath FILE [--testpath FILE] --data-format ..., "
-                             "--data PREPARED_DIR, or --features DIR")
-        if self.testpath is not None and self.trainpath is None:
-            raise ValueError("--testpath needs --trainpath")
+        _check_data_source(self)
         if self.ttt_length < 1:
             raise ValueError(f"--ttt-length: expected >= 1, got {self.ttt_length}")
         if not 0 < self.step_weight <= 1:
@@ -159,13 +155,70 @@ class Eagle3TrainConfig:
             raise ValueError(f"--draft-vocab-size: expected >= 1, got {self.draft_vocab_size}")
         if self.full_save_every < 1:
             raise ValueError(f"--full-save-every: expected >= 1, got {self.full_save_every}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.tv_weight < 0:
-            raise ValueError(f"--tv-weight: expected >= 0, got {self.tv_weight}")
+        _check_objective(self)
 
     def to_dict(self) -> dict:
         return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}
+
+
+@dataclass
+class DFlashTrainConfig:
+    """`train dflash`: the same data sources as EAGLE-3 (raw files, a prepared dataset, or EAGLE-3 features,
+    whose aux layers it then reads); the draft's shape and the block loss."""
+
+    common: CommonTrainConfig
+    trainpath: Path | None = None
+    testpath: Path | None = None
+    data_format: str = "chat"
+    tokenizer: str | None = None
+    data: Path | None = None
+    features: list[Path] | None = None
+    deepspeed_config: Path | None = None
+    block_size: int = DFLASH_DEFAULT_BLOCK_SIZE
+    num_layers: int = 1
+    aux_layers: list[int] | None = None  # default: the features' (with --features), else DFlash's default
+    mask_token_id: int | None = None  # default: models.build.dflash_mask_token
+    num_anchors: int = DFLASH_NUM_ANCHORS
+    gamma: float | None = None  # loss decay; default training.dflash.default_gamma(block_size)
+    objective: str = DEFAULT_OBJECTIVE
+    tv_weight: float = DEFAULT_TV_WEIGHT
+    full_save_every: int = 10
+
+    method = "dflash"
+    SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("block_size", "num_layers", "aux_layers", "mask_token_id",
+                                                       "num_anchors", "gamma", "objective", "tv_weight")
+
+    def __post_init__(self) -> None:
+        _check_data_source(self)
+        if self.block_size < 2:
+            raise ValueError(f"--block-size: expected at least 2 (the anchor and one drafted token), got {self.block_size}")
+        for flag, value in (("--num-layers", self.num_layers), ("--num-anchors", self.num_anchors),
+                            ("--full-save-every", self.full_save_every)):
+            if value < 1:
+                raise ValueError(f"{flag}: expected >= 1, got {value}")
+        if self.gamma is not None and self.gamma <= 0:
+            raise ValueError(f"--gamma: expected > 0, got {self.gamma}")
+        _check_objective(self)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **_plain(self.common), **{k: v for k, v in _plain(self).items() if k != "common"}}
+
+
+def _check_data_source(cfg) -> None:
+    cfg.features = _path_list(cfg.features)
+    sources = [cfg.trainpath is not None, cfg.data is not None, cfg.features is not None]
+    if sum(sources) != 1:
+        raise ValueError("give exactly one data source: --trainpath FILE [--testpath FILE] --data-format ..., "
+                         "--data PREPARED_DIR, or --features DIR")
+    if cfg.testpath is not None and cfg.trainpath is None:
+        raise ValueError("--testpath needs --trainpath")
+
+
+def _check_objective(cfg) -> None:
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
+    if cfg.tv_weight < 0:
+        raise ValueError(f"--tv-weight: expected >= 0, got {cfg.tv_weight}")
 
 
 def _path_list(value) -> list[Path] | None:

@@ -1,6 +1,7 @@
 """Assemble a training run from a validated config: target, data, draft, engine, trainer; then train.
 
-`train_eagle1(cfg)` / `train_eagle3(cfg)` are what `eaglespec train eagle1|eagle3` call.
+`train_eagle1(cfg)` / `train_eagle3(cfg)` / `train_dflash(cfg)` are what `eaglespec train eagle1|eagle3|dflash`
+call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from eaglespec.models import TargetModel, build_draft, resolve_model_path
+from eaglespec.models import DFlashShape, TargetModel, build_draft, dflash_mask_token, load_draft, resolve_model_path
 from eaglespec.models.config import DraftConfig
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.checkpoint import STATE_DIR, TrainState, find_latest_complete, load_checkpoint
@@ -23,6 +24,7 @@ from eaglespec.training.config import (
     EAGLE3_WARMUP_FRACTION,
     CommonTrainConfig,
     Eagle1TrainConfig,
+    DFlashTrainConfig,
     Eagle3TrainConfig,
 )
 from eaglespec.training.data import (
@@ -36,6 +38,7 @@ from eaglespec.training.data import (
 from eaglespec.training.distributed import broadcast_object, current_rank, detect_launch, init_distributed
 from eaglespec.training.engine import launch_world_size, load_ds_settings, make_engine
 from eaglespec.training.loop import LoopConfig, TrainData, Trainer, steps_per_epoch
+from eaglespec.training.dflash import DFlashMethod
 from eaglespec.training.methods import SIM_DEPTH, Eagle1Method, Eagle3Method, trained_rows
 from eaglespec.training.metrics import make_logger
 from eaglespec.training.schedule import OptimizerConfig
@@ -151,9 +154,10 @@ def _initial_draft(common: CommonTrainConfig, target: TargetModel, device: torch
     chosen for the old weights."""
     if common.init_from is None:
         return build().to(device)
-    draft = EagleDraftModel.from_pretrained(common.init_from, target=target, dtype=torch.float32, device=device)
-    with torch.no_grad():
-        draft.embed_tokens.weight.copy_(target.embed_tokens.weight.float())
+    draft = load_draft(common.init_from, target=target, dtype=torch.float32, device=device)
+    if isinstance(draft, EagleDraftModel):  # a DFlash draft has no embedding of its own: it is the target's
+        with torch.no_grad():
+            draft.embed_tokens.weight.copy_(target.embed_tokens.weight.float())
     draft.config.target = target.info()
     draft.config.decoding = None
     logger.info("starting from the weights of %s", common.init_from)
@@ -197,7 +201,7 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
         max_len=common.max_len, seed=common.seed, resumable_every=resumable_every,
         per_epoch_draft_dtype=per_epoch_dtype, max_steps=common.max_steps,
         time_budget_s=common.time_budget_minutes * 60 if common.time_budget_minutes else None,
-        progress=common.progress, run_config=run_config, sim_depth=SIM_DEPTH[method.name],
+        progress=common.progress, run_config=run_config, sim_depth=SIM_DEPTH.get(method.name, method.num_positions),
         eval_every=common.eval_every, group_by_length=common.group_by_length,
     )
     metrics_logger = make_logger(common.report_to if engine.is_main else "none", out, run_config)
@@ -319,17 +323,31 @@ def _with_init_shape(cfg: Eagle3TrainConfig, init: DraftConfig | None) -> Eagle3
     return dataclasses.replace(cfg, draft_vocab_size=init.draft_vocab_size, aux_layers=list(init.aux_layer_ids))
 
 
+def _launch(cfg: Eagle3TrainConfig | DFlashTrainConfig):
+    """(DeepSpeed settings or None, this rank's device, precision, world size) of an EAGLE-3 / DFlash run."""
+    common, world_size, ds = cfg.common, launch_world_size(), None
+    if cfg.deepspeed_config is not None:
+        ds = load_ds_settings(cfg.deepspeed_config, common.batch_size, common.grad_accum, world_size, common.grad_clip,
+                              common.lr)
+    device = _device(require_group=ds is not None)
+    return ds, device, _precision(common, device) if ds is None else ds.precision, world_size
+
+
+def _warmup_engine(draft, common: CommonTrainConfig, n_train: int, world_size: int, ds, precision: str):
+    """The engine of an EAGLE-3 / DFlash run, its warmup EAGLE3_WARMUP_FRACTION of all steps unless given."""
+    whole_groups = ds is not None  # DeepSpeed owns the accumulation boundary (see DeepSpeedEngine)
+    per_epoch = steps_per_epoch(n_train, common.batch_size, common.grad_accum, 0, world_size, whole_groups)
+    opt = _optimizer_config(common, n_train, world_size,
+                            default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs),
+                            whole_groups=whole_groups)
+    return make_engine(draft, opt, ds, precision, common.grad_accum)
+
+
 def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
     common = cfg.common
     _check_fresh_output(common)
     cfg = _with_init_shape(cfg, _init_draft_config(common, "eagle3"))
-    world_size = launch_world_size()
-    ds = None
-    if cfg.deepspeed_config is not None:
-        ds = load_ds_settings(cfg.deepspeed_config, common.batch_size, common.grad_accum, world_size, common.grad_clip,
-                            common.lr)
-    device = _device(require_group=ds is not None)
-    precision = _precision(common, device) if ds is None else ds.precision
+    ds, device, precision, world_size = _launch(cfg)
     target = _load_target(common, device, precision)
     train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
     what = str(cfg.trainpath or cfg.data or _paths_text(cfg.features))
@@ -341,13 +359,54 @@ def train_eagle3(cfg: Eagle3TrainConfig) -> TrainResult:
         source.aux_layer_ids = draft.config.aux_layer_ids
     data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
     _check_draft_vocab_trainable(data, draft, common)
-    whole_groups = ds is not None  # DeepSpeed owns the accumulation boundary (see DeepSpeedEngine)
-    per_epoch = steps_per_epoch(len(train_idx), common.batch_size, common.grad_accum, 0, world_size, whole_groups)
-    opt = _optimizer_config(common, len(train_idx), world_size,
-                            default_warmup=math.ceil(EAGLE3_WARMUP_FRACTION * per_epoch * common.num_epochs),
-                            whole_groups=whole_groups)
-    engine = make_engine(draft, opt, ds, precision, common.grad_accum)
+    engine = _warmup_engine(draft, common, len(train_idx), world_size, ds, precision)
     method = Eagle3Method(cfg.ttt_length, cfg.step_weight, cfg.gradient_checkpointing, common.sim_states,
                           cfg.objective, cfg.tv_weight)
     sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
     return _run(method, draft, data, common, engine, cfg.to_dict(), cfg.SCHEDULE_KEYS, cfg.full_save_every, sixteen_bit)
+
+
+# --------------------------------------------------------------------------------------------------
+def _dflash_shape(cfg: DFlashTrainConfig, target: TargetModel) -> DFlashShape:
+    """The draft's layers, block size and mask token (default: the tokenizer's choice, see dflash_mask_token)."""
+    mask = cfg.mask_token_id
+    if mask is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or resolve_model_path(cfg.common.basepath))
+        mask = dflash_mask_token(target.config, tokenizer)
+    return DFlashShape(cfg.num_layers, cfg.block_size, mask)
+
+
+def _with_feature_layers(cfg: DFlashTrainConfig) -> DFlashTrainConfig:
+    """From EAGLE-3 features, DFlash reads the layers they hold unless --aux-layers names them."""
+    if cfg.features is None or cfg.aux_layers is not None:
+        return cfg
+    from eaglespec.data.features import FeatureDatasets
+
+    return dataclasses.replace(cfg, aux_layers=list(FeatureDatasets(cfg.features).manifests[0][1].aux_layer_ids))
+
+
+def train_dflash(cfg: DFlashTrainConfig) -> TrainResult:
+    common = cfg.common
+    _check_fresh_output(common)
+    init = _init_draft_config(common, "dflash")
+    cfg = _with_feature_layers(cfg if init is None else dataclasses.replace(
+        cfg, aux_layers=list(init.aux_layer_ids), block_size=init.block_size, num_layers=init.num_hidden_layers,
+        mask_token_id=init.mask_token_id))
+    ds, device, precision, world_size = _launch(cfg)
+    target = _load_target(common, device, precision)
+    train_ds, train_idx, test_ds, test_idx, source = _eagle3_datasets(cfg, target, device)
+    _check_trainable(train_ds, train_idx, common.max_len, str(cfg.trainpath or cfg.data or _paths_text(cfg.features)))
+    shape = _dflash_shape(cfg, target)
+    draft = _initial_draft(common, target, device, lambda: build_draft(
+        target, "dflash", aux_layer_ids=cfg.aux_layers, seed=common.seed, dflash=shape))
+    if isinstance(source, OnlineTargetSource):
+        source.aux_layer_ids = draft.config.aux_layer_ids
+    data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
+    engine = _warmup_engine(draft, common, len(train_idx), world_size, ds, precision)
+    method = DFlashMethod(cfg.block_size, cfg.num_anchors, cfg.gamma, cfg.objective, cfg.tv_weight, seed=common.seed)
+    sixteen_bit = torch.float16 if precision == "fp16" else torch.bfloat16
+    run_config = {**cfg.to_dict(), "aux_layers": list(draft.config.aux_layer_ids),
+                  "mask_token_id": draft.config.mask_token_id}
+    return _run(method, draft, data, common, engine, run_config, cfg.SCHEDULE_KEYS, cfg.full_save_every, sixteen_bit)
