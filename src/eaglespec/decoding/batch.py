@@ -157,7 +157,8 @@ class RunningBatch:
             raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
         if not vanilla and session.draft is not None and session.draft.config.method == "dflash":
             raise NotImplementedError("batched decoding with a dflash draft is not built yet (issue 36): decode one "
-                                      "request at a time (SpeculativeGenerator.generate / stream)")
+                                      "request at a time (SpeculativeGenerator.generate / stream; `serve "
+                                      "--max-batch-size 1`)")
         if length_dependent_rope(session.target.config):
             logger.warning("this target's RoPE depends on the sequence length: in a batch, rows shorter than the "
                            "switch point may decode differently from alone once a longer row passes it")

@@ -24,6 +24,7 @@ from eaglespec.evaluation.llamacpp import (
 from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
+    DFLASH,
     DRAFT_METHODS,
     Sampling,
     build_methods,
@@ -110,6 +111,9 @@ def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, 
     tune = None
     try:
         engines = start_llama_cpp_methods(opts.methods, opts.llama_cpp(), vocabulary(gen.tokenizer), setup.resources)
+        if opts.tree == "auto" and gen.draft is not None and gen.draft.config.method == DFLASH:
+            raise ValueError("--tree auto tunes an EAGLE tree; a dflash draft drafts its trained block (give "
+                             "--lookup N to merge n-gram lookup into it)")
         if opts.tree == "auto":
             setup.generator, tune = tune_for_workload(gen, opts, questions, fim, log, isolated=True)
         ours = build_methods([m for m in opts.methods if m not in engines], setup.generator, opts.chain_depth,
@@ -273,13 +277,23 @@ def summarise_run(setup: BenchSetup, result: BenchResult, opts: BenchOptions, tu
     check_exactness(setup, result)
     names = [m.name for m in setup.methods]
     gen = setup.generator
-    tree = gen.tree.summary(gen.draft.config.method) if gen.draft else None
+    tree = drafting_summary(gen)
     engines = {m.name: m.engine_figures() for m in setup.methods if isinstance(m, LlamaCppMethod)}
     data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype),
                         {"tree": tree, "tune": tune, **({"llama_cpp": engines} if engines else {})})
     if tune and "eagle" in data["overall"]:
         check_prediction(data["tune"], data["overall"])
     return BenchRun(result, names, data, mismatches(result))
+
+
+def drafting_summary(gen) -> dict | None:
+    """How the draft proposes, as results.json records it: the tree (EAGLE) or the block (DFlash)."""
+    if gen.draft is None:
+        return None
+    if gen.draft.config.method == DFLASH:
+        return {"kind": "block", "block_size": gen.draft.config.block_size,
+                **({"lookup": gen.tree.lookup} if gen.tree.lookup else {})}
+    return gen.tree.summary(gen.draft.config.method)
 
 
 def throughput_methods(opts: BenchOptions) -> list[str]:
@@ -311,5 +325,5 @@ def measure_throughput(gen, prompts: list[list[int]], methods: list[str], opts: 
     data = throughput_benchmark(gen, prompts, opts.max_new_tokens, opts.batch_size, methods, opts.repeats,
                                 progress=progress)
     data.update(config=asdict(opts), machine=machine_info(gen.target.device, gen.target.dtype), prompts=len(prompts),
-                tree=gen.tree.summary(gen.draft.config.method) if gen.draft else None)
+                tree=drafting_summary(gen))
     return data

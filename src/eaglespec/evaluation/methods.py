@@ -5,6 +5,7 @@
   has it; `eagle-nolookup`: the same tree without the lookup (the draft alone); `eagle-chain`: a chain of the
   chain depth; `eagle-default`: the reference EAGLE-2 tree (60 tokens, depth 7/5, top-k 10); `lookup`: our n-gram
   lookup alone, no draft (`--lookup`, default DEFAULT_LOOKUP_TOKENS; what the draft adds to it shows against `eagle`);
+- `dflash`: a DFlash draft's block of block_size - 1 tokens, drafted in one forward (lookup as for `eagle`);
 - `hf`: transformers `generate` (greedy or sampling: the baseline users know);
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
 - `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer);
@@ -26,8 +27,10 @@ import torch
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.lookup import DEFAULT_LOOKUP_TOKENS
 
-OUR_METHODS = ("vanilla", "eagle", "eagle-nolookup", "eagle-chain", "eagle-default", "lookup")
-DRAFT_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
+EAGLE_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
+DFLASH = "dflash"  # a DFlash draft's block, as trained (n-gram lookup merged in when the tree has it)
+OUR_METHODS = ("vanilla", *EAGLE_METHODS, DFLASH, "lookup")
+DRAFT_METHODS = (*EAGLE_METHODS, DFLASH)
 HF_METHODS = ("hf", "pld")
 LLAMA_CPP, LLAMA_CPP_EAGLE3 = "llama.cpp", "llama.cpp-eagle3"
 LLAMA_CPP_METHODS = (LLAMA_CPP, LLAMA_CPP_EAGLE3)
@@ -188,17 +191,27 @@ def load_assistant(path: str, generator: SpeculativeGenerator):
     return assistant.eval()
 
 
+def check_draft_kind(names: list[str], generator: SpeculativeGenerator) -> None:
+    """EAGLE methods need an EAGLE draft and `dflash` a DFlash one: the error names the draft's method."""
+    method = generator.draft.config.method if generator.draft is not None else None
+    wrong = [n for n in names if (n in EAGLE_METHODS and method == DFLASH) or (n == DFLASH and method != DFLASH)]
+    if wrong and method is not None:
+        fits = DFLASH if method == DFLASH else ", ".join(EAGLE_METHODS)
+        raise ValueError(f"methods {wrong} do not run a {method} draft; with it use {fits}")
+
+
 def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth: int = DEFAULT_CHAIN_DEPTH,
                   lookup: int | None = None) -> list:
     """Method objects by name; `generator` carries the configured tree for `eagle`; `lookup`: the chain length of
     the `lookup` method (None: DEFAULT_LOOKUP_TOKENS)."""
+    check_draft_kind(names, generator)
     methods, counter = [], None
     for name in names:
         if name in HF_METHODS or name.startswith("assisted="):
             counter = counter or ForwardCounter(generator.target.model)
         if name == "vanilla":
             methods.append(OurMethod(name, generator, vanilla=True))
-        elif name == "eagle":
+        elif name in ("eagle", DFLASH):
             methods.append(OurMethod(name, generator, tree=generator.tree))
         elif name in ("eagle-nolookup", "eagle-chain", "eagle-default"):
             tree = {"eagle-nolookup": dataclasses.replace(generator.tree, lookup=0),
