@@ -1,5 +1,5 @@
 """DFlash decoding (issue 36): greedy output is the target's token for token (9 fixture families, stories260K,
-with and without n-gram lookup), sampling keeps the target's distribution, and the drafter computes a block as
+with and without n-gram lookup, alone and batched, with a draft trained here so that blocks get accepted), sampling keeps the target's distribution, and the drafter computes a block as
 the training forward does: the block after any prefix, drafted incrementally (context cached across steps, the
 block's own keys and values dropped), equals a plain forward over that prefix's features and the block, and so
 does the all-anchors-at-once forward training runs. A wrong mask or a shifted position breaks that equality."""
@@ -170,5 +170,59 @@ def test_a_dflash_draft_saves_loads_and_is_refused_as_an_eagle_one(tmp_path):
         EagleDraftModel.from_pretrained(tmp_path / "d")
     with pytest.raises(ValueError, match="a dflash draft; export writes EAGLE-1 / EAGLE-3 drafts only"):
         export_draft(tmp_path / "d", "vllm", tmp_path / "vllm")
-    with pytest.raises(NotImplementedError, match="batched decoding with a dflash draft"):
-        SpeculativeGenerator(target, loaded).generate_batch([[1, 5], [1, 6, 7]], 4)
+
+
+@pytest.fixture(scope="module")
+def trained_stories_dflash():
+    """stories260K and a DFlash draft (block 5) fitted for a few seconds to the target's own greedy continuations
+    of the story prompts, so that verification accepts long runs and every cache path is exercised."""
+    from eaglespec.training.data import TargetBatch
+    from eaglespec.training.dflash import DFlashMethod
+
+    model, tok = stories260k(), stories260k_tokenizer()
+    target = TargetModel(model)
+    draft = build_draft(target, "dflash", seed=0, dflash=DFlashShape(block_size=5))
+    prompts = [tok(t, return_tensors="pt")["input_ids"] for t in STORY_PROMPTS[:8]]
+    rows = [torch.cat([p[0], torch.tensor(greedy_reference(model, p, 48))]) for p in prompts]
+    T = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, r.new_zeros(T - len(r))]) for r in rows])
+    valid = torch.stack([torch.arange(T) < len(r) for r in rows])
+    with torch.no_grad():
+        out = target(ids, attention_mask=valid.long(), aux_layer_ids=draft.config.aux_layer_ids)
+    batch = TargetBatch(ids, valid.long(), valid, out.aux_hidden.float(), out.last_hidden.float(), out.logits.float())
+    method = DFlashMethod(5, num_anchors=32, seed=0)
+    optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(120):
+        loss = method.train_step(draft, draft, batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, target, draft.eval(), tok, prompts
+
+
+def test_a_trained_dflash_draft_gets_blocks_accepted_and_stays_exact(trained_stories_dflash):
+    model, target, draft, tok, prompts = trained_stories_dflash
+    gen = SpeculativeGenerator(target, draft, tokenizer=tok)
+    taus = []
+    for ids in prompts:
+        out = gen.generate(ids, 40)
+        assert out.token_ids == greedy_reference(model, ids, 40)[: len(out.token_ids)]
+        taus.append(out.stats.tau)
+    assert sum(taus) / len(taus) > 1.5, taus  # blocks are accepted, often several tokens at a time
+
+
+@pytest.mark.parametrize("max_batch_size", [2, 5])
+def test_batched_dflash_rows_equal_their_batch_size_one_output(trained_stories_dflash, max_batch_size):
+    """Rows of different prompt lengths and budgets, finishing at different steps, requests joining a running
+    batch as others leave: each row's tokens are its own decoded alone (and the target's)."""
+    model, target, draft, tok, prompts = trained_stories_dflash
+    gen = SpeculativeGenerator(target, draft, tokenizer=tok, tree=TreeConfig(lookup=4 if max_batch_size == 5 else 0))
+    budgets = [40, 12, 33, 25, 40, 7, 30, 18]
+    alone = [gen.generate(p, m).token_ids for p, m in zip(prompts, budgets)]
+    batch = gen.running_batch(max_batch_size=max_batch_size)
+    request_ids = [batch.add(p, m) for p, m in zip(prompts, budgets)]
+    outputs = {}
+    while len(batch):
+        outputs.update({e.request_id: e.output.token_ids for e in batch.step() if e.finished})
+    assert [outputs[r] for r in request_ids] == alone
+    assert batch.batch_forwards < sum(len(a) for a in alone)  # blocks were accepted in the batch too

@@ -61,6 +61,7 @@ import torch
 from transformers import DynamicCache
 
 from eaglespec.decoding._batch_cache import append_row, keep_row_positions, prefix_mask, select_rows
+from eaglespec.decoding._batch_block_draft import BatchBlockDrafter
 from eaglespec.decoding._batch_draft import BatchDrafter
 from eaglespec.decoding.cache import new_cache
 from eaglespec.decoding.lookup import NgramIndex
@@ -155,17 +156,13 @@ class RunningBatch:
                              "use vanilla=True without either")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (or None: no limit), got {max_batch_size}")
-        if not vanilla and session.draft is not None and session.draft.config.method == "dflash":
-            raise NotImplementedError("batched decoding with a dflash draft is not built yet (issue 36): decode one "
-                                      "request at a time (SpeculativeGenerator.generate / stream; `serve "
-                                      "--max-batch-size 1`)")
         if length_dependent_rope(session.target.config):
             logger.warning("this target's RoPE depends on the sequence length: in a batch, rows shorter than the "
                            "switch point may decode differently from alone once a longer row passes it")
         self.session = session
         self.vanilla = vanilla
         self.max_batch_size = max_batch_size
-        self.drafter = None if vanilla or session.drafter is None else BatchDrafter(session.drafter.expander)
+        self.drafter = None if vanilla or session.drafter is None else batch_drafter(session)
         self.aux_layer_ids = None if self.drafter is None else session.aux_layer_ids
         self.lookup = 0 if vanilla else session.tree.lookup
         self.cache: DynamicCache | None = None  # target cache, one row per running request
@@ -365,6 +362,13 @@ class RunningBatch:
         select_rows(self.cache, rows, max(r.length for r in self.rows))
         if self.drafter is not None:
             self.drafter.select_rows(rows, max(draft_lengths[b] for b in keep))
+
+
+def batch_drafter(session: DecodingSession) -> BatchDrafter | BatchBlockDrafter:
+    """The batched twin of the session's drafter: EAGLE's tree expansion, or DFlash's block."""
+    if session.draft.config.method == "dflash":
+        return BatchBlockDrafter(session.draft)
+    return BatchDrafter(session.drafter.expander)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -62,12 +62,13 @@ class DFlashAttention(nn.Module):
         k = self.k_norm(self.k_proj(kv_in).view(B, -1, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(kv_in).view(B, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings  # [B, C + T, hd]
-        q, k = rotate(q, cos[:, -T:], sin[:, -T:]), rotate(k, cos, sin)
+        C = kv_in.shape[1] - T
+        q, k = rotate(q, cos[:, C:], sin[:, C:]), rotate(k, cos, sin)  # T may be 0: context keys / values only
         if cache is not None:
             k, v = cache.update(k, v, layer_idx)  # [B, nkv, S, hd]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
                                              enable_gqa=self.num_heads != self.num_kv_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
 class DFlashDecoderLayer(nn.Module):
