@@ -6,6 +6,8 @@ does the all-anchors-at-once forward training runs. A wrong mask or a shifted po
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from decoding_helpers import STORY_PROMPTS, count_tie_or_fail, greedy_reference
@@ -24,7 +26,7 @@ from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding import block_drafter as block_drafter_module
 from eaglespec.decoding.block_drafter import BlockDrafter
 from eaglespec.decoding.sampling import SamplingConfig
-from eaglespec.export import export_draft
+from eaglespec.export import export_draft, export_gguf
 from eaglespec.models import DFlashShape, EagleDraftModel, TargetModel, build_draft, load_draft
 from eaglespec.models import dflash as dflash_module
 
@@ -168,8 +170,32 @@ def test_a_dflash_draft_saves_loads_and_is_refused_as_an_eagle_one(tmp_path):
     assert not any("embed" in k or "lm_head" in k for k in loaded.state_dict())
     with pytest.raises(ValueError, match="a dflash draft is not an EAGLE one"):
         EagleDraftModel.from_pretrained(tmp_path / "d")
-    with pytest.raises(ValueError, match="a dflash draft; export writes EAGLE-1 / EAGLE-3 drafts only"):
-        export_draft(tmp_path / "d", "vllm", tmp_path / "vllm")
+    for fmt in ("speculators", "eagle"):
+        with pytest.raises(ValueError, match=f"a dflash draft exports as vllm or sglang .* the {fmt} format holds EAGLE"):
+            export_draft(tmp_path / "d", fmt, tmp_path / fmt)
+    with pytest.raises(ValueError, match="a dflash draft: its GGUF .* is not built yet"):
+        export_gguf(tmp_path / "d", tmp_path / "d.gguf", target=None)
+
+
+def test_a_dflash_draft_exports_in_z_labs_layout(tmp_path):
+    """vLLM and SGLang load z-lab's DFlashDraftModel checkpoint: our tensors under their own names, the config
+    with z-lab's keys, its layer ids layer outputs (ours - 1), nothing of the target (embedding, lm_head)."""
+    from safetensors.torch import load_file
+
+    target = TargetModel(tiny_model("llama"))
+    draft = build_draft(target, "dflash", seed=1, dflash=DFlashShape(num_layers=2, block_size=6))
+    draft.save_pretrained(tmp_path / "d")
+    for fmt in ("vllm", "sglang"):
+        report = export_draft(tmp_path / "d", fmt, tmp_path / fmt, dtype="bfloat16")
+        cfg = json.loads((tmp_path / fmt / "config.json").read_text())
+        assert cfg["architectures"] == ["DFlashDraftModel"] and cfg["model_type"] == "qwen3"
+        assert cfg["dflash_config"] == {"mask_token_id": draft.config.mask_token_id, "block_size": 6,
+                                        "target_layer_ids": [i - 1 for i in draft.config.aux_layer_ids]}
+        assert cfg["block_size"] == 6 and cfg["num_hidden_layers"] == 2 and cfg["num_target_layers"] == 8
+        tensors = load_file(str(tmp_path / fmt / "model.safetensors"))
+        assert set(tensors) == set(draft.state_dict()) and "layers.1.self_attn.k_norm.weight" in tensors
+        assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+        assert any("num_speculative_tokens" in n for n in report.notes)
 
 
 @pytest.fixture(scope="module")

@@ -160,3 +160,25 @@ def speculators_config(config: DraftConfig, dtype: torch.dtype, verifier_path: s
     }
     return cfg, [f"verifier {verifier_path}; {speculative_tokens} speculative tokens; "
                  f"aux layer ids {list(config.aux_layer_ids)} (layer inputs)"]
+
+
+DFLASH_ARCH = "DFlashDraftModel"  # z-lab's class name; vLLM maps it to its DFlashQwen3ForCausalLM
+DFLASH_MODEL_TYPE = "qwen3"  # the drafter's layers are Qwen3's (per-head q / k norms), whatever the target
+
+
+def dflash_config(config: DraftConfig, dtype: torch.dtype) -> tuple[dict[str, Any], list[str]]:
+    """config.json of a DFlash draft in z-lab's layout, which vLLM and SGLang load: its layer ids are target layer
+    OUTPUTS (ours, hidden_states indices, minus 1); block_size both at the top (older readers) and in
+    dflash_config (newer ones)."""
+    ids = [i - 1 for i in config.aux_layer_ids]
+    fields = {**llama_fields(config, dtype), "model_type": DFLASH_MODEL_TYPE,
+              "num_hidden_layers": config.num_hidden_layers,
+              "layer_types": ["full_attention"] * config.num_hidden_layers}
+    cfg = {"architectures": [DFLASH_ARCH], **fields, "block_size": config.block_size,
+           "num_target_layers": _num_target_layers(config),
+           "dflash_config": {"mask_token_id": config.mask_token_id, "target_layer_ids": ids,
+                             "block_size": config.block_size}}
+    note = (f"target layer ids {ids} (z-lab: layer outputs; ours {list(config.aux_layer_ids)}: hidden_states indices); "
+            f"vLLM: --speculative-config '{{\"method\": \"dflash\", \"num_speculative_tokens\": "
+            f"{config.block_size - 1}}}'")
+    return cfg, [note]

@@ -19,6 +19,7 @@ from eaglespec._io import atomic_directory
 from eaglespec.export import configs
 from eaglespec.export.layout import FC_BIAS, Layout, TensorSpec, check_tensors, expected_tensors, layout_for
 from eaglespec.models.config import DraftConfig
+from eaglespec.models.dflash import DFlashDraftModel
 from eaglespec.models.draft import WEIGHTS_NAME, EagleDraftModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,15 +73,13 @@ def _target_info(config: DraftConfig, target: str | os.PathLike | None) -> _Targ
                    getattr(text, "max_position_embeddings", None))
 
 
-def load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -> EagleDraftModel:
+def load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -> EagleDraftModel | DFlashDraftModel:
     """The draft, strictly loaded. A draft saved without embed_tokens (it takes its target's) gets the target's
     embedding, so the export carries a copy: engines load the draft's own embed_tokens when present."""
     from eaglespec.models import draft as draft_module
 
-    method = DraftConfig.load(draft_dir).method
-    if method not in draft_module.EAGLE_METHODS:
-        raise ValueError(f"{draft_dir}: a {method} draft; export writes EAGLE-1 / EAGLE-3 drafts only so far "
-                         "(DFlash export is issue 36)")
+    if DraftConfig.load(draft_dir).method == "dflash":
+        return DFlashDraftModel.from_pretrained(draft_dir)  # no embedding or lm_head of its own: nothing to bind
     stores_embedding = not getattr(draft_module, "embedding_from_target", lambda d: False)(draft_dir)
     if stores_embedding:
         return EagleDraftModel.from_pretrained(draft_dir)
@@ -112,6 +111,8 @@ def format_state(layout: Layout, config: DraftConfig, state: dict[str, torch.Ten
 
 def format_config(fmt: str, config: DraftConfig, dtype: torch.dtype, target: _Target,
                   speculative_tokens: int) -> tuple[dict[str, Any], list[str]]:
+    if config.method == "dflash":
+        return configs.dflash_config(config, dtype)  # layout_for refused every other format already
     if fmt in ("sglang", "vllm"):
         return configs.engine_config(config, fmt, dtype)
     if fmt == "eagle":

@@ -4,9 +4,10 @@ Engines load draft weights by name and skip names they do not know, so a misname
 draft never accepts a token. Here every file is checked against the exact list of tensors its format expects:
 each one present, with the right shape and dtype, and nothing else.
 
-Our names (`eaglespec.models.draft`) are already those of SGLang / vLLM / the reference EAGLE:
+Our names (`eaglespec.models.draft`, `models.dflash`) are already those of SGLang / vLLM / the reference EAGLE:
     EAGLE-1: embed_tokens, fc (+bias), layers.0.* (no input_layernorm)
     EAGLE-3: embed_tokens, fc, midlayer.*, norm, lm_head, d2t, t2d
+    DFlash: fc, hidden_norm, layers.{i}.* (with self_attn.q_norm / k_norm), norm (z-lab's; vLLM and SGLang load it)
 Formats differ only in a prefix rename (speculators: midlayer. -> layers.0.), in fc.bias (SGLang's EAGLE-1 fc
 always has a bias, vLLM's never has one) and in d2t / t2d (the engine and speculators formats store none for a
 full draft vocabulary: vLLM refuses to load a d2t it has no parameter for).
@@ -21,6 +22,7 @@ import torch
 from eaglespec.models.config import DraftConfig
 
 FORMATS = ("sglang", "vllm", "speculators", "eagle")
+DFLASH_FORMATS = ("vllm", "sglang")
 IMPORT_FORMATS = ("eagle", "speculators")
 FC_BIAS = "fc.bias"
 VOCAB_MAPS = ("d2t", "t2d")
@@ -61,6 +63,11 @@ def layout_for(fmt: str, config: DraftConfig) -> Layout:
     """The layout of `fmt` for a draft of `config` (refusing combinations no tool loads)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if config.method == "dflash":
+        if fmt not in DFLASH_FORMATS:
+            raise ValueError(f"a dflash draft exports as {' or '.join(DFLASH_FORMATS)} (z-lab's DFlashDraftModel layout, "
+                             f"which both load); the {fmt} format holds EAGLE drafts")
+        return Layout()  # our tensor names are z-lab's
     # With the full vocabulary vLLM builds no d2t parameter and fails to load one (SGLang and speculators then
     # need none either), so the identity maps are left out.
     full_vocab = config.method == "eagle3" and config.draft_vocab_size == config.vocab_size
@@ -79,10 +86,11 @@ def layout_for(fmt: str, config: DraftConfig) -> Layout:
 
 def our_tensor_specs(config: DraftConfig, float_dtype: torch.dtype) -> dict[str, TensorSpec]:
     """Every tensor of our draft for `config` (our names), floating ones in `float_dtype`."""
+    from eaglespec.models.dflash import DFlashDraftModel
     from eaglespec.models.draft import EagleDraftModel
 
     with torch.device("meta"):
-        model = EagleDraftModel(config)
+        model = DFlashDraftModel(config) if config.method == "dflash" else EagleDraftModel(config)
     specs = {}
     for name, t in model.state_dict().items():
         specs[name] = TensorSpec(name, tuple(t.shape), float_dtype if t.is_floating_point() else t.dtype)

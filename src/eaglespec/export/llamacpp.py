@@ -96,11 +96,19 @@ def gguf_dtype(dtype: str | None) -> torch.dtype | None:
     return GGUF_DTYPES[name]
 
 
-def check_representable(config: DraftConfig, target_architectures: list[str], state: dict[str, torch.Tensor]) -> None:
-    """Refuse, with the reason, a draft llama.cpp's eagle3 architecture would not compute as we do."""
+def check_method(config: DraftConfig) -> None:
+    """Only EAGLE-3 drafts have a GGUF here (before anything else is read)."""
+    if config.method == "dflash":
+        raise ValueError("a dflash draft: its GGUF (llama.cpp's dflash architecture) is not built yet (issue 36); "
+                         "export it as vllm or sglang")
     if config.method != "eagle3":
         raise ValueError(f"method {config.method!r}: llama.cpp's eagle3 architecture runs EAGLE-3 drafts only "
                          "(it has no EAGLE-1 draft model); export EAGLE-1 as sglang, vllm or eagle")
+
+
+def check_representable(config: DraftConfig, target_architectures: list[str], state: dict[str, torch.Tensor]) -> None:
+    """Refuse, with the reason, a draft llama.cpp's eagle3 architecture would not compute as we do."""
+    check_method(config)
     problems = []
     supported = [a for a in target_architectures if a in LLAMACPP_EAGLE3_TARGETS]
     if not supported:
@@ -238,6 +246,7 @@ def export_gguf(draft_dir: str | os.PathLike, output: str | os.PathLike, target:
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     draft_dir = resolve_model_path(draft_dir)
+    check_method(DraftConfig.load(draft_dir))
     model = load_draft(draft_dir, target)
     config, state = model.config, model.state_dict()
     info = _load_target(config, target)
