@@ -68,3 +68,19 @@ def test_rows_are_seeded(code_tokenizer, tiny_files):
     a, b, c = (build_rows(code_tokenizer, chunks, layouts, 1024, random.Random(seed)) for seed in (0, 0, 1))
     assert np.array_equal(a.input_ids, b.input_ids)
     assert not np.array_equal(a.input_ids, c.input_ids)
+
+
+def test_draft_fim_records_cut_whole_lines_and_keep_the_chunk():
+    """recipes/code/fim_samples.py: the middle is 1..max_lines whole lines, not blank-only, and prefix + middle +
+    suffix is the chunk; seeded."""
+    from fim_samples import line_middle
+
+    chunk = "import os\n\n\ndef scale(values, factor=2):\n    result = []\n    for value in values:\n" \
+            "        result.append(value * factor)\n\n    return result\n"
+    for seed in range(20):
+        prefix, middle, suffix = line_middle(chunk, random.Random(seed), 4)
+        assert prefix + middle + suffix == chunk
+        assert middle.strip() and middle.endswith("\n") and 1 <= middle.count("\n") <= 4
+        assert prefix == "" or prefix.endswith("\n")
+    assert line_middle(chunk, random.Random(1), 4) == line_middle(chunk, random.Random(1), 4)
+    assert line_middle("\n\n", random.Random(0), 4) is None
