@@ -58,3 +58,24 @@ def test_a_forward_taking_past_key_values_is_refused_by_name(monkeypatch):
     with pytest.raises(RuntimeError, match=r"transformers 5.17.0\): eaglespec needs transformers >= 5.24"):
         TargetModel(OldStyle())
     target.require_cache_argument(Wrapper())  # not refused
+
+
+def test_the_bundled_fim_code_model_loads_by_name():
+    """recipes/code's model ships in the package (bf16, under 20M parameters, issue 37): it resolves by name,
+    its tokenizer has Qwen2.5-Coder's FIM tokens, and eaglespec decodes it as transformers does."""
+    from eaglespec.data.fim import detect_fim_tokens
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.models import resolve_model_path
+
+    path = resolve_model_path("stdlib-fim-10m")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.dtype == torch.bfloat16 and sum(p.numel() for p in model.parameters()) <= 20_000_000
+    fim = detect_fim_tokens(tok)
+    assert (fim.family, fim.prefix_id, fim.middle_id, fim.suffix_id, fim.terminator_id) == ("qwen", 1, 2, 3, 0)
+    ids = tok("<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n<|fim_middle|>", return_tensors="pt").input_ids
+    assert ids[0, 0] == fim.prefix_id
+    gen = SpeculativeGenerator.from_pretrained("stdlib-fim-10m", None, dtype="float32")
+    expected = model.float().generate(ids, do_sample=False, max_new_tokens=16, pad_token_id=4)[0, ids.shape[1]:]
+    got = gen.vanilla_generate(ids, 16).token_ids
+    assert got == expected.tolist()[: len(got)] and got

@@ -1,4 +1,5 @@
-"""Where a model named on the command line lives: the bundled stories260K, a fetched model, a committed draft."""
+"""Where a model named on the command line lives: a bundled model (stories260K, the FIM code model
+stdlib-fim-10m), a fetched model, a committed draft."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ from pathlib import Path
 from eaglespec.models.fetch import KNOWN_MODELS, fetched_model_path
 
 BUNDLED_MODEL_NAME = "stories260K"
+# recipes/code's fill-in-the-middle code model, trained here on CPython 3.11's standard library (issue 37)
+FIM_MODEL_NAME = "stdlib-fim-10m"
+BUNDLED_MODELS = (BUNDLED_MODEL_NAME, FIM_MODEL_NAME)
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"  # ships inside the package
 COMMITTED_DRAFTS = {"smollm2-135m": "smollm2-135m-eagle3"}  # target name -> draft under assets/drafts/
 
 
-def bundled_model_path() -> Path:
-    """The Hugging Face directory of the bundled stories260K target (ships inside the package)."""
-    return ASSETS_DIR / BUNDLED_MODEL_NAME
+def bundled_model_path(name: str = BUNDLED_MODEL_NAME) -> Path:
+    """The Hugging Face directory of a bundled target (ships inside the package; default stories260K)."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+    return ASSETS_DIR / name
 
 
 def committed_draft_path(target: str) -> Path:
@@ -28,11 +34,11 @@ def committed_draft_path(target: str) -> Path:
 
 
 def resolve_model_path(path: str | os.PathLike) -> str:
-    """`stories260K` names the bundled model; a name `eaglespec fetch` knows (e.g. `smollm2-135m`) names its
+    """`stories260K` and `stdlib-fim-10m` name the bundled models; a name `eaglespec fetch` knows (e.g. `smollm2-135m`) names its
     installed directory, and a committed draft's name (e.g. `smollm2-135m-eagle3`) the draft shipped in the
     package, when no such local path exists; anything else is returned unchanged."""
-    if str(path) == BUNDLED_MODEL_NAME:
-        return str(bundled_model_path())
+    if str(path) in BUNDLED_MODELS:
+        return str(bundled_model_path(str(path)))
     if Path(path).exists():
         return str(path)
     if str(path) in KNOWN_MODELS:
