@@ -84,3 +84,12 @@ def test_draft_fim_records_cut_whole_lines_and_keep_the_chunk():
         assert prefix == "" or prefix.endswith("\n")
     assert line_middle(chunk, random.Random(1), 4) == line_middle(chunk, random.Random(1), 4)
     assert line_middle("\n\n", random.Random(0), 4) is None
+
+
+def test_infilling_exact_match_compares_up_to_whitespace_and_single_lines_by_their_first_line():
+    from infilling_eval import matches
+
+    assert matches("    return x + 1\n", "    return x + 1\n", single_line=True)
+    assert matches("return x + 1\n    print(x)\n", "    return x + 1\n", single_line=True)
+    assert not matches("return x + 1\n    print(x)\n", "    return x + 1\n", single_line=False)
+    assert not matches("return x - 1", "return x + 1", single_line=True)
