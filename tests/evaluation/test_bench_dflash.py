@@ -1,5 +1,5 @@
 """`bench --methods vanilla,dflash` with a DFlash draft (issue 36): its row, exact against vanilla; EAGLE methods
-with a DFlash draft, `dflash` with an EAGLE draft and `--tree auto` with a DFlash draft are refused by name."""
+with a DFlash draft, `dflash` with an EAGLE draft and `--tree auto` or `tune` with a DFlash draft are refused by name."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def test_bench_refuses_a_method_that_does_not_fit_the_draft(dflash_dir, tmp_path
         run_benchmark(_options(tmp_path, dflash_dir, ["vanilla", "eagle-chain"]), log=lambda *_: None)
     with pytest.raises(ValueError, match="--tree auto tunes an EAGLE tree"):
         run_benchmark(_options(tmp_path, dflash_dir, ["vanilla", "dflash"], tree="auto"), log=lambda *_: None)
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.evaluation.tune import tune_tree
+
+    with pytest.raises(ValueError, match="tune chooses EAGLE trees; a dflash draft"):
+        tune_tree(SpeculativeGenerator.from_pretrained("stories260K", dflash_dir), ["Once upon a time"])
     target = TargetModel.from_pretrained(str(bundled_model_path()))
     eagle = tmp_path / "eagle"
     build_draft(target, "eagle3", seed=0).save_pretrained(eagle)

@@ -72,23 +72,21 @@ class DFlashMethod:
         self.sim_states = 0  # no greedy rollouts from the loop: the chain estimate comes from the blocks themselves
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _slots(self, model, draft, batch: TargetBatch):
-        """Per trained (anchor, slot): draft logits, target logits and the slot index k (1..bs-1)."""
+    def _blocks(self, model, draft, batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(anchors [B, N], live [B, N], the blocks' hidden states [B, N, bs, H]) of this step's anchors."""
         anchors, live = sample_anchors(batch.loss_mask, batch.valid, self.num_anchors, self.generator)
-        hidden = block_forward(model, draft, batch, anchors)  # [B, N, bs, H]
+        return anchors, live, block_forward(model, draft, batch, anchors)
+
+    def _step(self, draft, batch: TargetBatch, anchors: torch.Tensor, live: torch.Tensor, hidden: torch.Tensor):
+        """(the weighted loss, metric sums by slot) over every trained (anchor, slot): slot j + 1 predicts the
+        token at anchor + j + 1, from the target's distribution at the row before it."""
         T = batch.input_ids.shape[1]
-        k = torch.arange(1, self.block_size, device=anchors.device)
-        pos = anchors[:, :, None] + k  # [B, N, bs - 1]: the position slot k predicts
-        inside = live[:, :, None] & (pos < T)
-        pos_c = pos.clamp(max=T - 1)
-        trained = inside & batch.loss_mask.gather(1, pos_c.flatten(1)).view_as(pos).bool()
+        pos = anchors[:, :, None] + torch.arange(1, self.block_size, device=anchors.device)  # [B, N, bs - 1]
+        trained = live[:, :, None] & (pos < T)
+        trained &= batch.loss_mask.gather(1, pos.clamp(max=T - 1).flatten(1)).view_as(pos).bool()
         b, n, j = trained.nonzero(as_tuple=True)
         logits = draft.compute_logits(hidden[b, n, j + 1])  # [M, V]
-        target = batch.rows_logits(b, pos[b, n, j] - 1)  # [M, V]: the target's distribution of that token
-        return logits, target, j, (b, n, anchors, inside)
-
-    def _step(self, model, draft, batch: TargetBatch):
-        logits, target_logits, j, where = self._slots(model, draft, batch)
+        target_logits = batch.rows_logits(b, pos[b, n, j] - 1)  # [M, V]
         loss, ce, alpha = objective_loss(logits, torch.softmax(target_logits.float(), -1), self.objective,
                                          self.tv_weight)
         weight = torch.exp(-j.float() / self.gamma)
@@ -103,22 +101,21 @@ class DFlashMethod:
         return total, sums
 
     def train_step(self, model, draft, batch: TargetBatch) -> StepOutput:
-        loss, sums = self._step(model, draft, batch)
+        loss, sums = self._step(draft, batch, *self._blocks(model, draft, batch))
         return StepOutput(loss, sums)
 
     @torch.no_grad()
     def eval_step(self, model, draft, batch: TargetBatch, greedy: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        _, sums = self._step(model, draft, batch)
-        sums.update(chain_estimate(model, draft, batch, self.num_anchors, self.generator))
+        blocks = self._blocks(model, draft, batch)
+        _, sums = self._step(draft, batch, *blocks)
+        sums.update(chain_estimate(draft, batch, *blocks))
         return sums
 
 
 @torch.no_grad()
-def chain_estimate(model, draft: DFlashDraftModel, batch: TargetBatch, num_anchors: int,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Simulated tau of the block drafted as a chain (and cut at ENGINE_CHAIN_DEPTH), summed over anchors."""
-    anchors, live = sample_anchors(batch.loss_mask, batch.valid, num_anchors, generator)
-    hidden = block_forward(model, draft, batch, anchors)
+def chain_estimate(draft: DFlashDraftModel, batch: TargetBatch, anchors: torch.Tensor, live: torch.Tensor,
+                   hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Simulated tau of the blocks drafted as chains (and cut at ENGINE_CHAIN_DEPTH), summed over live anchors."""
     T, bs = batch.input_ids.shape[1], draft.block_size
     raw = anchors[:, :, None] + torch.arange(1, bs, device=anchors.device)  # [B, N, bs - 1]: predicted positions
     pos = raw.clamp(max=T - 1)
