@@ -27,9 +27,10 @@ MAX_MIDDLE_LINES = 8
 
 
 def line_middle(chunk: str, rng: random.Random, max_lines: int) -> tuple[str, str, str] | None:
-    """(prefix, middle, suffix) with a middle of 1..max_lines whole, non-blank-only lines (None: no such span)."""
+    """(prefix, middle, suffix) with a middle of 1..max_lines whole lines, starting at a non-blank line after the
+    first (an editor always has some code before the cursor; None: no such line)."""
     lines = chunk.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.strip() and i > 0]
     if not starts:
         return None
     first = rng.choice(starts)

@@ -71,8 +71,8 @@ def test_rows_are_seeded(code_tokenizer, tiny_files):
 
 
 def test_draft_fim_records_cut_whole_lines_and_keep_the_chunk():
-    """recipes/code/fim_samples.py: the middle is 1..max_lines whole lines, not blank-only, and prefix + middle +
-    suffix is the chunk; seeded."""
+    """recipes/code/fim_samples.py: the middle is 1..max_lines whole lines, not blank-only, after a non-empty
+    prefix, and prefix + middle + suffix is the chunk; seeded."""
     from fim_samples import line_middle
 
     chunk = "import os\n\n\ndef scale(values, factor=2):\n    result = []\n    for value in values:\n" \
@@ -81,9 +81,9 @@ def test_draft_fim_records_cut_whole_lines_and_keep_the_chunk():
         prefix, middle, suffix = line_middle(chunk, random.Random(seed), 4)
         assert prefix + middle + suffix == chunk
         assert middle.strip() and middle.endswith("\n") and 1 <= middle.count("\n") <= 4
-        assert prefix == "" or prefix.endswith("\n")
+        assert prefix.endswith("\n")  # never empty: some code before the middle
     assert line_middle(chunk, random.Random(1), 4) == line_middle(chunk, random.Random(1), 4)
-    assert line_middle("\n\n", random.Random(0), 4) is None
+    assert line_middle("\n\n", random.Random(0), 4) is None and line_middle("x = 1\n", random.Random(0), 4) is None
 
 
 def test_infilling_exact_match_compares_up_to_whitespace_and_single_lines_by_their_first_line():
