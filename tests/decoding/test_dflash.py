@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from decoding_helpers import STORY_PROMPTS, count_tie_or_fail, greedy_reference
+from dflash_helpers import fitted_stories_dflash
 from fixtures import ARCHITECTURES, stories260k, stories260k_tokenizer, tiny_model
 from test_lossless_sampling import (
     P_THRESHOLD,
@@ -200,30 +201,7 @@ def test_a_dflash_draft_exports_in_z_labs_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_stories_dflash():
-    """stories260K and a DFlash draft (block 5) fitted for a few seconds to the target's own greedy continuations
-    of the story prompts, so that verification accepts long runs and every cache path is exercised."""
-    from eaglespec.training.data import TargetBatch
-    from eaglespec.training.dflash import DFlashMethod
-
-    model, tok = stories260k(), stories260k_tokenizer()
-    target = TargetModel(model)
-    draft = build_draft(target, "dflash", seed=0, dflash=DFlashShape(block_size=5))
-    prompts = [tok(t, return_tensors="pt")["input_ids"] for t in STORY_PROMPTS[:8]]
-    rows = [torch.cat([p[0], torch.tensor(greedy_reference(model, p, 48))]) for p in prompts]
-    T = max(len(r) for r in rows)
-    ids = torch.stack([torch.cat([r, r.new_zeros(T - len(r))]) for r in rows])
-    valid = torch.stack([torch.arange(T) < len(r) for r in rows])
-    with torch.no_grad():
-        out = target(ids, attention_mask=valid.long(), aux_layer_ids=draft.config.aux_layer_ids)
-    batch = TargetBatch(ids, valid.long(), valid, out.aux_hidden.float(), out.last_hidden.float(), out.logits.float())
-    method = DFlashMethod(5, num_anchors=32, seed=0)
-    optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=5e-3)
-    for _ in range(120):
-        loss = method.train_step(draft, draft, batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model, target, draft.eval(), tok, prompts
+    return fitted_stories_dflash()
 
 
 def test_a_trained_dflash_draft_gets_blocks_accepted_and_stays_exact(trained_stories_dflash):
