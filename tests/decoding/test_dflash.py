@@ -53,6 +53,24 @@ def test_greedy_dflash_equals_the_target_on_every_family(arch):
     assert ties <= 1
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_dflash_equals_alone_on_every_family(arch):
+    """Prompts of lengths 1-40 in one running batch (rows finishing at different steps) with a random DFlash draft:
+    each row's tokens are its own decoded alone."""
+    target = TargetModel(tiny_model(arch))
+    draft = build_draft(target, "dflash", seed=5, dflash=DFlashShape(num_layers=1, block_size=3))
+    gen = SpeculativeGenerator(target, draft, tree=TreeConfig(lookup=4))
+    prompts = [_prompt(target.vocab_size, n, seed=i) for i, n in enumerate((1, 9, 17, 40))]
+    budgets = [MAX_NEW, 10, MAX_NEW - 5, 16]
+    alone = [gen.generate(p, m).token_ids for p, m in zip(prompts, budgets)]
+    batch = gen.running_batch(max_batch_size=3)
+    ids = [batch.add(p, m) for p, m in zip(prompts, budgets)]
+    outputs = {}
+    while len(batch):
+        outputs.update({e.request_id: e.output.token_ids for e in batch.step() if e.finished})
+    assert [outputs[i] for i in ids] == alone
+
+
 def test_greedy_dflash_on_stories260k_with_a_draft_that_accepts():
     """Random (untrained) drafts of three block sizes, so what is accepted is what the random draft happens to
     agree on; the block's consistency with training is tested below."""
