@@ -4,6 +4,9 @@ standard-library files (the model's training side of the split; the held-out fil
 
     python recipes/code/fim_samples.py --model stdlib-fim-10m --count 4000 --output runs/code/fim-samples.jsonl
 
+`--split heldout` cuts them from the held-out files instead (ids `heldout-NNNNN`): infilling prompts that neither
+the model nor its drafts were trained on (`infill_llamacpp.py` serves them through llama-server's /infill).
+
 Each record is one chunk of a file (cut at line starts to fit the model's context, as the recipe's training
 samples are) with a middle of 1 to --max-lines whole lines at a random place: what an editor asks for (complete
 this line, this block), and the shape of HumanEval's single- and multi-line infilling sets. Seeded.
@@ -24,6 +27,7 @@ from codefim.corpus import load_corpus, stdlib_root  # noqa: E402
 from codefim.samples import chunk_corpus  # noqa: E402
 
 MAX_MIDDLE_LINES = 8
+SPLITS = {"train": "stdlib", "heldout": "heldout"}  # the split -> its records' id prefix
 
 
 def line_middle(chunk: str, rng: random.Random, max_lines: int) -> tuple[str, str, str] | None:
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=4000)
     p.add_argument("--max-lines", type=int, default=MAX_MIDDLE_LINES, help="longest middle, in lines")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=SPLITS, default="train",
+                   help="train: the held-in files (draft data); heldout: the files no training saw (evaluation)")
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -55,23 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     recipe = RecipeConfig.from_json(model_dir / "recipe.json")  # the model's own split, seed and context
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     corpus = load_corpus(Path(recipe.source) if recipe.source else stdlib_root(), recipe.seed, recipe.heldout_fraction)
-    chunks = chunk_corpus(tokenizer, corpus.train, recipe.seq_len)
+    files = corpus.train if args.split == "train" else corpus.heldout
+    chunks = chunk_corpus(tokenizer, files, recipe.seq_len)
     rng = random.Random(args.seed)
     rng.shuffle(chunks)
     written = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as out:
         for chunk in chunks:
-            split = line_middle(chunk, rng, args.max_lines)
-            if split is None:
+            cut = line_middle(chunk, rng, args.max_lines)
+            if cut is None:
                 continue
-            prefix, middle, suffix = split
-            out.write(json.dumps({"id": f"stdlib-{written:05d}", "prefix": prefix, "middle": middle,
+            prefix, middle, suffix = cut
+            out.write(json.dumps({"id": f"{SPLITS[args.split]}-{written:05d}", "prefix": prefix, "middle": middle,
                                   "suffix": suffix}) + "\n")
             written += 1
             if written == args.count:
                 break
-    print(f"wrote {written} FIM records from {len(corpus.train)} held-in files ({len(chunks)} chunks) to {args.output}")
+    print(f"wrote {written} FIM records from {len(files)} {args.split} files ({len(chunks)} chunks) to {args.output}")
     return 0
 
 

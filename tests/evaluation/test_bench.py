@@ -115,6 +115,8 @@ def test_spec_bench_humaneval_infilling_and_plain_text(tmp_path):
     assert he[0].id == "HumanEval/0" and he[0].turns[0].startswith("from typing import List")
     fim = read_questions(shared_path("data", "fim", "HumanEval-SingleLineInfilling.jsonl.gz"))
     assert fim[0].kind == "fim" and fim[0].suffix
+    data = read_questions(write(tmp_path / "f.jsonl", [{"id": "x1", "prefix": "def f(", "middle": "a", "suffix": "):"}]))
+    assert (data[0].kind, data[0].id, data[0].turns, data[0].suffix) == ("fim", "x1", ["def f("], "):")
     (tmp_path / "plain.txt").write_text("Once upon a time\n\nThe cat\n")
     plain = read_questions(tmp_path / "plain.txt")
     assert [q.turns for q in plain] == [["Once upon a time"], ["The cat"]] and plain[1].source.endswith(":3")

@@ -247,10 +247,18 @@ class LlamaServer:
         """Greedy decoding of `max_new_tokens` after `prompt_ids` (no prompt cache, so every request pays its
         prefill, as ours do); with a draft, the request's own speculative counters too (/metrics before and after:
         one slot, so nothing else moves them)."""
-        body = {"prompt": [int(i) for i in prompt_ids], "n_predict": int(max_new_tokens), "temperature": 0.0,
-                "top_k": 1, "cache_prompt": False, "return_tokens": True, "stream": False}
+        return self._greedy("/completion", {"prompt": [int(i) for i in prompt_ids]}, max_new_tokens)
+
+    def infill(self, prefix: str, suffix: str, max_new_tokens: int) -> LlamaCompletion:
+        """Greedy fill-in-the-middle through llama-server's /infill, as editors call it (llama.vim, llama.vscode):
+        llama.cpp tokenizes prefix and suffix and lays them out with the model's FIM tokens itself."""
+        return self._greedy("/infill", {"input_prefix": prefix, "input_suffix": suffix}, max_new_tokens)
+
+    def _greedy(self, path: str, inputs: dict, max_new_tokens: int) -> LlamaCompletion:
+        body = {**inputs, "n_predict": int(max_new_tokens), "temperature": 0.0, "top_k": 1, "cache_prompt": False,
+                "return_tokens": True, "stream": False}
         before = self.spec_counters() if self.config.draft is not None else None
-        reply = json.loads(self._request("/completion", json.dumps(body).encode()))
+        reply = json.loads(self._request(path, json.dumps(body).encode()))
         spec = None if before is None else self.spec_counters().minus(before)
         return _completion(reply, spec)
 

@@ -6,6 +6,8 @@ Schemas (detected per line, errors name the file, the line and the fields found)
 - HumanEval `.jsonl(.gz)`: {"task_id", "prompt", "entry_point", ...} -> the prompt as a completion (code).
 - HumanEval-infilling: {"task_id", "prompt", "suffix", "canonical_solution"} -> a FIM prompt built with the
   tokenizer's FIM tokens, exactly as `prepare` lays it out.
+- FIM training records (`prepare --data-format fim`): {"prefix", "suffix", "middle"?} -> the same FIM prompt (held-out
+  code for `tune --calibration`, say).
 - plain text (a file whose first non-empty line is not JSON): one completion prompt per line.
 """
 
@@ -63,12 +65,15 @@ def _question_of_record(record: dict, where: str, default_id: str, default_categ
     if "prompt" in record and "suffix" in record and "canonical_solution" in record:
         return Question(qid, str(record.get("category", "infilling")), "fim", [str(record["prompt"])],
                         suffix=str(record["suffix"]), source=where)
+    if isinstance(record.get("prefix"), str) and isinstance(record.get("suffix"), str):
+        return Question(qid, str(record.get("category", "infilling")), "fim", [record["prefix"]],
+                        suffix=record["suffix"], source=where)
     if "prompt" in record and isinstance(record["prompt"], str):
         category = str(record.get("category", "humaneval" if "entry_point" in record else default_category))
         return Question(qid, category, "completion", [record["prompt"]], source=where)
     raise ValueError(f"{where}: unknown question schema: fields found {sorted(record)}; expected 'turns' "
-                     "(MT-bench / Spec-Bench), 'prompt' (HumanEval / completion) or 'prompt'+'suffix'+"
-                     "'canonical_solution' (HumanEval-infilling)")
+                     "(MT-bench / Spec-Bench), 'prompt' (HumanEval / completion), 'prompt'+'suffix'+"
+                     "'canonical_solution' (HumanEval-infilling) or 'prefix'+'suffix' (FIM data)")
 
 
 def read_questions(path: str | os.PathLike) -> list[Question]:
