@@ -60,7 +60,7 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="method", metavar="eagle1|eagle3", required=True)
+    sub = parser.add_subparsers(dest="method", metavar="eagle1|eagle3|dflash", required=True)
     p1 = sub.add_parser("eagle1", help="EAGLE-1 feature-extrapolation head", description="Train an EAGLE-1 draft head.")
     _common_flags(p1, lr=3e-5, bs=4, epochs=20, grad_accum=1, warmup=2000)
     data = p1.add_mutually_exclusive_group(required=True)
@@ -91,8 +91,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p3.add_argument("--gradient-checkpointing", action="store_true")
     _objective_flags(p3, Eagle3TrainConfig)
 
-    pd = sub.add_parser("dflash", help="DFlash block drafter", description="Train a DFlash draft: one forward drafts "
-                        "a block; the data sources are EAGLE-3's (with --features, the layers they hold).")
+    pd = sub.add_parser(DFlashTrainConfig.method, help="DFlash block drafter",
+                        description="Train a DFlash draft: one forward drafts a block; the data sources are EAGLE-3's "
+                        "(with --features, the layers they hold).")
     _common_flags(pd, lr=6e-4, bs=1, epochs=6, grad_accum=2, warmup=None)
     _data_flags(pd, DFlashTrainConfig)
     pd.add_argument("--block-size", type=int, default=_default(DFlashTrainConfig, "block_size"),
@@ -175,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
             noise=args.noise, noise_std=args.noise_std, v_w=args.v_w, p_w=args.p_w,
         )
         result = train_eagle1(cfg)
-    elif args.method == "dflash":
+    elif args.method == DFlashTrainConfig.method:
         cfg = DFlashTrainConfig(
             common=_common_config(args, args.savedir), **_data_sources(args), block_size=args.block_size,
             num_layers=args.num_layers, aux_layers=args.aux_layers, mask_token_id=args.mask_token_id,

@@ -26,9 +26,10 @@ import torch
 
 from eaglespec.decoding import GenerationStats, SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.lookup import DEFAULT_LOOKUP_TOKENS
+from eaglespec.models.config import DFLASH as DFLASH_DRAFT
 
 EAGLE_METHODS = ("eagle", "eagle-nolookup", "eagle-chain", "eagle-default")
-DFLASH = "dflash"  # a DFlash draft's block, as trained (n-gram lookup merged in when the tree has it)
+DFLASH = DFLASH_DRAFT  # a DFlash draft's block, as trained (n-gram lookup merged in when the tree has it)
 OUR_METHODS = ("vanilla", *EAGLE_METHODS, DFLASH, "lookup")
 DRAFT_METHODS = (*EAGLE_METHODS, DFLASH)
 HF_METHODS = ("hf", "pld")

@@ -368,7 +368,7 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
     workload's mean prompt length, which shorter calibration prompts are brought to (default: as they are).
     Time later decoding in another process: the one that tuned decodes slower afterwards (see
     `benchmark.tune_for_workload`, which tunes in a child process for that reason)."""
-    if generator.draft is not None and generator.draft.config.method == "dflash":
+    if generator.draft is not None and generator.draft.config.is_dflash:
         raise ValueError("tune chooses EAGLE trees; a dflash draft drafts its trained block (choosing the block "
                          "length by measurement is not built yet, issue 36)")
     new_tokens = new_tokens or CALIBRATION_NEW_TOKENS

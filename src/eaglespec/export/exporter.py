@@ -78,7 +78,7 @@ def load_draft(draft_dir: str | os.PathLike, target: str | os.PathLike | None) -
     embedding, so the export carries a copy: engines load the draft's own embed_tokens when present."""
     from eaglespec.models import draft as draft_module
 
-    if DraftConfig.load(draft_dir).method == "dflash":
+    if DraftConfig.load(draft_dir).is_dflash:
         return DFlashDraftModel.from_pretrained(draft_dir)  # no embedding or lm_head of its own: nothing to bind
     stores_embedding = not getattr(draft_module, "embedding_from_target", lambda d: False)(draft_dir)
     if stores_embedding:
@@ -111,7 +111,7 @@ def format_state(layout: Layout, config: DraftConfig, state: dict[str, torch.Ten
 
 def format_config(fmt: str, config: DraftConfig, dtype: torch.dtype, target: _Target,
                   speculative_tokens: int) -> tuple[dict[str, Any], list[str]]:
-    if config.method == "dflash":
+    if config.is_dflash:
         return configs.dflash_config(config, dtype)  # layout_for refused every other format already
     if fmt in ("sglang", "vllm"):
         return configs.engine_config(config, fmt, dtype)

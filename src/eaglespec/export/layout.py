@@ -63,7 +63,7 @@ def layout_for(fmt: str, config: DraftConfig) -> Layout:
     """The layout of `fmt` for a draft of `config` (refusing combinations no tool loads)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if config.method == "dflash":
+    if config.is_dflash:
         if fmt not in DFLASH_FORMATS:
             raise ValueError(f"a dflash draft exports as {' or '.join(DFLASH_FORMATS)} (z-lab's DFlashDraftModel layout, "
                              f"which both load); the {fmt} format holds EAGLE drafts")
@@ -90,7 +90,7 @@ def our_tensor_specs(config: DraftConfig, float_dtype: torch.dtype) -> dict[str,
     from eaglespec.models.draft import EagleDraftModel
 
     with torch.device("meta"):
-        model = DFlashDraftModel(config) if config.method == "dflash" else EagleDraftModel(config)
+        model = DFlashDraftModel(config) if config.is_dflash else EagleDraftModel(config)
     specs = {}
     for name, t in model.state_dict().items():
         specs[name] = TensorSpec(name, tuple(t.shape), float_dtype if t.is_floating_point() else t.dtype)

@@ -98,7 +98,7 @@ def gguf_dtype(dtype: str | None) -> torch.dtype | None:
 
 def check_method(config: DraftConfig) -> None:
     """Only EAGLE-3 drafts have a GGUF here (before anything else is read)."""
-    if config.method == "dflash":
+    if config.is_dflash:
         raise ValueError("a dflash draft: its GGUF (llama.cpp's dflash architecture) is not built yet (issue 36); "
                          "export it as vllm or sglang")
     if config.method != "eagle3":

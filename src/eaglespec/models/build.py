@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from eaglespec.models.config import (
+    DFLASH,
     DFlashShape,
     DraftConfig,
     default_aux_layer_ids,
@@ -56,7 +57,7 @@ def draft_config_for(
         raise ValueError(f"draft_vocab_size={Vd}: expected 1..{V} (the target vocabulary size)")
     shape = dflash or DFlashShape()
     extra = {"num_hidden_layers": shape.num_layers, "block_size": shape.block_size,
-             "mask_token_id": shape.mask_token_id} if method == "dflash" else {}
+             "mask_token_id": shape.mask_token_id} if method == DFLASH else {}
     return DraftConfig(
         method=method,
         hidden_size=H,
@@ -84,7 +85,7 @@ def _aux_layer_ids(target: TargetModel, method: str, ids: list[int] | None, dfla
         if ids:
             raise ValueError("aux layer ids apply to eagle3 and dflash drafts only")
         return []
-    if method == "dflash":
+    if method == DFLASH:
         n = (dflash or DFlashShape()).num_layers
         return validate_dflash_layer_ids(ids, L) if ids else default_dflash_layer_ids(L, n)
     aux = validate_aux_layer_ids(ids, L) if ids else default_aux_layer_ids(L)
@@ -134,12 +135,12 @@ def build_draft(
     target = target if isinstance(target, TargetModel) else TargetModel(target)
     if used_tokens is not None and draft_vocab_size is None:
         draft_vocab_size = int(torch.as_tensor(used_tokens).numel())
-    if method == "dflash" and (dflash is None or dflash.mask_token_id is None):
+    if method == DFLASH and (dflash is None or dflash.mask_token_id is None):
         dflash = dataclasses.replace(dflash or DFlashShape(), mask_token_id=dflash_mask_token(target.config))
     config = draft_config_for(target, method, draft_vocab_size, aux_layer_ids, fc_bias, dflash)
     if seed is not None:
         torch.manual_seed(seed)
-    if method == "dflash":
+    if method == DFLASH:
         draft = DFlashDraftModel(config).to(dtype)
         draft.bind_target(target.embed_tokens, target.lm_head)
         return draft

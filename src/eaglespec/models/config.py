@@ -10,8 +10,9 @@ from typing import Any
 
 from eaglespec._io import read_json
 
-METHODS = ("eagle1", "eagle3", "dflash")
-FEATURE_METHODS = ("eagle3", "dflash")  # drafts that read target layers by aux_layer_ids (EAGLE-1 reads the last)
+DFLASH = "dflash"  # the block drafter's method name (EAGLE's are "eagle1" and "eagle3")
+METHODS = ("eagle1", "eagle3", DFLASH)
+FEATURE_METHODS = ("eagle3", DFLASH)  # drafts that read target layers by aux_layer_ids (EAGLE-1 reads the last)
 
 # How `aux_layer_ids` are numbered. Ours: id k = Hugging Face `hidden_states[k]` = the INPUT of
 # decoder layer k (hidden_states[0] is the embedding output). vLLM numbers the same way; SGLang
@@ -144,7 +145,7 @@ class DraftConfig:
             raise ValueError("eagle1 drafts use the target's lm_head: draft_vocab_size must equal vocab_size")
         if self.method == "eagle3" and len(self.aux_layer_ids) != EAGLE3_NUM_AUX_LAYERS:
             raise ValueError(f"eagle3 needs {EAGLE3_NUM_AUX_LAYERS} aux_layer_ids, got {self.aux_layer_ids}")
-        if self.method == "dflash":
+        if self.is_dflash:
             self._check_dflash()
         elif self.num_hidden_layers != 1:
             raise ValueError(f"{self.method} drafts have one decoder layer, got num_hidden_layers={self.num_hidden_layers}")
@@ -162,6 +163,11 @@ class DraftConfig:
             raise ValueError("dflash drafts score with the target's lm_head: draft_vocab_size must equal vocab_size")
         if self.hidden_size != self.target_hidden_size or self.num_hidden_layers < 1:
             raise ValueError("dflash drafts have the target's width and at least one layer")
+
+    @property
+    def is_dflash(self) -> bool:
+        """A DFlash block drafter (one forward drafts a block) rather than an EAGLE head (one token per forward)."""
+        return self.method == DFLASH
 
     @property
     def fc_in_features(self) -> int:
@@ -188,7 +194,7 @@ class DraftConfig:
         return cls(**d)
 
     def save(self, directory: str | Path) -> None:
-        d = {"architectures": ["DFlashDraftModel" if self.method == "dflash" else "EagleDraftModel"], **self.to_dict()}
+        d = {"architectures": ["DFlashDraftModel" if self.is_dflash else "EagleDraftModel"], **self.to_dict()}
         (Path(directory) / "config.json").write_text(json.dumps(d, indent=2) + "\n")
 
     @classmethod

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding, rotate_half
 
-from eaglespec.models.config import DraftConfig
+from eaglespec.models.config import DFLASH, DraftConfig
 from eaglespec.models.draft import WEIGHTS_NAME, llama_config, load_strict
 
 
@@ -102,7 +102,7 @@ class DFlashDraftModel(nn.Module):
 
     def __init__(self, config: DraftConfig):
         super().__init__()
-        if config.method != "dflash":
+        if not config.is_dflash:
             raise ValueError(f"DFlashDraftModel needs a dflash config, got method {config.method!r}")
         self.config = config
         H = config.hidden_size
@@ -117,7 +117,7 @@ class DFlashDraftModel(nn.Module):
 
     @property
     def method(self) -> str:
-        return "dflash"
+        return DFLASH
 
     @property
     def block_size(self) -> int:
@@ -192,7 +192,7 @@ class DFlashDraftModel(nn.Module):
         embedding and lm_head (without one the draft cannot run)."""
         directory = Path(directory)
         config = DraftConfig.load(directory)
-        if config.method != "dflash":
+        if not config.is_dflash:
             raise ValueError(f"{directory}: a {config.method} draft, not a dflash one")
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from eaglespec.models.config import DFLASH_DEFAULT_BLOCK_SIZE
+from eaglespec.models.config import DFLASH, DFLASH_DEFAULT_BLOCK_SIZE
 from eaglespec.training.data import SPLIT_RULE
 from eaglespec.training.engine import PRECISIONS
 from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
@@ -184,7 +184,7 @@ class DFlashTrainConfig:
     tv_weight: float = DEFAULT_TV_WEIGHT
     full_save_every: int = 10
 
-    method = "dflash"
+    method = DFLASH
     SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("block_size", "num_layers", "aux_layers", "mask_token_id",
                                                        "num_anchors", "gamma", "objective", "tv_weight")
 

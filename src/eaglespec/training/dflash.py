@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from eaglespec.models.config import DFLASH
 from eaglespec.models.dflash import DFlashDraftModel, block_attention_mask
 from eaglespec.training.config import DFLASH_NUM_ANCHORS
 from eaglespec.training.data import TargetBatch
@@ -62,7 +63,7 @@ def block_forward(model, draft: DFlashDraftModel, batch: TargetBatch, anchors: t
 
 
 class DFlashMethod:
-    name = "dflash"
+    name = DFLASH
 
     def __init__(self, block_size: int, num_anchors: int = DFLASH_NUM_ANCHORS, gamma: float | None = None,
                  objective: str = DEFAULT_OBJECTIVE, tv_weight: float = DEFAULT_TV_WEIGHT, seed: int = 0):

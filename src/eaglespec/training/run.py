@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from eaglespec.models import DFlashShape, TargetModel, build_draft, dflash_mask_token, load_draft, resolve_model_path
-from eaglespec.models.config import DraftConfig
+from eaglespec.models.config import DFLASH, DraftConfig
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.training.checkpoint import STATE_DIR, TrainState, find_latest_complete, load_checkpoint
 from eaglespec.training.config import (
@@ -390,7 +390,7 @@ def _with_feature_layers(cfg: DFlashTrainConfig) -> DFlashTrainConfig:
 def train_dflash(cfg: DFlashTrainConfig) -> TrainResult:
     common = cfg.common
     _check_fresh_output(common)
-    init = _init_draft_config(common, "dflash")
+    init = _init_draft_config(common, DFLASH)
     cfg = _with_feature_layers(cfg if init is None else dataclasses.replace(
         cfg, aux_layers=list(init.aux_layer_ids), block_size=init.block_size, num_layers=init.num_hidden_layers,
         mask_token_id=init.mask_token_id))
@@ -400,7 +400,7 @@ def train_dflash(cfg: DFlashTrainConfig) -> TrainResult:
     _check_trainable(train_ds, train_idx, common.max_len, str(cfg.trainpath or cfg.data or _paths_text(cfg.features)))
     shape = _dflash_shape(cfg, target)
     draft = _initial_draft(common, target, device, lambda: build_draft(
-        target, "dflash", aux_layer_ids=cfg.aux_layers, seed=common.seed, dflash=shape))
+        target, DFLASH, aux_layer_ids=cfg.aux_layers, seed=common.seed, dflash=shape))
     if isinstance(source, OnlineTargetSource):
         source.aux_layer_ids = draft.config.aux_layer_ids
     data = TrainData(train_ds, train_idx, test_ds, test_idx, source, target)
