@@ -183,3 +183,62 @@ def test_read_back_check_names_what_differs(written, draft):
     specs = {s.name: s for s in report.tensors if s.name != "d2t"}
     with pytest.raises(ValueError, match="unexpected tensors: d2t"):
         check_gguf(path, report.metadata, specs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DFlash: llama.cpp's dflash architecture (export/gguf_dflash.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dflash_written(bpe_target, tmp_path_factory):
+    from eaglespec.models import DFlashShape
+
+    folder = tmp_path_factory.mktemp("dflash")
+    draft = make_draft(bpe_target, "dflash", folder / "draft", dflash=DFlashShape(num_layers=2, block_size=4))
+    return draft, export_gguf(draft, folder / "draft.gguf", bpe_target, dtype="f32")
+
+
+def test_a_dflash_draft_is_written_as_llama_cpp_dflash(dflash_written, bpe_target):
+    from eaglespec.models import DraftConfig
+
+    draft, report = dflash_written
+    config = DraftConfig.load(draft)
+    contents = read_gguf(report.output)
+    layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "ffn_norm",
+             "ffn_gate", "ffn_up", "ffn_down"]
+    assert sorted(contents.tensors) == sorted(["fc.weight", "enc.output_norm.weight", "output_norm.weight"]
+                                              + [f"blk.{i}.{n}.weight" for i in range(2) for n in layer])
+    assert contents.tensors["fc.weight"].shape == (32, 64)  # 2 target layers x 32 -> 32
+    assert contents.tensors["blk.1.attn_k_norm.weight"].shape == (8,)  # per head
+    meta = {k: m.value for k, m in contents.metadata.items()}
+    assert meta["general.architecture"] == "dflash" and meta["dflash.block_count"] == 2
+    assert meta["dflash.block_size"] == 4 and meta["tokenizer.ggml.mask_token_id"] == config.mask_token_id
+    assert meta["dflash.target_layers"] == config.aux_layer_ids  # layer inputs: ours, unchanged
+    assert contents.metadata["dflash.target_layers"].sub_type == "INT32"
+    assert meta["dflash.embedding_length"] == 32 and meta["dflash.attention.head_count_kv"] == 2
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["dflash.vocab_size"] == len(meta["tokenizer.ggml.tokens"])
+
+
+def test_dflash_values_are_ours_without_rotary_reordering(dflash_written):
+    from eaglespec.models.dflash import DFlashDraftModel
+
+    draft, report = dflash_written
+    model = DFlashDraftModel.from_pretrained(draft)
+    attn = model.layers[1].self_attn
+    for theirs, ours in (("blk.1.attn_q.weight", attn.q_proj), ("blk.1.attn_k.weight", attn.k_proj),
+                         ("blk.1.attn_q_norm.weight", attn.q_norm), ("enc.output_norm.weight", model.hidden_norm),
+                         ("fc.weight", model.fc)):
+        assert np.array_equal(_tensor(report.output, theirs), ours.weight.detach().numpy()), theirs
+
+
+def test_dflash_gguf_refusals(bpe_target, tmp_path):
+    from eaglespec.models import DFlashShape
+
+    draft = make_draft(bpe_target, "dflash", tmp_path / "d", dflash=DFlashShape(block_size=4))
+    with pytest.raises(ValueError, match="carries the target's tokenizer"):
+        export_gguf(draft, tmp_path / "x.gguf", None)
+    qwen2 = _save_target(tmp_path / "qwen2", "qwen2")
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM.*layer inputs a dflash draft"):
+        export_gguf(make_draft(qwen2, "dflash", tmp_path / "q", dflash=DFlashShape(block_size=4)),
+                    tmp_path / "x.gguf", qwen2)
+    assert not (tmp_path / "x.gguf").exists()
