@@ -1,6 +1,8 @@
-"""A stand-in for llama.cpp's llama-server (same flags, /health, /completion and /metrics) for the lifecycle tests.
+"""A stand-in for llama.cpp's llama-server (same flags, /health, /completion, /infill and /metrics) for the lifecycle
+tests.
 
-FAKE_LLAMA_MODE: "ok" (answers: the prompt's last id repeated n_predict times; when -md is given, one verification
+FAKE_LLAMA_MODE: "ok" (answers: the prompt's last id repeated n_predict times, and on /infill the lengths of the
+prefix and the suffix, then 0s up to n_predict, with the request's fields echoed under "infill"; when -md is given, one verification
 step per request that accepted 2 of 3 draft tokens, counted in /metrics as llama.cpp counts them, and a drafter
 statistics line in the log as llama.cpp writes it at -lv 4), "crash" (prints an error and exits 1 before listening),
 "die" (exits after one completion).
@@ -30,7 +32,11 @@ STATS = ("0.01.000.000 I spec common_specu: statistics     draft-eagle3: #calls(
 
 
 def reply(body: dict, drafting: bool) -> dict:
-    tokens = [body["prompt"][-1]] * body["n_predict"]
+    if "input_prefix" in body:  # /infill: llama.cpp builds the FIM prompt itself
+        tokens = ([len(body["input_prefix"]), len(body["input_suffix"])] + [0] * body["n_predict"])[:body["n_predict"]]
+        body = {**body, "prompt": [0] * 3}
+    else:
+        tokens = [body["prompt"][-1]] * body["n_predict"]
     timings = {"prompt_n": len(body["prompt"]), "prompt_ms": 1.0, "predicted_n": len(tokens), "predicted_ms": 2.0}
     if drafting:
         timings.update(draft_n=3, draft_n_accepted=2)

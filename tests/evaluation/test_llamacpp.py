@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eaglespec.evaluation.llamacpp import (
+    DFLASH_SPEC_TYPE,
     HOST,
     LlamaCppMethod,
     LlamaServer,
@@ -45,6 +46,18 @@ def test_completions_on_loopback_and_the_server_stops(fake_binary, monkeypatch):
         c = server.complete([5, 6, 7], 4)
         assert c.tokens == [7, 7, 7, 7] and c.prompt_tokens == 3 and (c.draft_tokens, c.draft_accepted) == (3, 2)
     assert process.poll() is not None and not server.log_path.exists()  # a clean run leaves no log behind
+
+
+def test_infill_sends_prefix_and_suffix_and_a_dflash_draft_its_spec_type(fake_binary, monkeypatch):
+    monkeypatch.setenv("FAKE_LLAMA_MODE", "ok")
+    config = LlamaServerConfig(fake_binary, Path("target.gguf"), draft=Path("d.gguf"), spec_type=DFLASH_SPEC_TYPE,
+                               draft_n_max=7, threads=1)
+    assert config.command(1)[config.command(1).index("--spec-type") + 1] == "draft-dflash"
+    assert config.command(1)[config.command(1).index("--spec-draft-n-max") + 1] == "7"
+    with LlamaServer(config) as server:
+        c = server.infill("def f(x):\n", "\n    return y\n", 4)
+    assert c.tokens == [10, 14, 0, 0] and (c.draft_tokens, c.draft_accepted) == (3, 2)
+    assert c.spec.steps == 1
 
 
 def test_an_error_inside_stops_the_server(fake_binary, monkeypatch):
@@ -106,6 +119,8 @@ def test_drafter_timing_is_read_from_the_last_statistics_line():
            "#acc drafts = 1, #gen tokens = 3, #acc tokens = 2, dur(b,g,a) = 0.006, 75.000, 0.300 ms\n")
     timing = parse_draft_timing(log)
     assert (timing.calls, timing.ms, timing.ms_per_call) == (30, 75.0, 2.5)
+    dflash = log.replace("draft-eagle3", "draft-dflash")  # llama.cpp names the drafter the same way
+    assert parse_draft_timing(dflash) == timing
     assert parse_draft_timing("no drafting yet") is None
 
 

@@ -36,6 +36,7 @@ STOP_GRACE_S = 10.0
 EXIT_SETTLE_S = 2.0
 LOG_TAIL_CHARS = 3000
 DEFAULT_DRAFT_N_MAX = 3  # llama.cpp's own default chain length
+EAGLE3_SPEC_TYPE, DFLASH_SPEC_TYPE = "draft-eagle3", "draft-dflash"  # --spec-type of our two draft GGUFs
 DEFAULT_DRAFT_P_MIN = 0.0  # llama.cpp's default: draft the whole chain whatever the draft's confidence
 # llama.cpp's own default (-fa auto: on for this CPU). "off" makes its output with a draft identical to its output
 # without one: its CPU flash attention computes one query row (a plain decode) otherwise than several (the
@@ -47,7 +48,7 @@ TRACE_VERBOSITY = "4"  # -lv 4: llama.cpp logs its drafter's cumulative call cou
 STEPS_METRIC = "llamacpp:spec_decode_num_drafts_total"  # verification steps (`--metrics`)
 PER_POS_METRIC = "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"  # {position="i"}: steps accepting > i
 # common_speculative_print_stats, logged when a request ends: "#calls(b,g,a) = 1 37 37, ... dur(b,g,a) = b, g, a ms"
-DRAFT_STATS = re.compile(r"statistics\s+draft-eagle3: #calls\(b,g,a\) =\s*\d+\s+(\d+)\s+\d+.*"
+DRAFT_STATS = re.compile(r"statistics\s+draft-(?:eagle3|dflash): #calls\(b,g,a\) =\s*\d+\s+(\d+)\s+\d+.*"
                          r"dur\(b,g,a\) = [\d.]+, ([\d.]+), [\d.]+ ms")
 
 
@@ -61,11 +62,13 @@ def default_llama_server() -> Path:
 
 @dataclass(frozen=True)
 class LlamaServerConfig:
-    """How to start one llama-server: the target GGUF, optionally an EAGLE-3 draft GGUF and its chain flags."""
+    """How to start one llama-server: the target GGUF, optionally a draft GGUF (EAGLE-3, or DFlash with
+    spec_type "draft-dflash") and its chain flags."""
 
     binary: Path
     model: Path
     draft: Path | None = None
+    spec_type: str = EAGLE3_SPEC_TYPE
     draft_n_max: int = DEFAULT_DRAFT_N_MAX
     draft_p_min: float = DEFAULT_DRAFT_P_MIN
     threads: int = max(1, os.cpu_count() or 1)
@@ -81,7 +84,7 @@ class LlamaServerConfig:
         cmd = [str(self.binary), "-m", str(self.model), "--host", HOST, "--port", str(port), "-t", str(self.threads),
                "-c", str(self.context), "-np", "1", "-fa", self.flash_attn, "--no-webui", "--metrics", *self.extra_args]
         if self.draft is not None:
-            cmd += ["-md", str(self.draft), "--spec-type", "draft-eagle3", "--spec-draft-n-max", str(self.draft_n_max),
+            cmd += ["-md", str(self.draft), "--spec-type", self.spec_type, "--spec-draft-n-max", str(self.draft_n_max),
                     "--spec-draft-p-min", str(self.draft_p_min), "-td", str(self.threads), "-lv", TRACE_VERBOSITY]
         return cmd
 
