@@ -13,7 +13,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--draft", required=True, help="an eaglespec draft directory (e.g. ckpt/state_40)")
     p.add_argument("--format", required=True, choices=(*FORMATS, GGUF_FORMAT), dest="fmt",
-                   help="gguf: llama.cpp's eagle3 GGUF (EAGLE-3 drafts; needs --target for its tokenizer)")
+                   help="gguf: llama.cpp's eagle3 GGUF (EAGLE-3 drafts) or dflash GGUF (DFlash drafts); needs --target "
+                   "for its tokenizer")
     p.add_argument("--output", required=True, help="output directory (gguf: the output .gguf file)")
     p.add_argument("--target", default=None,
                    help="the target model directory: checked against the draft; its context length is written; "

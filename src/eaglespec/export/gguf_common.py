@@ -116,8 +116,6 @@ def base_metadata(arch: str, config: DraftConfig, dtype: torch.dtype, context_le
         f"{arch}.attention.value_length": MetaValue(config.head_dim, u32),
         f"{arch}.attention.layer_norm_rms_epsilon": MetaValue(float(config.rms_norm_eps), "FLOAT32"),
         f"{arch}.rope.freq_base": MetaValue(rope_theta, "FLOAT32"),
-        f"{arch}.rope.dimension_count": MetaValue(config.head_dim, u32),
-        f"{arch}.vocab_size": MetaValue(config.vocab_size, u32),
     }
 
 

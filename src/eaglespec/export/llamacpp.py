@@ -140,6 +140,8 @@ def model_metadata(config: DraftConfig, dtype: torch.dtype, context_length: int,
         f"{ARCH}.target_hidden_size": MetaValue(config.target_hidden_size, "UINT32"),
         f"{ARCH}.norm_before_residual": MetaValue(False, "BOOL"),
         f"{ARCH}.norm_before_fc": MetaValue(False, "BOOL"),
+        f"{ARCH}.rope.dimension_count": MetaValue(config.head_dim, "UINT32"),
+        f"{ARCH}.vocab_size": MetaValue(config.vocab_size, "UINT32"),
     }
 
 
