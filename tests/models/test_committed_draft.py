@@ -48,3 +48,24 @@ def test_the_committed_smollm2_draft_is_small_bf16_without_embedding_and_tuned()
     assert {dtype for name, dtype in dtypes.items() if name not in ("d2t", "t2d")} == {"BF16"}  # the weights
     assert (dtypes["d2t"], dtypes["t2d"]) == ("I64", "BOOL")  # the draft-to-target vocabulary maps
     assert not [name for name in names if "embed_tokens" in name]
+
+
+def test_the_committed_code_draft_is_small_tuned_and_exact_on_an_infilling_prompt():
+    """stdlib-fim-10m-eagle3 (issue 37): bf16 without the embedding, tuned, and its fp32 greedy middle is the
+    target's."""
+    import json
+
+    from eaglespec.data.fim import fim_prompt_ids
+    from eaglespec.models.paths import committed_draft_path
+
+    path = committed_draft_path("stdlib-fim-10m")
+    assert sum(p.stat().st_size for p in path.iterdir()) <= 6 * 10**6
+    config = json.loads((path / "config.json").read_text())
+    assert (config["method"], config["draft_vocab_size"], config["target"]["name_or_path"]) == \
+        ("eagle3", 4096, "stdlib-fim-10m")
+    assert config["decoding"]["tree"]["kind"] in ("dynamic", "static", "chain")
+    generator = SpeculativeGenerator.from_pretrained("stdlib-fim-10m", "stdlib-fim-10m-eagle3", dtype=torch.float32)
+    prompt = fim_prompt_ids(generator.tokenizer, "def area(width, height):\n", "\n    return result\n")
+    out = generator.generate(prompt, 32)
+    assert out.token_ids == generator.vanilla_generate(prompt, 32).token_ids
+    assert out.stats.target_forwards < len(out.token_ids)  # the draft is accepted

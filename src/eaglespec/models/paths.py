@@ -13,7 +13,7 @@ BUNDLED_MODEL_NAME = "stories260K"
 FIM_MODEL_NAME = "stdlib-fim-10m"
 BUNDLED_MODELS = (BUNDLED_MODEL_NAME, FIM_MODEL_NAME)
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"  # ships inside the package
-COMMITTED_DRAFTS = {"smollm2-135m": "smollm2-135m-eagle3"}  # target name -> draft under assets/drafts/
+COMMITTED_DRAFTS = {"smollm2-135m": "smollm2-135m-eagle3", "stdlib-fim-10m": "stdlib-fim-10m-eagle3"}  # target name -> draft under assets/drafts/
 
 
 def bundled_model_path(name: str = BUNDLED_MODEL_NAME) -> Path:
