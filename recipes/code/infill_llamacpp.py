@@ -30,6 +30,7 @@ from eaglespec.evaluation.llamacpp import (DEFAULT_DRAFT_N_MAX, DEFAULT_DRAFT_P_
                                           LlamaServerConfig, check_binary, default_llama_server)
 
 HERE = Path(__file__).resolve().parent
+GGUF_DIR = "~/.cache/eaglespec/code-gguf"
 FLASH_ATTN = "off"  # see the docstring: near-ties may not flip between the plain and the drafted server
 MODEL_CONTEXT_MARGIN = 3  # the FIM prefix, suffix and middle tokens around prefix and suffix
 SUFFIX_SHARE = 0.25  # of the window's tokens, at most this much suffix (llama.cpp's own /infill split is 3:1)
@@ -185,8 +186,8 @@ def run(args) -> dict:
     binary = check_binary(args.server or default_llama_server())
     llama_cpp = Path(args.llama_cpp) if args.llama_cpp else binary.parents[2] / "src"
     output = Path(args.output)
-    target = target_gguf(model_dir, llama_cpp, args.outtype, output.parent / "gguf")
-    draft = draft_gguf(args.draft, model_dir, args.outtype, output.parent / "gguf")
+    target = target_gguf(model_dir, llama_cpp, args.outtype, Path(args.gguf_dir).expanduser())
+    draft = draft_gguf(args.draft, model_dir, args.outtype, Path(args.gguf_dir).expanduser())
     common = dict(threads=args.threads, context=context, flash_attn=args.flash_attn)
     plain_config = LlamaServerConfig(binary, target, **common)
     drafted_config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=args.n_max, draft_p_min=args.p_min,
@@ -218,7 +219,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--n-max", type=int, default=DEFAULT_DRAFT_N_MAX, help="llama.cpp's --spec-draft-n-max")
     p.add_argument("--p-min", type=float, default=DEFAULT_DRAFT_P_MIN, help="llama.cpp's --spec-draft-p-min")
     p.add_argument("--flash-attn", choices=FLASH_ATTN_CHOICES, default=FLASH_ATTN, help="llama.cpp's -fa")
-    p.add_argument("--output", required=True, help="folder for results.json and report.md (GGUFs go beside it)")
+    p.add_argument("--output", required=True, help="folder for results.json and report.md")
+    p.add_argument("--gguf-dir", default=GGUF_DIR, help="where the model's and the draft's GGUFs are written (the "
+                   "model's is made once per type and reused)")
     return p.parse_args(argv)
 
 

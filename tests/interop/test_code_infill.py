@@ -27,7 +27,8 @@ def test_infill_with_the_draft_returns_the_same_middles(llama_cpp_home, tmp_path
                       str(prompts)])
     args = infill_llamacpp.parse_args(["--draft", "stdlib-fim-10m-eagle3", "--prompts", str(prompts), "--outtype",
                                        "f32", "--server", str(llama_cpp_home / "build" / "bin" / "llama-server"),
-                                       "--llama-cpp", str(llama_cpp_home / "src"), "--output", str(tmp_path / "f32")])
+                                       "--llama-cpp", str(llama_cpp_home / "src"), "--output", str(tmp_path / "f32"),
+                                       "--gguf-dir", str(tmp_path / "gguf")])
     figures = infill_llamacpp.run(args)
     print((tmp_path / "f32" / "report.md").read_text())
     assert figures["prompts"] == COUNT
