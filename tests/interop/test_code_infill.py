@@ -19,6 +19,8 @@ import infill_llamacpp  # noqa: E402
 
 COUNT = 20
 MIN_ACCEPTANCE = 0.3  # of drafted tokens (a draft llama.cpp computed wrongly accepts almost nothing)
+# One llama.cpp thread: on a shared 2-core machine its threads spin at barriers waiting for a descheduled one (see
+# test_llamacpp.THREADS); with pytest or anything else running, two threads made this run minutes long.
 
 
 def test_infill_with_the_draft_returns_the_same_middles(llama_cpp_home, tmp_path):
@@ -28,7 +30,7 @@ def test_infill_with_the_draft_returns_the_same_middles(llama_cpp_home, tmp_path
     args = infill_llamacpp.parse_args(["--draft", "stdlib-fim-10m-eagle3", "--prompts", str(prompts), "--outtype",
                                        "f32", "--server", str(llama_cpp_home / "build" / "bin" / "llama-server"),
                                        "--llama-cpp", str(llama_cpp_home / "src"), "--output", str(tmp_path / "f32"),
-                                       "--gguf-dir", str(tmp_path / "gguf")])
+                                       "--gguf-dir", str(tmp_path / "gguf"), "--threads", "1"])
     figures = infill_llamacpp.run(args)
     print((tmp_path / "f32" / "report.md").read_text())
     assert figures["prompts"] == COUNT
