@@ -157,9 +157,10 @@ def export_gguf(draft_dir: str | os.PathLike, output: str | os.PathLike, target:
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     draft_dir = resolve_model_path(draft_dir)
-    if DraftConfig.load(draft_dir).is_dflash:
+    method = DraftConfig.load(draft_dir)
+    if method.is_dflash:
         return export_dflash_gguf(draft_dir, output, target, dtype)
-    check_method(DraftConfig.load(draft_dir))
+    check_method(method)
     model = load_draft(draft_dir, target)
     config, state = model.config, model.state_dict()
     info = load_target_facts(config, target)
