@@ -30,7 +30,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
-from eaglespec.evaluation.tune import time_forwards
+from eaglespec.evaluation.tune_cost import time_forwards
 from eaglespec.models import EagleDraftModel, TargetModel, build_draft
 
 PRESETS = {  # public architecture shapes (no weights): Llama-3-8B and its EAGLE-3 draft vocabulary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from decoding_helpers import STORY_PROMPTS, greedy_reference
 from fixtures import stories260k, stories260k_tokenizer
@@ -9,10 +11,22 @@ from fixtures import stories260k, stories260k_tokenizer
 from eaglespec.models import DFlashShape, TargetModel, build_draft
 
 
+@functools.lru_cache(maxsize=2)
 def fitted_stories_dflash(block_size: int = 5, steps: int = 120):
     """(stories260K model, its TargetModel, a DFlash draft, tokenizer, the story prompts' ids): the draft fitted
     for a few seconds to the target's own greedy continuations of the story prompts, so that verification accepts
-    long runs and every cache path is exercised."""
+    long runs and every cache path is exercised. Cached: the test modules that use it share one fit; none of
+    them changes the draft. It runs single-threaded: module fixtures start before a test's `one_thread`, and
+    with two threads on a busy 2-core machine the fit took 211 s instead of seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(block_size, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(block_size: int, steps: int):
     from eaglespec.training.data import TargetBatch
     from eaglespec.training.dflash import DFlashMethod
 

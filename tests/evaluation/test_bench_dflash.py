@@ -1,5 +1,5 @@
 """`bench --methods vanilla,dflash` with a DFlash draft (issue 36): its row, exact against vanilla; EAGLE methods
-with a DFlash draft, `dflash` with an EAGLE draft and `--tree auto` or `tune` with a DFlash draft are refused by name."""
+with a DFlash draft and `dflash` with an EAGLE draft are refused by name; `--tree auto` chooses the chain length."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from eaglespec.commands.bench import run_benchmark
 from eaglespec.evaluation.benchmark import BenchOptions
 from eaglespec.models import DFlashShape, TargetModel, build_draft, bundled_model_path
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def dflash_dir(tmp_path_factory):
@@ -20,10 +22,10 @@ def dflash_dir(tmp_path_factory):
     return out
 
 
-def _options(tmp_path, draft, methods, **kw) -> BenchOptions:
+def _options(tmp_path, draft, methods, max_new_tokens=12, **kw) -> BenchOptions:
     (tmp_path / "p.txt").write_text("Once upon a time\nThe little cat\n")
     return BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")], methods=methods,
-                        max_new_tokens=12, repeats=1, output=str(tmp_path / "out"), **kw)
+                        max_new_tokens=max_new_tokens, repeats=1, output=str(tmp_path / "out"), **kw)
 
 
 def test_bench_runs_a_dflash_draft_exactly(dflash_dir, tmp_path):
@@ -36,15 +38,31 @@ def test_bench_runs_a_dflash_draft_exactly(dflash_dir, tmp_path):
 def test_bench_refuses_a_method_that_does_not_fit_the_draft(dflash_dir, tmp_path):
     with pytest.raises(ValueError, match=r"methods \['eagle-chain'\] do not run a dflash draft; with it use dflash"):
         run_benchmark(_options(tmp_path, dflash_dir, ["vanilla", "eagle-chain"]), log=lambda *_: None)
-    with pytest.raises(ValueError, match="--tree auto tunes an EAGLE tree"):
-        run_benchmark(_options(tmp_path, dflash_dir, ["vanilla", "dflash"], tree="auto"), log=lambda *_: None)
-    from eaglespec.decoding import SpeculativeGenerator
-    from eaglespec.evaluation.tune import tune_tree
-
-    with pytest.raises(ValueError, match="tune chooses EAGLE trees; a dflash draft"):
-        tune_tree(SpeculativeGenerator.from_pretrained("stories260K", dflash_dir), ["Once upon a time"])
     target = TargetModel.from_pretrained(str(bundled_model_path()))
     eagle = tmp_path / "eagle"
     build_draft(target, "eagle3", seed=0).save_pretrained(eagle)
     with pytest.raises(ValueError, match=r"methods \['dflash'\] do not run a eagle3 draft"):
         run_benchmark(_options(tmp_path, eagle, ["vanilla", "dflash"]), log=lambda *_: None)
+
+
+
+def test_tree_auto_tunes_a_dflash_drafts_chain_length(dflash_dir, tmp_path, monkeypatch):
+    """--tree auto with a DFlash draft: tune picks the chain length (here in-process, with a short calibration;
+    bench runs the same call in a child process), the generator uses it, results.json records it, and the measured
+    dflash figure is put next to the prediction."""
+    from eaglespec.decoding import SpeculativeGenerator
+    from eaglespec.evaluation import benchmark, tune, tune_cost
+    from eaglespec.evaluation.questions import load_question_set
+
+    monkeypatch.setattr(tune_cost, "FORWARD_REPEATS", 1)
+    monkeypatch.setattr(tune, "LOOKUP_TOKENS", (0, 4))
+    opts = _options(tmp_path, dflash_dir, ["vanilla", "dflash"], tree="auto", max_new_tokens=16)
+    gen = SpeculativeGenerator.from_pretrained("stories260K", dflash_dir)
+    tuned, result = benchmark.tune_for_workload(gen, opts, load_question_set(opts.questions), None,
+                                                log=lambda *_: None)
+    choice = result["choice"]
+    assert choice["kind"] == "chain" and 1 <= choice["depth"] <= 3 and tuned.drafter.depth == choice["depth"]
+    assert benchmark.drafting_summary(tuned) == {"kind": "block", "block_size": 4, "depth": choice["depth"],
+                                                 **({"lookup": choice["lookup"]} if choice.get("lookup") else {})}
+    benchmark.check_prediction(result, {"vanilla": {"tokens_per_s": 10.0}, "dflash": {"tokens_per_s": 20.0, "tau": 2}})
+    assert result["measured_tokens_per_s"] == 20.0 and result["measured_tau"] == 2

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.cache import new_cache
-from eaglespec.evaluation import tune
+from eaglespec.evaluation import tune, tune_cost
 from eaglespec.models import TargetModel, build_draft, bundled_model_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +29,8 @@ def generator():
 @pytest.fixture
 def small_search(monkeypatch):
     """Few candidates and short continuations, so a whole tune takes seconds."""
-    for name, value in {"CALIBRATION_NEW_TOKENS": 16, "FORWARD_REPEATS": 1, "MAX_TUNE_DEPTH": 4, "LOOKUP_TOKENS": (0, 4),
+    monkeypatch.setattr(tune_cost, "FORWARD_REPEATS", 1)
+    for name, value in {"CALIBRATION_NEW_TOKENS": 16, "MAX_TUNE_DEPTH": 4, "LOOKUP_TOKENS": (0, 4),
                         "DYNAMIC_TOP_K": (2, 4), "DYNAMIC_DEPTHS": (3,), "DYNAMIC_TOTALS": (8, 12)}.items():
         monkeypatch.setattr(tune, name, value)
 
@@ -77,7 +78,7 @@ def test_real_decoding_of_the_finalists_is_what_is_reported(generator, small_sea
     assert result.choice == best.tree and result.predicted_tokens_per_s == best.measured_tokens_per_s > 0
     assert 1.0 <= result.predicted_tau <= 1 + tune.MAX_TUNE_DEPTH
     assert result.vanilla_predicted_tokens_per_s > 0
-    assert sorted(result.forward_ms) == list(tune.FORWARD_TOKEN_COUNTS)
+    assert sorted(result.forward_ms) == list(tune_cost.FORWARD_TOKEN_COUNTS)
 
 
 def test_the_choice_is_written_into_the_draft_config_and_used_by_default(tmp_path, generator, small_search):
@@ -166,8 +167,8 @@ def test_forward_sizes_are_timed_in_interleaved_rounds(monkeypatch, generator):
         order.append(T)
         return 1.0 if next(clock) == 2 else T / 1000  # the second forward of the run hits a passing load
 
-    monkeypatch.setattr(tune, "_forward_seconds", fake_forward)
-    table = tune.time_forwards(generator, [1, 5, 7, 9], counts=(1, 4, 16), repeats=3)
+    monkeypatch.setattr(tune_cost, "forward_seconds", fake_forward)
+    table = tune_cost.time_forwards(generator, [1, 5, 7, 9], counts=(1, 4, 16), repeats=3)
     assert order == [1, 4, 16, 16, 4, 1, 1, 4, 16]
     assert table == pytest.approx({1: 1.0, 4: 4.0, 16: 16.0})
 
@@ -176,7 +177,7 @@ def test_a_forward_is_timed_on_the_cached_sequence_and_the_cache_is_cut_back(gen
     cache = new_cache()
     ids = torch.tensor([[1, 5, 7, 9]])
     generator.target(ids, cache=cache)
-    assert tune._forward_seconds(generator, cache, ids[:, -1:], 4, 8) > 0
+    assert tune_cost.forward_seconds(generator, cache, ids[:, -1:], 4, 8) > 0
     assert cache.get_seq_length() == 4
 
 

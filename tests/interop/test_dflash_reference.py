@@ -88,4 +88,4 @@ def test_zlab_reference_decodes_our_export_as_we_do(zlab, fitted):
             theirs = model.lm_head(hidden[:, 1 - reference.block_size:])[0]
             drafter.catch_up(ids[:, done + 1:P + 1], features[:, done:P])
             done = P
-            torch.testing.assert_close(drafter.block_logits(int(ids[0, P])), theirs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(drafter.block_logits(int(ids[0, P]), drafter.depth), theirs, atol=1e-5, rtol=0)

@@ -12,15 +12,18 @@ import torch
 from transformers import DynamicCache
 
 from eaglespec.decoding._batch_cache import append_row, keep_row_positions, prefix_mask, select_rows
+from eaglespec.decoding.block_drafter import block_depth
 from eaglespec.decoding.cache import new_cache, truncate
 from eaglespec.decoding.tree import DraftTree
 
 
 class BatchBlockDrafter:
-    """Runs a DFlash draft for B sequences at once and proposes one chain per row (`BatchDrafter`'s interface)."""
+    """Runs a DFlash draft for B sequences at once and proposes one chain per row (`BatchDrafter`'s interface) of
+    `depth` tokens (default block_size - 1; see `block_drafter`)."""
 
-    def __init__(self, draft):
+    def __init__(self, draft, depth: int | None = None):
         self.draft = draft
+        self.max_depth = block_depth(draft.block_size, depth)
         self.cache: DynamicCache | None = None
 
     @property
@@ -62,7 +65,8 @@ class BatchBlockDrafter:
 
     @torch.no_grad()
     def propose(self, roots: list[int], lengths: list[int], depths: list[int]) -> list[DraftTree]:
-        """One chain per row, rooted at roots[b] (sequence position lengths[b]), at most depths[b] deep."""
+        """One chain per row, rooted at roots[b] (sequence position lengths[b]), at most min(depths[b], self.depth)
+        deep."""
         device = self.draft.fc.weight.device
         bs, slots = self.draft.block_size, self.cache.get_seq_length()
         length = torch.tensor(lengths, device=device)
@@ -73,5 +77,6 @@ class BatchBlockDrafter:
         empty = torch.zeros(len(roots), 0, self.draft.config.hidden_size, dtype=self.dtype, device=device)
         hidden = self.draft(ids, empty, positions, mask, cache=self.cache)
         truncate(self.cache, slots)  # drop the blocks' keys and values
-        chains = self.draft.compute_logits(hidden[:, 1:]).argmax(-1).tolist()  # [B, bs - 1]
-        return [DraftTree.root_only(r, device).with_chain(c[:max(d, 0)]) for r, c, d in zip(roots, chains, depths)]
+        depths = [max(0, min(d, self.max_depth)) for d in depths]
+        chains = self.draft.compute_logits(hidden[:, 1:max(depths) + 1]).argmax(-1).tolist()  # [B, max depth]
+        return [DraftTree.root_only(r, device).with_chain(c[:d]) for r, c, d in zip(roots, chains, depths)]

@@ -367,7 +367,7 @@ class RunningBatch:
 def batch_drafter(session: DecodingSession) -> BatchDrafter | BatchBlockDrafter:
     """The batched twin of the session's drafter: EAGLE's tree expansion, or DFlash's block."""
     if session.draft.config.is_dflash:
-        return BatchBlockDrafter(session.draft)
+        return BatchBlockDrafter(session.draft, session.tree.depth)
     return BatchDrafter(session.drafter.expander)
 
 

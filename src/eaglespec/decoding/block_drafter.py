@@ -7,6 +7,10 @@ holds the keys and values of the context (the target features f_0..f_{P-1}, one 
 `catch_up` receives wait until the next `propose`, which runs them and the block [root, MASK, ...] (positions
 P..P+block_size-1) through the draft in one forward and then drops the block's own keys and values again, so the
 cache stays the context alone. Slot k of the block predicts the token at position P + k: its argmax is the chain.
+
+The block always runs whole, as trained; `depth` (the tree's depth: `--depth`, or the one `tune` chose) keeps the
+first `depth` slots (default all block_size - 1), and only their logits are computed. llama.cpp instead runs a
+block of n_max + 1 slots, so below the full block its chain can differ from ours.
 """
 
 from __future__ import annotations
@@ -18,11 +22,23 @@ from eaglespec.decoding.tree import DraftTree
 from eaglespec.models.dflash import block_attention_mask
 
 
-class BlockDrafter:
-    """Runs a DFlash draft for one sequence (batch size 1) and proposes chains of block_size - 1 tokens."""
+def block_depth(block_size: int, depth: int | None) -> int:
+    """The chain length a DFlash draft proposes: `depth`, or the whole block (block_size - 1) when None."""
+    if depth is None:
+        return block_size - 1
+    if not 1 <= depth <= block_size - 1:
+        raise ValueError(f"depth {depth} does not fit the dflash draft's block of {block_size}: it drafts 1 to "
+                         f"{block_size - 1} tokens")
+    return depth
 
-    def __init__(self, draft):
+
+class BlockDrafter:
+    """Runs a DFlash draft for one sequence (batch size 1) and proposes chains of `depth` tokens (default
+    block_size - 1)."""
+
+    def __init__(self, draft, depth: int | None = None):
         self.draft = draft
+        self.max_depth = block_depth(draft.block_size, depth)
         self.reset()
 
     def reset(self) -> None:
@@ -32,7 +48,7 @@ class BlockDrafter:
 
     @property
     def depth(self) -> int:
-        return self.draft.block_size - 1
+        return self.max_depth
 
     @property
     def top_k(self) -> int:
@@ -52,16 +68,16 @@ class BlockDrafter:
 
     @torch.no_grad()
     def propose(self, root_token: int, max_depth: int) -> DraftTree:
-        """A chain of at most min(block_size - 1, max_depth) tokens below `root_token` (position self.length)."""
+        """A chain of at most min(self.depth, max_depth) tokens below `root_token` (position self.length)."""
         device = self.draft.fc.weight.device
         tree = DraftTree.root_only(root_token, device)
-        if max_depth < 1:
+        depth = min(self.max_depth, max_depth)
+        if depth < 1:
             return tree
-        logits = self.block_logits(root_token)
-        return tree.with_chain(logits[:max_depth].argmax(-1).tolist())
+        return tree.with_chain(self.block_logits(root_token, depth).argmax(-1).tolist())
 
-    def block_logits(self, root_token: int) -> torch.Tensor:
-        """[block_size - 1, V]: the draft's logits for positions length + 1 .. length + block_size - 1."""
+    def block_logits(self, root_token: int, depth: int) -> torch.Tensor:
+        """[depth, V]: the draft's logits for positions length + 1 .. length + depth (the whole block runs)."""
         device = self.draft.fc.weight.device
         past = self.length - (0 if self.pending is None else self.pending.shape[1])
         ctx = self.pending if self.pending is not None else torch.zeros(1, 0, self.draft.config.hidden_size,
@@ -73,7 +89,7 @@ class BlockDrafter:
         hidden = self.draft(ids, ctx, positions, mask, cache=self.cache)
         truncate(self.cache, self.length)  # keep the context's keys and values, drop the block's
         self.pending = None
-        return self.draft.compute_logits(hidden[0, 1:])
+        return self.draft.compute_logits(hidden[0, 1:depth + 1])
 
 
 def block_positions(past: int, anchor: int, block_size: int, device: torch.device) -> torch.Tensor:

@@ -35,7 +35,8 @@ class DecodingSession:
         self.aux_layer_ids = None  # EAGLE-3 / DFlash: the target layers whose hidden states feed the draft
         if draft is not None:
             check_draft_matches_target(draft.config, target.config)
-            self.drafter = BlockDrafter(draft) if draft.config.is_dflash else Drafter(draft, self.tree)
+            self.drafter = (BlockDrafter(draft, self.tree.depth) if draft.config.is_dflash
+                            else Drafter(draft, self.tree))
             self.aux_layer_ids = draft.config.aux_layer_ids if draft.config.method in FEATURE_METHODS else None
         self.context_length = context_length(target.config)
 

@@ -111,9 +111,6 @@ def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, 
     tune = None
     try:
         engines = start_llama_cpp_methods(opts.methods, opts.llama_cpp(), vocabulary(gen.tokenizer), setup.resources)
-        if opts.tree == "auto" and gen.draft is not None and gen.draft.config.method == DFLASH:
-            raise ValueError("--tree auto tunes an EAGLE tree; a dflash draft drafts its trained block (give "
-                             "--lookup N to merge n-gram lookup into it)")
         if opts.tree == "auto":
             setup.generator, tune = tune_for_workload(gen, opts, questions, fim, log, isolated=True)
         ours = build_methods([m for m in opts.methods if m not in engines], setup.generator, opts.chain_depth,
@@ -225,13 +222,14 @@ def workload_prompt_tokens(lengths: list[int], context_length: int, new_tokens: 
 
 
 def check_prediction(tune: dict, overall: dict) -> None:
-    """Put the measured eagle figure next to tune's prediction, in absolute terms and at this run's vanilla speed
+    """Put the measured eagle (or dflash) figure next to tune's prediction, in absolute terms and at this run's vanilla speed
     (the predicted speedup times the vanilla tokens/s measured here: what the prediction says once the machine's
     own drift between the tune and the run is taken out). An error is the prediction's, relative to the measured
     figure (predicted / measured - 1)."""
-    measured = overall["eagle"]["tokens_per_s"]
+    method = "eagle" if "eagle" in overall else DFLASH
+    measured = overall[method]["tokens_per_s"]
     tune["measured_tokens_per_s"] = measured
-    tune["measured_tau"] = overall["eagle"]["tau"]
+    tune["measured_tau"] = overall[method]["tau"]
     tune["prediction_error"] = tune["predicted_tokens_per_s"] / measured - 1
     if "vanilla" in overall:
         tune["predicted_at_run_vanilla"] = tune["predicted_speedup"] * overall["vanilla"]["tokens_per_s"]
@@ -281,7 +279,7 @@ def summarise_run(setup: BenchSetup, result: BenchResult, opts: BenchOptions, tu
     engines = {m.name: m.engine_figures() for m in setup.methods if isinstance(m, LlamaCppMethod)}
     data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype),
                         {"tree": tree, "tune": tune, **({"llama_cpp": engines} if engines else {})})
-    if tune and "eagle" in data["overall"]:
+    if tune and ("eagle" in data["overall"] or DFLASH in data["overall"]):
         check_prediction(data["tune"], data["overall"])
     return BenchRun(result, names, data, mismatches(result))
 
@@ -291,7 +289,7 @@ def drafting_summary(gen) -> dict | None:
     if gen.draft is None:
         return None
     if gen.draft.config.method == DFLASH:
-        return {"kind": "block", "block_size": gen.draft.config.block_size,
+        return {"kind": "block", "block_size": gen.draft.config.block_size, "depth": gen.drafter.depth,
                 **({"lookup": gen.tree.lookup} if gen.tree.lookup else {})}
     return gen.tree.summary(gen.draft.config.method)
 

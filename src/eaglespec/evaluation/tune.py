@@ -1,6 +1,7 @@
-"""Choose the draft tree for this hardware by measurement (`--tree auto`, `eaglespec tune`).
+"""Choose the draft tree for this hardware by measurement (`--tree auto`, `eaglespec tune`); for a DFlash draft,
+its chain length (`tune_block`, steps 1-3 there, then step 4 below).
 
-1. Cost model, measured here: the target's forward over T tokens (T in FORWARD_TOKEN_COUNTS, timed in
+1. Cost model, measured here: the target's forward over T tokens (T in tune_cost.FORWARD_TOKEN_COUNTS, timed in
    interleaved rounds) on top of a cached calibration sequence (prompt and continuation: the context decoding
    runs at), the draft's `propose` for every candidate tree, and the per-step rest (catch-up, acceptance,
    cache surgery, stopping) from one real run.
@@ -39,15 +40,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from eaglespec.decoding import SpeculativeGenerator, TreeConfig, sync
-from eaglespec.decoding.cache import new_cache, truncate
+from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.decoding.drafter import Drafter
 from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.tree import dynamic_capacity
 from eaglespec.decoding.verify import accepted_length_on_path
+from eaglespec.evaluation.tune_block import rank_blocks
+from eaglespec.evaluation.tune_cost import (
+    Candidate,
+    interpolate,
+    step_rest_ms,
+    time_forwards,
+)
 
-FORWARD_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-FORWARD_REPEATS = 5
 CALIBRATION_NEW_TOKENS = 64  # answer length of `eaglespec tune` unless given
 CALIBRATION_PROMPTS = 8  # prompts taken (evenly spread) from a --calibration file
 STATE_STRIDE = 3  # the cost model's sample: states every few tokens of a CALIBRATION_NEW_TOKENS continuation
@@ -77,18 +82,6 @@ CALIBRATION_TEXT = ["Once upon a time, there was a little dog named", "The old m
                     "Lily wanted to bake a cake for her mom, so she", "One sunny morning, Tom found a box",
                     "The sky was dark and the wind was loud.", "Ben and Mia went to the park to play.",
                     "There was a big tree in the garden.", "A little bird could not fly, so it"]
-
-
-@dataclass
-class Candidate:
-    tree: dict  # TreeConfig fields
-    size: float  # tokens verified per step (root included; with lookup, the mean over the replayed steps)
-    predicted_tau: float
-    propose_ms: float
-    forward_ms: float
-    predicted_tokens_per_s: float  # the cost model's figure
-    measured_tokens_per_s: float | None = None  # real decoding of the calibration prompts (finalists only)
-    measured_tau: float | None = None
 
 
 @dataclass
@@ -243,61 +236,6 @@ def replay_tree(generator: SpeculativeGenerator, tree: TreeConfig, walks: list[l
     return out
 
 
-@torch.no_grad()
-def time_forwards(generator: SpeculativeGenerator, sequence: list[int], counts=FORWARD_TOKEN_COUNTS,
-                  repeats: int | None = None) -> dict[int, float]:
-    """Median ms of one target forward over T new tokens (chain mask) on top of the cached `sequence`.
-    The sizes are timed in interleaved rounds (1..64, then 64..1, ...), so a passing load on the machine
-    spreads over every size instead of inflating the few timed while it lasted."""
-    target, device = generator.target, generator.target.device
-    ids = torch.tensor([sequence], device=device)
-    cache, n = new_cache(), ids.shape[1]
-    target(ids, cache=cache)
-    times: dict[int, list[float]] = {T: [] for T in counts}
-    for r in range(repeats or FORWARD_REPEATS):
-        for T in (counts if r % 2 == 0 else tuple(reversed(counts))):
-            times[T].append(_forward_seconds(generator, cache, ids[:, -1:], n, T))
-    return {T: 1e3 * statistics.median(ts) for T, ts in times.items()}
-
-
-def _forward_seconds(generator: SpeculativeGenerator, cache, last: torch.Tensor, n: int, T: int) -> float:
-    """One timed target forward of T tokens after the n cached ones; the cache is cut back to n after it."""
-    device = last.device
-    mask = torch.cat([torch.ones(T, n, dtype=torch.bool), torch.ones(T, T, dtype=torch.bool).tril()], 1).to(device)
-    tokens, positions = last.expand(1, T).contiguous(), torch.arange(n, n + T, device=device)[None]
-    sync(device)  # the previous round's cache cut is not timed with this forward
-    start = time.perf_counter()  # only the forward is timed, as before the rounds were interleaved
-    generator.target(tokens, position_ids=positions, attention_mask=mask[None, None], cache=cache,
-                     aux_layer_ids=generator.aux_layer_ids)
-    sync(device)
-    seconds = time.perf_counter() - start
-    truncate(cache, n)
-    return seconds
-
-
-def interpolate(table: dict[int, float], T: int) -> float:
-    keys = sorted(table)
-    if T in table:
-        return table[T]
-    lo = max([k for k in keys if k < T], default=keys[0])
-    hi = min([k for k in keys if k > T], default=keys[-1])
-    if hi == lo:
-        return table[lo] * T / lo
-    return table[lo] + (table[hi] - table[lo]) * (T - lo) / (hi - lo)
-
-
-def step_rest_ms(generator: SpeculativeGenerator, prompt, tree: TreeConfig, propose_ms: float,
-                 forward_ms: dict[int, float], size: int, new_tokens: int) -> float:
-    """Per-step time that is neither propose nor the target forward, from one real speculative run."""
-    gen = generator.with_tree(tree)
-    start = time.perf_counter()
-    out = gen.generate(prompt, new_tokens)
-    wall = time.perf_counter() - start
-    steps = max(1, out.stats.target_forwards - 1)
-    prefill_ms = forward_ms[max(FORWARD_TOKEN_COUNTS)]  # an upper bound of the prompt's forward, small beside the steps
-    return max(0.0, (1e3 * wall - prefill_ms) / steps - propose_ms - interpolate(forward_ms, size))
-
-
 def _decode_all(generator: SpeculativeGenerator, tree: TreeConfig | None, prompts: list,
                 new_tokens: int) -> tuple[float, float]:
     """(tokens/s, tau) of decoding every prompt with `tree` (None: vanilla), as bench counts them."""
@@ -353,11 +291,12 @@ def rank_candidates(generator: SpeculativeGenerator, walks: list[list[State]], s
     return order, rest, len(sample)
 
 
-def finalists(ranked: list[tuple[TreeConfig, Candidate]]) -> list[tuple[TreeConfig, Candidate]]:
-    """The model's FINALISTS best trees, its best tree without lookup, the reference default tree and the
-    depth-4 chain, once each."""
+def finalists(ranked: list[tuple[TreeConfig, Candidate]], references: list[TreeConfig]
+              ) -> list[tuple[TreeConfig, Candidate]]:
+    """The model's FINALISTS best trees, its best tree without lookup and the `references` (EAGLE: the default
+    tree and the depth-4 chain; DFlash: the whole block), once each."""
     best_plain = next(tree for tree, _ in ranked if not tree.lookup)
-    wanted = [tree for tree, _ in ranked[:FINALISTS]] + [best_plain, TreeConfig(), TreeConfig(kind="chain", depth=4)]
+    wanted = [tree for tree, _ in ranked[:FINALISTS]] + [best_plain, *references]
     return [(tree, candidate) for tree, candidate in ranked if tree in wanted]
 
 
@@ -368,9 +307,8 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
     workload's mean prompt length, which shorter calibration prompts are brought to (default: as they are).
     Time later decoding in another process: the one that tuned decodes slower afterwards (see
     `benchmark.tune_for_workload`, which tunes in a child process for that reason)."""
-    if generator.draft is not None and generator.draft.config.is_dflash:
-        raise ValueError("tune chooses EAGLE trees; a dflash draft drafts its trained block (choosing the block "
-                         "length by measurement is not built yet, issue 36)")
+    if generator.draft is None:
+        raise ValueError("tune needs a draft (it chooses how the draft proposes)")
     new_tokens = new_tokens or CALIBRATION_NEW_TOKENS
     if prompt_tokens and prompt_tokens + new_tokens > generator.context_length:
         raise ValueError(f"prompt_tokens {prompt_tokens} + new_tokens {new_tokens} exceed the model's context of "
@@ -380,9 +318,14 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
     forward_ms = time_forwards(generator, max(sequences, key=lambda s: len(s[1]))[1])
     log("target forward ms by tokens: " + ", ".join(f"{t}: {ms:.1f}" for t, ms in forward_ms.items()))
     stride = max(STATE_STRIDE, STATE_STRIDE * new_tokens // CALIBRATION_NEW_TOKENS)  # as many states at any length
-    walks = decoding_states(generator, sequences)
-    ranked, rest, sampled = rank_candidates(generator, walks, stride, forward_ms, prompts[0], new_tokens)
-    final = finalists(ranked)
+    if generator.draft.config.is_dflash:  # the block's chain length (see tune_block)
+        ranked, rest, sampled = rank_blocks(generator, sequences, forward_ms, prompts[0], new_tokens, LOOKUP_TOKENS)
+        references = [TreeConfig(kind="chain", depth=generator.draft.block_size - 1)]
+    else:
+        walks = decoding_states(generator, sequences)
+        ranked, rest, sampled = rank_candidates(generator, walks, stride, forward_ms, prompts[0], new_tokens)
+        references = [TreeConfig(), TreeConfig(kind="chain", depth=4)]
+    final = finalists(ranked, references)
     log(f"timing {len(final)} trees by real decoding of {len(prompts)} calibration prompts ({new_tokens} new tokens)")
     measured, vanilla = measure_trees(generator, [tree for tree, _ in final], prompts, new_tokens)
     for (_, candidate), (speed, tau) in zip(final, measured):
