@@ -116,7 +116,7 @@ def _incremental_block_logits(draft, features: torch.Tensor, ids: torch.Tensor, 
     for a in anchors:
         drafter.catch_up(ids[:, done + 1:a + 1], features[:, done:a])
         done = a
-        out.append(drafter.block_logits(int(ids[0, a])))
+        out.append(drafter.block_logits(int(ids[0, a]), drafter.depth))
     return out
 
 
@@ -189,9 +189,8 @@ def test_a_dflash_draft_saves_loads_and_is_refused_as_an_eagle_one(tmp_path):
     assert not any("embed" in k or "lm_head" in k for k in loaded.state_dict())
     with pytest.raises(ValueError, match="a dflash draft is not an EAGLE one"):
         EagleDraftModel.from_pretrained(tmp_path / "d")
-    for fmt in ("speculators", "eagle"):
-        with pytest.raises(ValueError, match=f"a dflash draft exports as vllm or sglang .* the {fmt} format holds EAGLE"):
-            export_draft(tmp_path / "d", fmt, tmp_path / fmt)
+    with pytest.raises(ValueError, match="a dflash draft exports as vllm, sglang, speculators .* the eagle format holds EAGLE"):
+        export_draft(tmp_path / "d", "eagle", tmp_path / "eagle")
     with pytest.raises(ValueError, match="the GGUF carries the target's tokenizer; pass --target"):
         export_gguf(tmp_path / "d", tmp_path / "d.gguf", target=None)
 
@@ -215,6 +214,42 @@ def test_a_dflash_draft_exports_in_z_labs_layout(tmp_path):
         assert set(tensors) == set(draft.state_dict()) and "layers.1.self_attn.k_norm.weight" in tensors
         assert all(t.dtype == torch.bfloat16 for t in tensors.values())
         assert any("num_speculative_tokens" in n for n in report.notes)
+
+
+def test_a_dflash_draft_exports_in_speculators_format(tmp_path):
+    """speculators' DFlashSpeculator: z-lab's tensor names plus copies of the target's embedding and head, its
+    layer ids hidden_states indices (ours unchanged), the block's tokens as its speculative tokens, the verifier
+    named; without a local target the export says so."""
+    from safetensors.torch import load_file
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "target")
+    target = TargetModel(model)
+    draft = build_draft(target, "dflash", seed=1, dflash=DFlashShape(num_layers=2, block_size=6))
+    draft.save_pretrained(tmp_path / "d")
+    report = export_draft(tmp_path / "d", "speculators", tmp_path / "s", target=tmp_path / "target")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["speculators_model_type"] == "dflash" and cfg["architectures"] == ["DFlashSpeculator"]
+    assert cfg["aux_hidden_state_layer_ids"] == draft.config.aux_layer_ids
+    assert cfg["mask_token_id"] == draft.config.mask_token_id and cfg["block_size"] == 6
+    assert cfg["draft_vocab_size"] == target.vocab_size and cfg["sliding_window_non_causal"] is True
+    layer = cfg["transformer_layer_config"]
+    assert layer["model_type"] == "qwen3" and layer["num_hidden_layers"] == 2
+    spec = cfg["speculators_config"]
+    assert spec["algorithm"] == "dflash" and spec["proposal_methods"][0]["speculative_tokens"] == 5
+    assert spec["verifier"]["name_or_path"] == str((tmp_path / "target").resolve())
+    tensors = load_file(str(tmp_path / "s" / "model.safetensors"))
+    assert set(tensors) == set(draft.state_dict()) | {"embed_tokens.weight", "lm_head.weight"}
+    assert torch.equal(tensors["embed_tokens.weight"], model.get_input_embeddings().weight)
+    assert torch.equal(tensors["lm_head.weight"], model.get_output_embeddings().weight)
+    assert torch.equal(tensors["fc.weight"], draft.fc.weight) and any("5 speculative tokens" in n for n in report.notes)
+    (tmp_path / "d2").mkdir()
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    config["target"]["name_or_path"] = str(tmp_path / "nowhere")
+    (tmp_path / "d2" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "d2" / "model.safetensors").write_bytes((tmp_path / "d" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="speculators needs the verifier .* pass --target PATH"):
+        export_draft(tmp_path / "d2", "speculators", tmp_path / "s2")
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +283,30 @@ def test_batched_dflash_rows_equal_their_batch_size_one_output(trained_stories_d
         outputs.update({e.request_id: e.output.token_ids for e in batch.step() if e.finished})
     assert [outputs[r] for r in request_ids] == alone
     assert batch.batch_forwards < sum(len(a) for a in alone)  # blocks were accepted in the batch too
+
+
+def test_a_shorter_chain_keeps_the_blocks_first_slots_and_stays_exact(trained_stories_dflash):
+    """`--depth d` (or tune's choice) drafts the first d slots of the whole block: the same tokens as the block's
+    chain cut at d, at most d accepted per step, alone and batched, and still the target's output."""
+    model, target, draft, tok, prompts = trained_stories_dflash
+    whole, short = BlockDrafter(draft), BlockDrafter(draft, depth=2)
+    features = _features(target, draft, prompts[0])
+    for drafter in (whole, short):
+        drafter.catch_up(prompts[0][:, 1:], features)
+    root = int(prompts[0][0, -1])
+    assert short.propose(root, max_depth=99).tokens.tolist() == whole.propose(root, max_depth=99).tokens[:3].tolist()
+    gen = SpeculativeGenerator(target, draft, tokenizer=tok, tree=TreeConfig(kind="chain", depth=2))
+    alone = []
+    for ids in prompts[:4]:
+        out = gen.generate(ids, 30)
+        assert out.token_ids == greedy_reference(model, ids, 30)[: len(out.token_ids)]
+        assert max(out.stats.accept_lengths) == 2  # accepted often, never past the chain
+        alone.append(out.token_ids)
+    assert [o.token_ids for o in gen.generate_batch(prompts[:4], 30, max_batch_size=3).outputs] == alone
+
+
+def test_a_chain_longer_than_the_block_is_refused_by_name(trained_stories_dflash):
+    _, target, draft, tok, _ = trained_stories_dflash
+    with pytest.raises(ValueError, match=r"depth 5 does not fit the dflash draft's block of 5: it drafts 1 to 4"):
+        SpeculativeGenerator(target, draft, tokenizer=tok, tree=TreeConfig(kind="chain", depth=5))
+    assert SpeculativeGenerator(target, draft, tokenizer=tok).drafter.depth == 4  # default: the whole block

@@ -22,7 +22,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=(*GGUF_DTYPE_ALIASES, *GGUF_DTYPE_ALIASES.values()), default=None,
                    help="cast the weights (default: keep the draft's dtype)")
     p.add_argument("--speculative-tokens", type=int, default=SPECULATIVE_TOKENS,
-                   help="speculators: draft tokens per step vLLM runs")
+                   help="speculators, EAGLE-3: draft tokens per step vLLM runs (a DFlash draft: its block, "
+                        "block_size - 1)")
     p.add_argument("--overwrite", action="store_true")
 
 

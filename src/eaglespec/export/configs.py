@@ -166,14 +166,18 @@ DFLASH_ARCH = "DFlashDraftModel"  # z-lab's class name; vLLM maps it to its DFla
 DFLASH_MODEL_TYPE = "qwen3"  # the drafter's layers are Qwen3's (per-head q / k norms), whatever the target
 
 
+def dflash_layer_fields(config: DraftConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """The Qwen3 config of a DFlash draft's decoder layers (all of them: z-lab's and speculators' layers)."""
+    return {**llama_fields(config, dtype), "model_type": DFLASH_MODEL_TYPE, "num_hidden_layers": config.num_hidden_layers,
+            "layer_types": ["full_attention"] * config.num_hidden_layers}
+
+
 def dflash_config(config: DraftConfig, dtype: torch.dtype) -> tuple[dict[str, Any], list[str]]:
     """config.json of a DFlash draft in z-lab's layout, which vLLM and SGLang load: its layer ids are target layer
     OUTPUTS (ours, hidden_states indices, minus 1); block_size both at the top (older readers) and in
     dflash_config (newer ones)."""
     ids = [i - 1 for i in config.aux_layer_ids]
-    fields = {**llama_fields(config, dtype), "model_type": DFLASH_MODEL_TYPE,
-              "num_hidden_layers": config.num_hidden_layers,
-              "layer_types": ["full_attention"] * config.num_hidden_layers}
+    fields = dflash_layer_fields(config, dtype)
     cfg = {"architectures": [DFLASH_ARCH], **fields, "block_size": config.block_size,
            "num_target_layers": _num_target_layers(config),
            "dflash_config": {"mask_token_id": config.mask_token_id, "target_layer_ids": ids,
@@ -182,3 +186,41 @@ def dflash_config(config: DraftConfig, dtype: torch.dtype) -> tuple[dict[str, An
             f"vLLM: --speculative-config '{{\"method\": \"dflash\", \"num_speculative_tokens\": "
             f"{config.block_size - 1}}}'")
     return cfg, [note]
+
+
+DFLASH_SPECULATORS_ARCH = "DFlashSpeculator"
+
+
+def dflash_speculators_config(config: DraftConfig, dtype: torch.dtype, verifier_path: str,
+                              verifier_architectures: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """config.json of a DFlash draft in speculators' format (`speculators.models.dflash`; vLLM reads it as its
+    `dflash` method). Its `aux_hidden_state_layer_ids` are hidden_states indices (layer inputs), ours unchanged
+    (vLLM subtracts 1 for its DFlash model); it drafts block_size - 1 tokens, as speculators writes; the block is
+    bidirectional (`sliding_window_non_causal`: without a sliding window speculators' mask is non-causal anyway,
+    and vLLM reads a missing or false key as a causal block in its newer versions)."""
+    ids = list(config.aux_layer_ids)
+    tokens = config.block_size - 1
+    cfg = {
+        "architectures": [DFLASH_SPECULATORS_ARCH],
+        "speculators_model_type": "dflash",
+        "transformer_layer_config": {"architectures": ["Qwen3ForCausalLM"], **dflash_layer_fields(config, dtype)},
+        "draft_vocab_size": config.vocab_size,  # the full vocabulary: no d2t / t2d
+        "block_size": config.block_size,
+        "target_hidden_size": config.hidden_size,
+        "aux_hidden_state_layer_ids": ids,
+        "mask_token_id": config.mask_token_id,
+        "sliding_window_non_causal": True,
+        "sample_from_anchor": False,
+        "tie_word_embeddings": False,
+        "speculators_config": {
+            "algorithm": "dflash",
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": tokens, "verifier_accept_k": 1,
+                                  "accept_tolerance": 0.0}],
+            "default_proposal_method": "greedy",
+            "verifier": {"name_or_path": verifier_path, "architectures": list(verifier_architectures)},
+        },
+        "torch_dtype": dtype_name(dtype),
+    }
+    return cfg, [f"verifier {verifier_path}; {tokens} speculative tokens (the block); aux layer ids {ids} (layer "
+                 f"inputs; vLLM's DFlash reads {[i - 1 for i in ids]}); embed_tokens and lm_head copied from the "
+                 f"target, as speculators saves them"]

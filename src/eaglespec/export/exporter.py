@@ -111,16 +111,35 @@ def format_state(layout: Layout, config: DraftConfig, state: dict[str, torch.Ten
 
 def format_config(fmt: str, config: DraftConfig, dtype: torch.dtype, target: _Target,
                   speculative_tokens: int) -> tuple[dict[str, Any], list[str]]:
-    if config.is_dflash:
+    if config.is_dflash and fmt != "speculators":
         return configs.dflash_config(config, dtype)  # layout_for refused every other format already
     if fmt in ("sglang", "vllm"):
         return configs.engine_config(config, fmt, dtype)
     if fmt == "eagle":
         return configs.reference_config(config, dtype)
+    check_local_target(target)
+    if config.is_dflash:
+        return configs.dflash_speculators_config(config, dtype, target.path, target.architectures)
+    return configs.speculators_config(config, dtype, target.path, target.architectures, speculative_tokens)
+
+
+def check_local_target(target: _Target) -> None:
     if not target.path or not os.path.isdir(target.path):
         raise ValueError(f"speculators needs the verifier (target) as a local directory; got {target.path!r}: "
                          "pass --target PATH")
-    return configs.speculators_config(config, dtype, target.path, target.architectures, speculative_tokens)
+
+
+def target_tensors(target: _Target, names: tuple[str, ...], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The target's input embedding / output head (`layout.TARGET_TENSORS`), for formats that store copies."""
+    if not names:
+        return {}
+    check_local_target(target)
+    from eaglespec.models.target import TargetModel
+
+    model = TargetModel.from_pretrained(target.path).model
+    weights = {"embed_tokens.weight": model.get_input_embeddings().weight,
+               "lm_head.weight": model.get_output_embeddings().weight}
+    return {name: weights[name].detach().to(dtype).contiguous() for name in names}
 
 
 def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLike,
@@ -138,7 +157,7 @@ def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLi
     float_dtype = DTYPES[dtype] if dtype else model.fc.weight.dtype
     state = {k: (v.to(float_dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     layout = layout_for(fmt, config)
-    tensors = format_state(layout, config, state)
+    tensors = {**format_state(layout, config, state), **target_tensors(info, layout.from_target, float_dtype)}
     cfg, notes = format_config(fmt, config, float_dtype, info, speculative_tokens)
     expected = expected_tensors(fmt, config, float_dtype)
     check_tensors(tensors, expected, f"{fmt} export of {draft_dir}")

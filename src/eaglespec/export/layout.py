@@ -7,7 +7,8 @@ each one present, with the right shape and dtype, and nothing else.
 Our names (`eaglespec.models.draft`, `models.dflash`) are already those of SGLang / vLLM / the reference EAGLE:
     EAGLE-1: embed_tokens, fc (+bias), layers.0.* (no input_layernorm)
     EAGLE-3: embed_tokens, fc, midlayer.*, norm, lm_head, d2t, t2d
-    DFlash: fc, hidden_norm, layers.{i}.* (with self_attn.q_norm / k_norm), norm (z-lab's; vLLM and SGLang load it)
+    DFlash: fc, hidden_norm, layers.{i}.* (with self_attn.q_norm / k_norm), norm (z-lab's; vLLM and SGLang load it;
+            speculators' DFlashSpeculator has the same names and also stores the target's embed_tokens and lm_head)
 Formats differ only in a prefix rename (speculators: midlayer. -> layers.0.), in fc.bias (SGLang's EAGLE-1 fc
 always has a bias, vLLM's never has one) and in d2t / t2d (the engine and speculators formats store none for a
 full draft vocabulary: vLLM refuses to load a d2t it has no parameter for).
@@ -22,7 +23,8 @@ import torch
 from eaglespec.models.config import DraftConfig
 
 FORMATS = ("sglang", "vllm", "speculators", "eagle")
-DFLASH_FORMATS = ("vllm", "sglang")
+DFLASH_FORMATS = ("vllm", "sglang", "speculators")
+TARGET_TENSORS = ("embed_tokens.weight", "lm_head.weight")  # copied from the target where a format stores them
 IMPORT_FORMATS = ("eagle", "speculators")
 FC_BIAS = "fc.bias"
 VOCAB_MAPS = ("d2t", "t2d")
@@ -45,6 +47,7 @@ class Layout:
     renames: tuple[tuple[str, str], ...] = ()  # (our prefix, their prefix)
     fc_bias: str = "as_trained"  # "as_trained" | "always" (zero when trained without) | "never"
     drop: tuple[str, ...] = ()  # our tensors the format does not store
+    from_target: tuple[str, ...] = ()  # tensors the format stores that the draft shares with its target ([V, H])
 
     def their_name(self, ours: str) -> str:
         for old, new in self.renames:
@@ -65,9 +68,9 @@ def layout_for(fmt: str, config: DraftConfig) -> Layout:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if config.is_dflash:
         if fmt not in DFLASH_FORMATS:
-            raise ValueError(f"a dflash draft exports as {' or '.join(DFLASH_FORMATS)} (z-lab's DFlashDraftModel layout, "
-                             f"which both load); the {fmt} format holds EAGLE drafts")
-        return Layout()  # our tensor names are z-lab's
+            raise ValueError(f"a dflash draft exports as {', '.join(DFLASH_FORMATS)} (z-lab's DFlashDraftModel layout, "
+                             f"which vLLM and SGLang load, or speculators'); the {fmt} format holds EAGLE drafts")
+        return Layout(from_target=TARGET_TENSORS if fmt == "speculators" else ())  # our tensor names are z-lab's
     # With the full vocabulary vLLM builds no d2t parameter and fails to load one (SGLang and speculators then
     # need none either), so the identity maps are left out.
     full_vocab = config.method == "eagle3" and config.draft_vocab_size == config.vocab_size
@@ -106,6 +109,8 @@ def expected_tensors(fmt: str, config: DraftConfig, float_dtype: torch.dtype) ->
             continue
         theirs = layout.their_name(name)
         specs[theirs] = TensorSpec(theirs, spec.shape, spec.dtype)
+    for name in layout.from_target:
+        specs[name] = TensorSpec(name, (config.vocab_size, config.hidden_size), float_dtype)
     if config.method == "eagle1" and layout.fc_bias == "always" and FC_BIAS not in specs:
         specs[FC_BIAS] = TensorSpec(FC_BIAS, (config.hidden_size,), float_dtype)
     return specs
