@@ -28,7 +28,7 @@ from eaglespec.decoding import block_drafter as block_drafter_module
 from eaglespec.decoding.block_drafter import BlockDrafter
 from eaglespec.decoding.sampling import SamplingConfig
 from eaglespec.export import export_draft, export_gguf
-from eaglespec.models import DFlashShape, EagleDraftModel, TargetModel, build_draft, load_draft
+from eaglespec.models import DFlashShape, EagleDraftModel, TargetModel, build_draft, bundled_model_path, load_draft
 from eaglespec.models import dflash as dflash_module
 
 MAX_NEW = 24
@@ -243,6 +243,11 @@ def test_a_dflash_draft_exports_in_speculators_format(tmp_path):
     assert torch.equal(tensors["embed_tokens.weight"], model.get_input_embeddings().weight)
     assert torch.equal(tensors["lm_head.weight"], model.get_output_embeddings().weight)
     assert torch.equal(tensors["fc.weight"], draft.fc.weight) and any("5 speculative tokens" in n for n in report.notes)
+    tied = TargetModel.from_pretrained(str(bundled_model_path()))  # stories260K ties its embedding and head
+    build_draft(tied, "dflash", seed=1, dflash=DFlashShape(block_size=4)).save_pretrained(tmp_path / "t")
+    export_draft(tmp_path / "t", "speculators", tmp_path / "ts", target=bundled_model_path())
+    tensors = load_file(str(tmp_path / "ts" / "model.safetensors"))
+    assert torch.equal(tensors["embed_tokens.weight"], tensors["lm_head.weight"])
     (tmp_path / "d2").mkdir()
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     config["target"]["name_or_path"] = str(tmp_path / "nowhere")

@@ -56,3 +56,33 @@ def test_speculators_loads_our_export_and_agrees(tmp_path, speculators_python, d
     assert sorted(converted) == sorted(renamed)
     for name, tensor in renamed.items():
         assert torch.equal(converted[name], tensor), name
+
+
+def test_speculators_loads_our_dflash_export_and_computes_our_blocks(tmp_path, speculators_python):
+    """Issue 36: speculators' DFlashDraftModel loads our DFlash speculators export (its embedding and head the
+    target's copies) and its own anchored-block forward gives our logits for every slot of every block."""
+    from eaglespec.models import DFlashShape
+    from eaglespec.training.data import TargetBatch
+    from eaglespec.training.dflash import block_forward
+
+    target_dir = str(bundled_model_path())
+    target = TargetModel.from_pretrained(target_dir, dtype=torch.float32)
+    draft = build_draft(target, "dflash", seed=5, dflash=DFlashShape(num_layers=2, block_size=4))
+    draft.save_pretrained(tmp_path / "ours")
+    export_draft(tmp_path / "ours", "speculators", tmp_path / "speculators", target=target_dir)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.tensor([[1]]), torch.randint(3, target.vocab_size, (1, 23), generator=g)], dim=1)
+    out = target(ids, aux_layer_ids=draft.config.aux_layer_ids)
+    anchors = [2, 7, 8, 15]  # sorted, as speculators sorts its draw; 8 overlaps 7's block
+    torch.save({"features": out.aux_hidden, "ids": ids, "anchors": anchors}, tmp_path / "inputs.pt")
+    subprocess.run([str(speculators_python), str(HERE / "speculators_dflash_check.py"), str(tmp_path)], check=True,
+                   stdout=sys.stdout, stderr=sys.stderr)
+    result = torch.load(tmp_path / "result.pt")
+
+    ones = torch.ones_like(ids)
+    batch = TargetBatch(ids, ones, ones.bool(), out.aux_hidden, out.last_hidden, out.logits)
+    with torch.no_grad():
+        hidden = block_forward(draft, draft, batch, torch.tensor([anchors]))  # [1, N, bs, H]
+        mine = draft.compute_logits(hidden[0]).flatten(0, 1)
+    assert result["layer_ids"] == draft.config.aux_layer_ids and result["block_size"] == 4
+    torch.testing.assert_close(result["logits"], mine, atol=1e-4, rtol=1e-4)

@@ -139,7 +139,7 @@ def target_tensors(target: _Target, names: tuple[str, ...], dtype: torch.dtype) 
     model = TargetModel.from_pretrained(target.path).model
     weights = {"embed_tokens.weight": model.get_input_embeddings().weight,
                "lm_head.weight": model.get_output_embeddings().weight}
-    return {name: weights[name].detach().to(dtype).contiguous() for name in names}
+    return {name: weights[name].detach().to(dtype).clone() for name in names}  # a tied pair saves as two copies
 
 
 def export_draft(draft_dir: str | os.PathLike, fmt: str, output: str | os.PathLike,
