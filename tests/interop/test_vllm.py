@@ -4,7 +4,8 @@ near-tie of the target's logits), and vLLM's per-position acceptance agrees with
 depth within 5 points. The SmolLM2 draft is the trained one at $EAGLESPEC_SMOLLM2_DRAFT_<METHOD> when given, else
 an untrained one (then acceptance is zero on both sides and only losslessness is really checked); so the same
 comparison also runs on a small target with drafts trained on it for a few minutes (tiny_trained.py), where
-acceptance is high enough to catch a draft that vLLM computes differently (aux layers, RoPE, norms)."""
+acceptance is high enough to catch a draft that vLLM computes differently (aux layers, RoPE, norms). A DFlash
+draft trained on that small target runs the same comparison in both of its vLLM formats (issue 36)."""
 
 from __future__ import annotations
 
