@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from fixtures import stories260k
+from replay_helpers import decoded_steps_within
 from transformers import AutoTokenizer
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
@@ -273,12 +274,7 @@ def test_a_replay_accepts_what_decoding_accepts(monkeypatch, generator, lookup):
                                                                                             eos_token_id=[])
     walks = tune.decoding_states(generator, [(len(prompt), prompt + decoded.token_ids)])
     (_, tau, _), = tune.replay_tree(generator, tree, walks)
-    steps, position = [], 0  # the decoded steps whose root lies in the replayed stretch
-    for accepted in decoded.stats.accept_lengths:
-        if position >= len(walks[0]):
-            break
-        steps.append(accepted + 1)
-        position += accepted + 1
+    steps = decoded_steps_within(decoded.stats.accept_lengths, len(walks[0]))  # the stretch replayed
     assert tau == pytest.approx(sum(steps) / len(steps))
     assert lookup == 0 or decoded.stats.lookup_tokens > 0
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from replay_helpers import decoded_steps_within
 
 from eaglespec.decoding import SpeculativeGenerator, TreeConfig
 from eaglespec.evaluation import tune, tune_block, tune_cost
@@ -39,14 +40,11 @@ def test_a_block_replay_accepts_what_decoding_accepts(trained, depth, lookup):
     tree = TreeConfig(kind="chain", depth=depth, lookup=lookup)
     prompt = prompts[1][0].tolist()
     decoded = gen.with_tree(tree).generate(prompt, 40, eos_token_id=[])
-    walks = tune_block.block_walks(gen, [(len(prompt), prompt + decoded.token_ids)], lookup)
+    sequences = [(len(prompt), prompt + decoded.token_ids)]
+    features = [tune_block.sequence_features(gen, seq) for _, seq in sequences]
+    walks = tune_block.block_walks(gen, sequences, features, lookup)
     tau, size = tune_block.replay(tree, walks, gen.target.device)
-    steps, position = [], 0  # the decoded steps whose root lies in the walked stretch
-    for accepted in decoded.stats.accept_lengths:
-        if position >= len(walks[0]):
-            break
-        steps.append(accepted + 1)
-        position += accepted + 1
+    steps = decoded_steps_within(decoded.stats.accept_lengths, len(walks[0]))  # the stretch replayed
     assert tau == pytest.approx(sum(steps) / len(steps)) and tau > 1.3  # the draft is accepted, so this means something
     assert 1 + depth <= size <= 1 + depth + lookup
 

@@ -23,7 +23,7 @@ class BatchBlockDrafter:
 
     def __init__(self, draft, depth: int | None = None):
         self.draft = draft
-        self.max_depth = block_depth(draft.block_size, depth)
+        self.depth = block_depth(draft.block_size, depth)
         self.cache: DynamicCache | None = None
 
     @property
@@ -77,6 +77,6 @@ class BatchBlockDrafter:
         empty = torch.zeros(len(roots), 0, self.draft.config.hidden_size, dtype=self.dtype, device=device)
         hidden = self.draft(ids, empty, positions, mask, cache=self.cache)
         truncate(self.cache, slots)  # drop the blocks' keys and values
-        depths = [max(0, min(d, self.max_depth)) for d in depths]
+        depths = [max(0, min(d, self.depth)) for d in depths]
         chains = self.draft.compute_logits(hidden[:, 1:max(depths) + 1]).argmax(-1).tolist()  # [B, max depth]
         return [DraftTree.root_only(r, device).with_chain(c[:d]) for r, c, d in zip(roots, chains, depths)]

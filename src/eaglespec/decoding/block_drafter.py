@@ -38,17 +38,13 @@ class BlockDrafter:
 
     def __init__(self, draft, depth: int | None = None):
         self.draft = draft
-        self.max_depth = block_depth(draft.block_size, depth)
+        self.depth = block_depth(draft.block_size, depth)  # the chain it proposes (the session's tree depth)
         self.reset()
 
     def reset(self) -> None:
         self.cache = new_cache()
         self.length = 0  # context positions known: cached + pending
         self.pending: torch.Tensor | None = None  # [1, C, H] projected features not yet in the cache
-
-    @property
-    def depth(self) -> int:
-        return self.max_depth
 
     @property
     def top_k(self) -> int:
@@ -71,10 +67,10 @@ class BlockDrafter:
         """A chain of at most min(self.depth, max_depth) tokens below `root_token` (position self.length)."""
         device = self.draft.fc.weight.device
         tree = DraftTree.root_only(root_token, device)
-        depth = min(self.max_depth, max_depth)
-        if depth < 1:
+        kept = min(self.depth, max_depth)
+        if kept < 1:
             return tree
-        return tree.with_chain(self.block_logits(root_token, depth).argmax(-1).tolist())
+        return tree.with_chain(self.block_logits(root_token, kept).argmax(-1).tolist())
 
     def block_logits(self, root_token: int, depth: int) -> torch.Tensor:
         """[depth, V]: the draft's logits for positions length + 1 .. length + depth (the whole block runs)."""

@@ -312,11 +312,11 @@ def tune_tree(generator: SpeculativeGenerator, prompts: list | None = None, log=
     sequences = greedy_sequences(generator, prompts, new_tokens)
     forward_ms = time_forwards(generator, max(sequences, key=lambda s: len(s[1]))[1])
     log("target forward ms by tokens: " + ", ".join(f"{t}: {ms:.1f}" for t, ms in forward_ms.items()))
-    stride = max(STATE_STRIDE, STATE_STRIDE * new_tokens // CALIBRATION_NEW_TOKENS)  # as many states at any length
     if generator.draft.config.is_dflash:  # the block's chain length (see tune_block)
         ranked, rest, sampled = rank_blocks(generator, sequences, forward_ms, prompts[0], new_tokens, LOOKUP_TOKENS)
         references = [TreeConfig(kind="chain", depth=generator.draft.block_size - 1)]
     else:
+        stride = max(STATE_STRIDE, STATE_STRIDE * new_tokens // CALIBRATION_NEW_TOKENS)  # as many states at any length
         walks = decoding_states(generator, sequences)
         ranked, rest, sampled = rank_candidates(generator, walks, stride, forward_ms, prompts[0], new_tokens)
         references = [TreeConfig(), TreeConfig(kind="chain", depth=4)]

@@ -48,15 +48,22 @@ def block_candidates(block_size: int, lookups: tuple[int, ...]) -> list[TreeConf
 
 
 @torch.no_grad()
+def sequence_features(generator: SpeculativeGenerator, seq: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [1, T], the draft's target features [1, T, F]) of one calibration sequence, from one target forward."""
+    ids = torch.tensor([seq], device=generator.target.device)
+    out = generator.target(ids, aux_layer_ids=generator.aux_layer_ids)
+    return ids, out.features(generator.draft.config.method)
+
+
+@torch.no_grad()
 def block_walks(generator: SpeculativeGenerator, sequences: list[tuple[int, list[int]]],
-                lookup_tokens: int) -> list[list[BlockState]]:
-    """Per (prompt length, prompt + greedy continuation): a state at every position past the prompt with room
-    for a whole block after it, holding the block's chain drafted there and the n-gram lookup's chain."""
+                features: list[tuple[torch.Tensor, torch.Tensor]], lookup_tokens: int) -> list[list[BlockState]]:
+    """Per (prompt length, prompt + greedy continuation) and its `sequence_features`: a state at every position
+    past the prompt with room for a whole block after it, holding the block's chain drafted there and the n-gram
+    lookup's chain."""
     draft, walks = generator.draft, []
     room = draft.block_size
-    for n, seq in sequences:
-        ids = torch.tensor([seq], device=generator.target.device)
-        features = generator.target(ids, aux_layer_ids=generator.aux_layer_ids).features(draft.config.method)
+    for (n, seq), (ids, features) in zip(sequences, features):
         drafter, index, walk = BlockDrafter(draft), NgramIndex(seq[:n]), []
         drafter.catch_up(ids[:, 1:n + 1], features[:, :n])
         for p in range(n, len(seq) - room):
@@ -84,13 +91,12 @@ def replay(tree: TreeConfig, walks: list[list[BlockState]], device: torch.device
 
 
 @torch.no_grad()
-def propose_ms(generator: SpeculativeGenerator, sequences: list[tuple[int, list[int]]]) -> dict[int, float]:
-    """Median ms of a block proposal keeping d slots, for every d, at PROPOSE_SAMPLES positions of the first
-    calibration sequence (its context cached, as decoding has it)."""
+def propose_ms(generator: SpeculativeGenerator, sequence: tuple[int, list[int]],
+               features: tuple[torch.Tensor, torch.Tensor]) -> dict[int, float]:
+    """Median ms of a block proposal keeping d slots, for every d, at PROPOSE_SAMPLES positions of a calibration
+    sequence (its context cached, as decoding has it); `features`: its `sequence_features`."""
     draft = generator.draft
-    n, seq = sequences[0]
-    ids = torch.tensor([seq], device=generator.target.device)
-    features = generator.target(ids, aux_layer_ids=generator.aux_layer_ids).features(draft.config.method)
+    (n, seq), (ids, features) = sequence, features
     positions = range(n, len(seq) - 1, max(1, (len(seq) - 1 - n) // PROPOSE_SAMPLES))
     times: dict[int, list[float]] = {d: [] for d in range(1, draft.block_size)}
     for p in positions:
@@ -109,8 +115,9 @@ def rank_blocks(generator: SpeculativeGenerator, sequences: list[tuple[int, list
     """Every chain length and lookup with its cost-model prediction, best first; the per-step rest (ms); the
     number of decoding states walked."""
     block_size = generator.draft.block_size
-    walks = block_walks(generator, sequences, max(lookups))
-    propose = propose_ms(generator, sequences)
+    features = [sequence_features(generator, seq) for _, seq in sequences]
+    walks = block_walks(generator, sequences, features, max(lookups))
+    propose = propose_ms(generator, sequences[0], features[0])
     whole = TreeConfig(kind="chain", depth=block_size - 1)
     rest = step_rest_ms(generator, prompt, whole, propose[block_size - 1], forward_ms, block_size, new_tokens)
     ranked = []

@@ -157,10 +157,10 @@ def export_gguf(draft_dir: str | os.PathLike, output: str | os.PathLike, target:
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     draft_dir = resolve_model_path(draft_dir)
-    method = DraftConfig.load(draft_dir)
-    if method.is_dflash:
+    recorded = DraftConfig.load(draft_dir)
+    if recorded.is_dflash:
         return export_dflash_gguf(draft_dir, output, target, dtype)
-    check_method(method)
+    check_method(recorded)
     model = load_draft(draft_dir, target)
     config, state = model.config, model.state_dict()
     info = load_target_facts(config, target)
