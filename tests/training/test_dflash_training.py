@@ -47,8 +47,9 @@ def test_anchors_are_positions_whose_next_token_is_trained():
     assert torch.equal(few, again)
 
 
-def _direct_loss(draft, batch: TargetBatch, anchors, live, gamma: float) -> torch.Tensor:
-    """Each block alone: context = features before its anchor, every key visible; soft CE per trained slot."""
+def _direct_loss(draft, batch: TargetBatch, anchors, live, gamma: float, label: bool = False) -> torch.Tensor:
+    """Each block alone: context = features before its anchor, every key visible; soft CE per trained slot
+    (with `label`, hard CE on the data's token at a + k)."""
     num = den = 0.0
     T = batch.input_ids.shape[1]
     for b in range(anchors.shape[0]):
@@ -61,6 +62,8 @@ def _direct_loss(draft, batch: TargetBatch, anchors, live, gamma: float) -> torc
                 if a + k < T and batch.loss_mask[b, a + k]:
                     w = math.exp(-(k - 1) / gamma)
                     p = torch.softmax(batch.logits[b, a + k - 1], -1)
+                    if label:
+                        p = torch.nn.functional.one_hot(batch.input_ids[b, a + k], p.shape[-1]).float()
                     num = num + w * soft_cross_entropy(logits[k], p)
                     den += w
     return num / den
@@ -75,6 +78,26 @@ def test_the_one_forward_loss_equals_block_by_block(case, monkeypatch):
     assert torch.allclose(out.loss, _direct_loss(draft, batch, anchors, live, method.gamma), atol=1e-5)
     trained = sum(int(out.sums[f"count_{j}"]) for j in range(BLOCK - 1))
     assert 0 < trained <= int(live.sum()) * (BLOCK - 1)
+
+
+def test_the_label_objective_is_hard_cross_entropy_and_evaluates_against_the_target(case, monkeypatch):
+    """--objective label: the training step's loss is the decayed hard CE on the data's tokens and reads no target
+    logits (batch.logits None); evaluation still measures against the target's distribution (soft CE, alpha)."""
+    _, draft, batch = case
+    anchors, live = sample_anchors(batch.loss_mask, batch.valid, 5, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(dflash_training, "sample_anchors", lambda *a, **k: (anchors, live))
+    method = DFlashMethod(BLOCK, num_anchors=5, objective="label")
+    no_logits = TargetBatch(batch.input_ids, batch.loss_mask, batch.valid, batch.features, batch.last_hidden, None)
+    monkeypatch.setattr(TargetBatch, "rows_logits", lambda *a, **k: pytest.fail("a label step read target logits"))
+    out = method.train_step(draft, draft, no_logits)
+    assert torch.allclose(out.loss, _direct_loss(draft, batch, anchors, live, method.gamma, label=True), atol=1e-5)
+    assert "accept_sum_0" not in out.sums
+    monkeypatch.undo()
+    monkeypatch.setattr(dflash_training, "sample_anchors", lambda *a, **k: (anchors, live))
+    measured = method.eval_step(draft, draft, batch, None)
+    soft = DFlashMethod(BLOCK, num_anchors=5).eval_step(draft, draft, batch, None)
+    for key in ("ploss_sum_0", "correct_1", "accept_sum_2", "sim_chain_sum"):
+        assert torch.allclose(measured[key], soft[key]), key
 
 
 def test_training_steps_lower_the_loss_and_the_chain_estimate_is_reported(case):

@@ -175,3 +175,19 @@ def test_an_unknown_objective_is_refused():
 
     with pytest.raises(ValueError, match="--objective: expected one of ce, tv, lk, ce\\+tv, got 'kl'"):
         objective_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]), "kl")
+
+
+def test_the_label_objective_is_dflash_only():
+    """`label` needs the data's own token at every trained row: DFlash's blocks have it; EAGLE-3 refuses it by name,
+    from the config and from the command line."""
+    from fixtures import train_config
+
+    from eaglespec.cli import build_parser
+    from eaglespec.training.config import DFlashTrainConfig, Eagle3TrainConfig
+
+    assert DFlashTrainConfig(train_config("unused"), data="d", objective="label").objective == "label"
+    with pytest.raises(ValueError, match="--objective: expected one of ce, tv, lk, ce\\+tv, got 'label'"):
+        Eagle3TrainConfig(train_config("unused"), data="d", objective="label")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "eagle3", "--basepath", "m", "--data", "d", "--savedir", "s",
+                                   "--objective", "label"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from eaglespec.commands.init_draft import parse_layer_ids
 from eaglespec.training.config import CommonTrainConfig, DFlashTrainConfig, Eagle1TrainConfig, Eagle3TrainConfig
-from eaglespec.training.losses import OBJECTIVES
+from eaglespec.training.losses import LABEL_OBJECTIVE
 
 
 def _default(config_class, name: str):
@@ -128,9 +128,12 @@ def _data_flags(p: argparse.ArgumentParser, config_class) -> None:
 
 
 def _objective_flags(p: argparse.ArgumentParser, config_class) -> None:
-    p.add_argument("--objective", choices=OBJECTIVES, default=_default(config_class, "objective"),
+    label = (", label (cross-entropy on the data's own next token, z-lab's DFlash loss: no target logits in "
+             "training steps, several times cheaper on a CPU; for self-distilled data)"
+             if LABEL_OBJECTIVE in config_class.objectives else "")
+    p.add_argument("--objective", choices=config_class.objectives, default=_default(config_class, "objective"),
                    help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
-                        "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv")
+                        "acceptance rate of speculative sampling), lk (-log of that rate, LK losses), ce+tv" + label)
     p.add_argument("--tv-weight", type=float, default=_default(config_class, "tv_weight"),
                    help="ce+tv: weight of the tv term")
     p.add_argument("--full-save-every", type=int, default=_default(config_class, "full_save_every"),

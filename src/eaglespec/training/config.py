@@ -9,7 +9,7 @@ from pathlib import Path
 from eaglespec.models.config import DFLASH, DFLASH_DEFAULT_BLOCK_SIZE
 from eaglespec.training.data import SPLIT_RULE
 from eaglespec.training.engine import PRECISIONS
-from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
+from eaglespec.training.losses import BLOCK_OBJECTIVES, DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, OBJECTIVES
 from eaglespec.training.metrics import REPORT_TO
 from eaglespec.training.noise import NOISE_KINDS
 
@@ -138,10 +138,11 @@ class Eagle3TrainConfig:
     aux_layers: list[int] | None = None
     gradient_checkpointing: bool = False
     full_save_every: int = 10
-    objective: str = DEFAULT_OBJECTIVE  # one of losses.OBJECTIVES
+    objective: str = DEFAULT_OBJECTIVE  # one of OBJECTIVES
     tv_weight: float = DEFAULT_TV_WEIGHT  # ce+tv's weight of 1 - alpha
 
     method = "eagle3"
+    objectives = OBJECTIVES
     SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("ttt_length", "step_weight", "draft_vocab_size", "aux_layers",
                                                        "objective", "tv_weight")
 
@@ -185,6 +186,7 @@ class DFlashTrainConfig:
     full_save_every: int = 10
 
     method = DFLASH
+    objectives = BLOCK_OBJECTIVES
     SCHEDULE_KEYS = Eagle1TrainConfig.SCHEDULE_KEYS + ("block_size", "num_layers", "aux_layers", "mask_token_id",
                                                        "num_anchors", "gamma", "objective", "tv_weight")
 
@@ -215,8 +217,8 @@ def _check_data_source(cfg) -> None:
 
 
 def _check_objective(cfg) -> None:
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"--objective: expected one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
+    if cfg.objective not in cfg.objectives:
+        raise ValueError(f"--objective: expected one of {', '.join(cfg.objectives)}, got {cfg.objective!r}")
     if cfg.tv_weight < 0:
         raise ValueError(f"--tv-weight: expected >= 0, got {cfg.tv_weight}")
 

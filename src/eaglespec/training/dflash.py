@@ -5,7 +5,8 @@ For each sequence, up to `num_anchors` anchors a are drawn among the positions w
 features at positions < a and its own slots (`models.dflash.block_attention_mask`), and slot k is trained on the
 target's distribution of the token at a + k (target row a + k - 1) where loss_mask[a + k] holds, with weight
 exp(-(k - 1) / gamma): the first drafted tokens matter most, since a chain is accepted up to its first miss.
-The loss is the weighted mean of the objective (soft cross-entropy by default, as EAGLE-3's `--objective`).
+The loss is the weighted mean of the objective (soft cross-entropy by default, as EAGLE-3's `--objective`, or
+`label`: hard cross-entropy on the data's token at a + k, z-lab's loss, which needs no target logits to train).
 
 Reported per slot as EAGLE-3 reports TTT steps (`count_j`, `ploss_sum_j`, `correct_j`, `accept_sum_j` for slot
 j + 1) and the chain the block would get accepted (`sim_chain_sum`): from each anchor, the leading slots whose
@@ -16,12 +17,13 @@ self-distilled data, a lower bound elsewhere).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from eaglespec.models.config import DFLASH
 from eaglespec.models.dflash import DFlashDraftModel, block_attention_mask
 from eaglespec.training.config import DFLASH_NUM_ANCHORS
 from eaglespec.training.data import TargetBatch
-from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, objective_loss
+from eaglespec.training.losses import DEFAULT_OBJECTIVE, DEFAULT_TV_WEIGHT, LABEL_OBJECTIVE, objective_loss
 from eaglespec.training.methods import ENGINE_CHAIN_DEPTH, StepOutput
 
 
@@ -78,31 +80,31 @@ class DFlashMethod:
         anchors, live = sample_anchors(batch.loss_mask, batch.valid, self.num_anchors, self.generator)
         return anchors, live, block_forward(model, draft, batch, anchors)
 
-    def _step(self, draft, batch: TargetBatch, anchors: torch.Tensor, live: torch.Tensor, hidden: torch.Tensor):
+    def _step(self, draft, batch: TargetBatch, anchors: torch.Tensor, live: torch.Tensor, hidden: torch.Tensor,
+              measure: bool = True):
         """(the weighted loss, metric sums by slot) over every trained (anchor, slot): slot j + 1 predicts the
-        token at anchor + j + 1, from the target's distribution at the row before it."""
-        T = batch.input_ids.shape[1]
-        pos = anchors[:, :, None] + torch.arange(1, self.block_size, device=anchors.device)  # [B, N, bs - 1]
-        trained = live[:, :, None] & (pos < T)
-        trained &= batch.loss_mask.gather(1, pos.clamp(max=T - 1).flatten(1)).view_as(pos).bool()
-        b, n, j = trained.nonzero(as_tuple=True)
-        logits = draft.compute_logits(hidden[b, n, j + 1])  # [M, V]
-        target_logits = batch.rows_logits(b, pos[b, n, j] - 1)  # [M, V]
-        loss, ce, alpha = objective_loss(logits, torch.softmax(target_logits.float(), -1), self.objective,
-                                         self.tv_weight)
+        token at anchor + j + 1, from the target's distribution at the row before it. Without `measure`, the label
+        objective skips the target's logits: its sums are then the hard CE and hits against the data's tokens."""
+        b, n, j, pos = trained_slots(batch, anchors, live, self.block_size)
+        logits = draft.compute_logits(hidden[b, n, j + 1]).float()  # [M, V]; fp32 also makes argmax fast on CPUs
+        labels = batch.input_ids[b, pos]
+        if self.objective == LABEL_OBJECTIVE and not measure:
+            loss = F.cross_entropy(logits, labels, reduction="none")
+            ce, alpha, top = loss.detach(), None, labels
+        else:
+            target_logits = batch.rows_logits(b, pos - 1)  # [M, V]
+            label = self.objective == LABEL_OBJECTIVE
+            loss, ce, alpha = objective_loss(logits, torch.softmax(target_logits.float(), -1),
+                                             "ce" if label else self.objective, self.tv_weight)
+            if label:
+                loss = F.cross_entropy(logits, labels, reduction="none")
+            top = target_logits.argmax(-1)
         weight = torch.exp(-j.float() / self.gamma)
         total = (weight * loss).sum() / weight.sum().clamp(min=1e-9)
-        with torch.no_grad():
-            hit = logits.argmax(-1) == target_logits.argmax(-1)
-            sums = {}
-            for s in range(self.num_positions):
-                at = j == s
-                sums.update({f"count_{s}": at.sum().float(), f"ploss_sum_{s}": ce[at].sum().detach(),
-                             f"correct_{s}": hit[at].sum().float(), f"accept_sum_{s}": alpha[at].sum().detach()})
-        return total, sums
+        return total, slot_sums(j, self.num_positions, ce, logits.detach().argmax(-1) == top, alpha)
 
     def train_step(self, model, draft, batch: TargetBatch) -> StepOutput:
-        loss, sums = self._step(draft, batch, *self._blocks(model, draft, batch))
+        loss, sums = self._step(draft, batch, *self._blocks(model, draft, batch), measure=False)
         return StepOutput(loss, sums)
 
     @torch.no_grad()
@@ -111,6 +113,31 @@ class DFlashMethod:
         _, sums = self._step(draft, batch, *blocks)
         sums.update(chain_estimate(draft, batch, *blocks))
         return sums
+
+
+def trained_slots(batch: TargetBatch, anchors: torch.Tensor, live: torch.Tensor, block_size: int):
+    """(b, n, j, pos) of every trained (anchor, slot): sequence b, anchor n, slot j + 1, predicting the token at
+    pos = anchor + j + 1, where that position exists and loss_mask holds."""
+    T = batch.input_ids.shape[1]
+    pos = anchors[:, :, None] + torch.arange(1, block_size, device=anchors.device)  # [B, N, bs - 1]
+    trained = live[:, :, None] & (pos < T)
+    trained &= batch.loss_mask.gather(1, pos.clamp(max=T - 1).flatten(1)).view_as(pos).bool()
+    b, n, j = trained.nonzero(as_tuple=True)
+    return b, n, j, pos[b, n, j]
+
+
+@torch.no_grad()
+def slot_sums(j: torch.Tensor, num_positions: int, ce: torch.Tensor, hit: torch.Tensor,
+              alpha: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-slot sums as EAGLE-3 reports its TTT steps (no accept_sum_* without the target's distribution)."""
+    sums = {}
+    for s in range(num_positions):
+        at = j == s
+        sums.update({f"count_{s}": at.sum().float(), f"ploss_sum_{s}": ce[at].sum().detach(),
+                     f"correct_{s}": hit[at].sum().float()})
+        if alpha is not None:
+            sums[f"accept_sum_{s}"] = alpha[at].sum().detach()
+    return sums
 
 
 @torch.no_grad()

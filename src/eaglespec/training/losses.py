@@ -18,6 +18,11 @@ TOPK = (1, 2, 3)  # EAGLE-1 accuracies reported (target argmax within the draft'
 # rate); lk: -log alpha (LK losses' negative log-acceptance, arXiv 2602.23881: TV's gradient scaled by 1 / alpha,
 # which keeps it from vanishing where the draft starts far off); ce+tv: ce + tv_weight * (1 - alpha).
 OBJECTIVES = ("ce", "tv", "lk", "ce+tv")
+# DFlash's --objective adds label: hard cross-entropy on the data's own next token, as z-lab's and SpecForge's DFlash
+# train (on self-distilled data that token is the target's greedy one). It needs no target logits in training steps,
+# which on a CPU are most of a step's cost (a [rows, vocab] matmul, its softmax and argmax).
+LABEL_OBJECTIVE = "label"
+BLOCK_OBJECTIVES = OBJECTIVES + (LABEL_OBJECTIVE,)
 DEFAULT_OBJECTIVE = "ce"
 DEFAULT_TV_WEIGHT = 1.0
 MIN_ALPHA = 1e-6  # lk: alpha is floored here (a draft with no mass on p's support would give log 0)
