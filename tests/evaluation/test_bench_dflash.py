@@ -24,7 +24,8 @@ def dflash_dir(tmp_path_factory):
 
 def _options(tmp_path, draft, methods, max_new_tokens=12, **kw) -> BenchOptions:
     (tmp_path / "p.txt").write_text("Once upon a time\nThe little cat\n")
-    return BenchOptions(base="stories260K", draft=str(draft), questions=[str(tmp_path / "p.txt")], methods=methods,
+    draft = [str(d) for d in draft] if isinstance(draft, list) else str(draft)
+    return BenchOptions(base="stories260K", draft=draft, questions=[str(tmp_path / "p.txt")], methods=methods,
                         max_new_tokens=max_new_tokens, repeats=1, output=str(tmp_path / "out"), **kw)
 
 
@@ -44,6 +45,23 @@ def test_bench_refuses_a_method_that_does_not_fit_the_draft(dflash_dir, tmp_path
     with pytest.raises(ValueError, match=r"methods \['dflash'\] do not run a eagle3 draft"):
         run_benchmark(_options(tmp_path, eagle, ["vanilla", "dflash"]), log=lambda *_: None)
 
+
+
+def test_bench_compares_an_eagle_and_a_dflash_draft_in_one_run(dflash_dir, tmp_path):
+    """--draft EAGLE DFLASH: the eagle methods run the EAGLE draft and dflash the DFlash one, on one target, in the
+    same interleaved rounds, both exact; results.json records both drafts' drafting; two drafts of a kind are refused."""
+    target = TargetModel.from_pretrained(str(bundled_model_path()))
+    eagle = tmp_path / "eagle"
+    build_draft(target, "eagle3", seed=0).save_pretrained(eagle)
+    opts = _options(tmp_path, [str(eagle), str(dflash_dir)], ["vanilla", "eagle-chain", "dflash"])
+    assert run_benchmark(opts, log=lambda *_: None) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(data["overall"]) == ["vanilla", "eagle-chain", "dflash"]
+    assert all(data["exactness"][m]["counts"]["exact"] == 2 for m in ("eagle-chain", "dflash"))
+    assert data["dflash_block"]["kind"] == "block" and data["dflash_block"]["block_size"] == 4
+    assert data["tree"]["kind"] == "dynamic"
+    with pytest.raises(ValueError, match=r"--draft: two dflash drafts"):
+        run_benchmark(_options(tmp_path, [str(dflash_dir), str(dflash_dir)], ["dflash"]), log=lambda *_: None)
 
 
 def test_tree_auto_tunes_a_dflash_drafts_chain_length(dflash_dir, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ llama.cpp's counters and drafter timings read as llama.cpp writes them; `bench` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import sys
@@ -124,11 +125,11 @@ def test_drafter_timing_is_read_from_the_last_statistics_line():
     assert parse_draft_timing("no drafting yet") is None
 
 
-def write_vocab_gguf(path: Path, tokens: list[str]) -> Path:
+def write_vocab_gguf(path: Path, tokens: list[str], arch: str = "llama") -> Path:
     """A GGUF holding only a tokenizer's token list (what bench checks of the target GGUF)."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.write_header_to_file()
@@ -187,6 +188,34 @@ def test_bench_runs_llama_cpp_beside_our_methods(fake_binary, monkeypatch, tmp_p
     assert "llama.cpp-eagle3" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_bench_runs_an_eagle_and_a_dflash_draft_in_llama_cpp_in_one_run(fake_binary, tmp_path, monkeypatch):
+    """--gguf-draft with two drafts: each llama.cpp method gets the draft of its kind (read from the GGUF's
+    architecture) and its --spec-type; two drafts of one kind are refused, naming both."""
+    from transformers import AutoTokenizer
+
+    from eaglespec.commands.bench import run_benchmark
+    from eaglespec.evaluation.benchmark import BenchOptions, vocabulary
+    from eaglespec.models import bundled_model_path
+
+    monkeypatch.setenv("FAKE_LLAMA_MODE", "ok")
+    tokens = vocabulary(AutoTokenizer.from_pretrained(str(bundled_model_path())))
+    target = write_vocab_gguf(tmp_path / "t.gguf", tokens)
+    dflash = write_vocab_gguf(tmp_path / "d.gguf", tokens, arch="dflash")
+    (tmp_path / "p.txt").write_text("Once upon a time\n")
+    opts = BenchOptions(base="stories260K", questions=[str(tmp_path / "p.txt")],
+                        methods=["llama.cpp", "llama.cpp-eagle3", "llama.cpp-dflash:n7"], max_new_tokens=6, repeats=1,
+                        output=str(tmp_path / "out"), gguf_target=str(target), gguf_draft=[str(dflash), str(target)],
+                        llama_server=str(fake_binary), llama_threads=1)
+    assert run_benchmark(opts, log=lambda *_: None) == 0
+    commands = {m: f["command"] for m, f in json.loads((tmp_path / "out" / "results.json").read_text())["llama_cpp"].items()}
+    assert f"-md {target} --spec-type draft-eagle3 " in commands["llama.cpp-eagle3"]
+    assert f"-md {dflash} --spec-type draft-dflash --spec-draft-n-max 7 " in commands["llama.cpp-dflash:n7"]
+    with pytest.raises(ValueError, match=f"--gguf-draft: two dflash drafts \\({dflash}, {dflash}\\)"):
+        run_benchmark(dataclasses.replace(opts, gguf_draft=[str(dflash), str(dflash)]), log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"methods \['llama.cpp-dflash:n7'\] need our draft: --draft DIR"):
+        run_benchmark(dataclasses.replace(opts, gguf_draft=str(target)), log=lambda *_: None)
+
+
 def test_bench_refuses_llama_cpp_without_a_target_gguf(tmp_path):
     from eaglespec.commands.bench import run_benchmark
     from eaglespec.evaluation.benchmark import BenchOptions
@@ -196,7 +225,7 @@ def test_bench_refuses_llama_cpp_without_a_target_gguf(tmp_path):
                         output=str(tmp_path / "out"), llama_server=sys.executable)
     with pytest.raises(ValueError, match="--gguf-target FILE"):
         run_benchmark(opts, log=lambda *_: None)
-    with pytest.raises(ValueError, match="llama.cpp-eagle3 needs our draft"):
+    with pytest.raises(ValueError, match=r"methods \[.llama.cpp-eagle3.\] need our draft: --draft DIR \(exported"):
         run_benchmark(BenchOptions(base="stories260K", questions=[str(tmp_path / "p.txt")],
                                    methods=["llama.cpp-eagle3"]), log=lambda *_: None)
 
@@ -207,6 +236,7 @@ def test_llama_cpp_method_names_carry_their_own_chain_flags():
     assert llama_cpp_variant("llama.cpp") == LlamaCppVariant(drafted=False)
     assert llama_cpp_variant("llama.cpp-eagle3") == LlamaCppVariant(True)
     assert llama_cpp_variant("llama.cpp-eagle3:n2:p0.5") == LlamaCppVariant(True, 2, 0.5)
+    assert llama_cpp_variant("llama.cpp-dflash:n7") == LlamaCppVariant(True, 7, None, "dflash")
     assert llama_cpp_variant("eagle-chain") is None
     assert [exactness_reference(m) for m in ("eagle", "llama.cpp", "llama.cpp-eagle3:p0.3")] == ["vanilla", None,
                                                                                                 "llama.cpp"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from eaglespec.commands.tree_flags import add_tree_flags
 from eaglespec.evaluation.benchmark import BenchOptions, BenchRun, Log
 from eaglespec.evaluation.llamacpp import FLASH_ATTN_CHOICES
-from eaglespec.evaluation.methods import DEFAULT_METHODS, runs_our_draft_in_llama_cpp
+from eaglespec.evaluation.methods import DEFAULT_METHODS, llama_cpp_draft_kinds
 
 if TYPE_CHECKING:
     import torch
@@ -22,13 +22,16 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="target model directory (or stories260K / smollm2-135m)")
-    p.add_argument("--draft", default=None, help="draft directory (needed by the eagle methods)")
+    p.add_argument("--draft", nargs="+", default=None, metavar="DIR",
+                   help="draft directory (needed by the draft methods); an EAGLE and a DFlash draft compare in one "
+                        "run: the eagle methods and llama.cpp-eagle3 take the EAGLE one, dflash and "
+                        "llama.cpp-dflash the DFlash one")
     p.add_argument("--questions", nargs="+", required=True,
                    help="MT-bench / Spec-Bench question.jsonl, HumanEval(.gz), HumanEval-infilling, or plain text lines")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma list of vanilla, eagle, eagle-nolookup, eagle-chain, eagle-default, lookup, hf, pld, "
-                        "assisted=PATH, llama.cpp, llama.cpp-eagle3 (llama.cpp-eagle3:n2:p0.5: with its own "
-                        "--spec-draft-n-max / --spec-draft-p-min)")
+                        "assisted=PATH, dflash, llama.cpp, llama.cpp-eagle3, llama.cpp-dflash (llama.cpp-eagle3:n2:p0.5: "
+                        "with its own --spec-draft-n-max / --spec-draft-p-min)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="interleaved rounds (median reported)")
     p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
@@ -45,7 +48,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-turn-only", action="store_true", help="multi-turn questions: first turn only")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--output", default=DEFAULTS.output, help="directory for results.json, report.md and plots")
-    add_llama_cpp_flags(p.add_argument_group("llama.cpp methods (llama.cpp, llama.cpp-eagle3; greedy)"))
+    add_llama_cpp_flags(p.add_argument_group("llama.cpp methods (llama.cpp, llama.cpp-eagle3, llama.cpp-dflash; greedy)"))
     p.add_argument("--batch-size", type=int, default=None,
                    help="throughput mode: batched vanilla / eagle / hf generate and eagle at batch size 1 on the "
                         "first turns (total new tokens / wall time, per-sequence latency)")
@@ -54,9 +57,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def add_llama_cpp_flags(g) -> None:
     g.add_argument("--gguf-target", default=None, metavar="FILE",
                    help="the target as GGUF (llama.cpp's convert_hf_to_gguf.py of --base; any quantization)")
-    g.add_argument("--gguf-draft", default=None, metavar="FILE",
-                   help="the draft as GGUF for llama.cpp-eagle3 (default: --draft exported into --output, f32 with "
-                        "--dtype float32, else bf16)")
+    g.add_argument("--gguf-draft", nargs="+", default=None, metavar="FILE",
+                   help="our drafts as GGUF for llama.cpp-eagle3 / llama.cpp-dflash, told apart by their architecture "
+                        "(default: --draft exported into --output, f32 with --dtype float32, else bf16)")
     g.add_argument("--llama-server", default=None, metavar="PATH",
                    help="llama-server binary (default: the pinned build of tests/interop/build_envs.sh llama.cpp)")
     g.add_argument("--llama-threads", type=int, default=None, help="llama.cpp threads (default: every core)")
@@ -72,31 +75,45 @@ def add_llama_cpp_flags(g) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    opts = BenchOptions(base=args.base, draft=args.draft, questions=args.questions, methods=methods,
+    opts = BenchOptions(base=args.base, draft=one_or_list(args.draft), questions=args.questions, methods=methods,
                         max_new_tokens=args.max_new_tokens, repeats=args.repeats, temperature=args.temperature,
                         top_p=args.top_p, tree=args.tree, depth=args.depth, draft_top_k=args.draft_top_k,
                         total_tokens=args.total_tokens, lookup=args.lookup, chain_depth=args.chain_depth, dtype=args.dtype,
                         device=args.device, limit=args.limit, every=args.every, first_turn_only=args.first_turn_only,
                         seed=args.seed, output=args.output, batch_size=args.batch_size,
-                        calibration=args.calibration, gguf_target=args.gguf_target, gguf_draft=args.gguf_draft,
+                        calibration=args.calibration, gguf_target=args.gguf_target,
+                        gguf_draft=one_or_list(args.gguf_draft),
                         llama_server=args.llama_server, llama_threads=args.llama_threads,
                         spec_draft_n_max=args.spec_draft_n_max, spec_draft_p_min=args.spec_draft_p_min,
                         llama_flash_attn=args.llama_flash_attn)
     return run_benchmark(opts)
 
 
+def one_or_list(values: list[str] | None) -> str | list[str] | None:
+    """A flag of one path or several: one stays a string (as the Python API takes it)."""
+    return values[0] if values is not None and len(values) == 1 else values
+
+
 def with_draft_gguf(opts: BenchOptions, log: Log = print) -> BenchOptions:
-    """llama.cpp-eagle3 without --gguf-draft: --draft exported to GGUF into the output directory first."""
-    if not runs_our_draft_in_llama_cpp(opts.methods) or opts.gguf_draft or opts.draft is None:
+    """The llama.cpp methods with our draft: each draft of a kind they run and --gguf-draft does not give is
+    exported from --draft to GGUF into the output directory first."""
+    from eaglespec.evaluation.benchmark import draft_dirs, gguf_drafts, listed
+
+    given, dirs = gguf_drafts(opts), draft_dirs(opts)
+    wanted = [k for k in sorted(llama_cpp_draft_kinds(opts.methods)) if k not in given and k in dirs]
+    if not wanted:
         return opts
     from eaglespec.export import export_gguf
 
     dtype = "f32" if opts.dtype == "float32" else "bf16"
-    path = Path(opts.output) / f"draft-{dtype}.gguf"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_gguf(opts.draft, path, opts.base, dtype=dtype, overwrite=True)  # bench's own file, remade each run
-    log(f"llama.cpp-eagle3: exported {opts.draft} to {path} ({dtype})")
-    return dataclasses.replace(opts, gguf_draft=str(path))
+    made = []
+    for kind in wanted:
+        path = Path(opts.output) / f"draft-{kind}-{dtype}.gguf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_gguf(dirs[kind], path, opts.base, dtype=dtype, overwrite=True)  # bench's own file, remade each run
+        log(f"llama.cpp: exported {dirs[kind]} to {path} ({dtype})")
+        made.append(str(path))
+    return dataclasses.replace(opts, gguf_draft=listed(opts.gguf_draft) + made)
 
 
 def run_benchmark(opts: BenchOptions, log: Log = print) -> int:
@@ -141,8 +158,10 @@ def print_summary(bench: BenchRun, paths: list[Path], log: Log) -> None:
     from eaglespec.evaluation.report import console_summary, tune_line
 
     log(console_summary(bench.data, bench.result, bench.methods))
-    if bench.data.get("tune") and "eagle" in bench.data["overall"]:
-        log(tune_line(bench.data["tune"]))
+    tune = bench.data.get("tune") or {}
+    for figures in (tune, tune.get("dflash") or {}):
+        if "measured_tokens_per_s" in figures:
+            log(tune_line(figures))
     log("wrote " + ", ".join(str(p) for p in paths))
 
 

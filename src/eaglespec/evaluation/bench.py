@@ -93,6 +93,7 @@ class BenchSetup:
     seed: int = 0
     fim: object = None  # FimTokens when a question is FIM
     resources: ExitStack = field(default_factory=ExitStack)  # what the methods hold open (llama.cpp's servers)
+    dflash_generator: SpeculativeGenerator | None = None  # the DFlash draft's, beside an EAGLE one (--draft A B)
 
 
 def answer(setup: BenchSetup, method, question: Question, round_: int, max_new_tokens: int | None = None

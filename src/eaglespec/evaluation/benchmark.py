@@ -25,12 +25,13 @@ from eaglespec.evaluation.methods import (
     DEFAULT_CHAIN_DEPTH,
     DEFAULT_METHODS,
     DFLASH,
-    DRAFT_METHODS,
+    EAGLE_KIND,
+    EAGLE_METHODS,
     Sampling,
     build_methods,
+    draft_kind_needed,
     exactness_reference,
     llama_cpp_variant,
-    runs_our_draft_in_llama_cpp,
 )
 from eaglespec.evaluation.questions import load_question_set, prompt_ids
 
@@ -42,7 +43,7 @@ Log = Callable[[str], None]  # where progress notes go: logging here, print from
 class BenchOptions:
     base: str
     questions: list[str]
-    draft: str | None = None
+    draft: str | list[str] | None = None  # one draft, or an EAGLE and a DFlash one compared in the same run
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     max_new_tokens: int = 256
     repeats: int = 3
@@ -64,7 +65,7 @@ class BenchOptions:
     batch_size: int | None = None  # throughput mode: batched decoding of every question's first turn
     calibration: str | None = None  # --tree auto: tune on this question file's first turns (built-in prompts if None)
     gguf_target: str | None = None  # the llama.cpp methods: the target as GGUF
-    gguf_draft: str | None = None  # llama.cpp-eagle3: our draft as GGUF
+    gguf_draft: str | list[str] | None = None  # llama.cpp-eagle3 / -dflash: our drafts as GGUF (their kind is read)
     llama_server: str | None = None  # llama-server binary (None: the pinned build in the interop cache)
     llama_threads: int | None = None  # llama.cpp's threads (None: every core)
     spec_draft_n_max: int = DEFAULT_DRAFT_N_MAX  # llama.cpp's chain length
@@ -72,8 +73,50 @@ class BenchOptions:
     llama_flash_attn: str = DEFAULT_FLASH_ATTN  # llama.cpp's -fa for every llama.cpp method
 
     def llama_cpp(self) -> LlamaCppOptions:
-        return LlamaCppOptions(self.gguf_target, self.gguf_draft, self.llama_server, self.llama_threads,
+        return LlamaCppOptions(self.gguf_target, gguf_drafts(self), self.llama_server, self.llama_threads,
                                self.spec_draft_n_max, self.spec_draft_p_min, self.llama_flash_attn)
+
+
+def listed(value: str | list[str] | None) -> list[str]:
+    """A flag that takes one path or several, as a list."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def by_kind(paths: list[str], kind_of: Callable[[str], str], flag: str) -> dict[str, str]:
+    """{kind: path} with at most one path of each kind (EAGLE_KIND, DFLASH)."""
+    found: dict[str, str] = {}
+    for path in paths:
+        kind = kind_of(path)
+        if kind in found:
+            raise ValueError(f"{flag}: two {kind} drafts ({found[kind]}, {path}); give at most one EAGLE and one "
+                             "DFlash draft")
+        found[kind] = path
+    return found
+
+
+def draft_dirs(opts: BenchOptions) -> dict[str, str]:
+    """--draft's directories by kind."""
+    return by_kind(listed(opts.draft), lambda path: DFLASH if draft_method(path) == DFLASH else EAGLE_KIND, "--draft")
+
+
+def draft_method(path: str) -> str:
+    """The method a draft directory's config names (eagle1, eagle3, dflash)."""
+    from eaglespec.models import resolve_model_path
+    from eaglespec.models.config import DraftConfig
+
+    return DraftConfig.load(resolve_model_path(path)).method
+
+
+def gguf_drafts(opts: BenchOptions) -> dict[str, str]:
+    """--gguf-draft's files by kind, read from their general.architecture (dflash, else an EAGLE-3 draft)."""
+    from eaglespec.export.gguf_io import ARCH_KEY, read_gguf
+
+    def kind(path: str) -> str:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--gguf-draft {path}: no such file")
+        return DFLASH if read_gguf(path).metadata[ARCH_KEY].value == DFLASH else EAGLE_KIND
+
+    return by_kind(listed(opts.gguf_draft), kind, "--gguf-draft")
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:
@@ -94,12 +137,16 @@ def check_calibration(opts: BenchOptions) -> None:
 
 def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, dict | None]:
     """The generator (tuned with --tree auto), the questions and the methods in the order named; the llama.cpp
-    methods' servers are started (checked before any tuning) and stop when `setup.resources` closes."""
+    methods' servers are started (checked before any tuning) and stop when `setup.resources` closes. With an EAGLE
+    and a DFlash draft, the EAGLE one is the generator's and the DFlash one a second generator on the same target
+    (each tuned on its own with --tree auto; tune's dict then holds the DFlash one's under "dflash")."""
     from eaglespec.decoding import SpeculativeGenerator
 
     check_method_inputs(opts)
     questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
-    gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device,
+    drafts = draft_dirs(opts)
+    primary = drafts.get(EAGLE_KIND, drafts.get(DFLASH))
+    gen = SpeculativeGenerator.from_pretrained(opts.base, primary, dtype=opts.dtype, device=opts.device,
                                                **_explicit_tree(opts))
     fim = None
     if any(q.kind == "fim" for q in questions.questions):
@@ -108,28 +155,68 @@ def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, 
         fim = detect_fim_tokens(gen.tokenizer)
     setup = BenchSetup(gen, questions, [], opts.max_new_tokens, opts.repeats, Sampling(opts.temperature, opts.top_p),
                        opts.seed, fim)
+    if len(drafts) == 2:
+        setup.dflash_generator = sibling_generator(gen, drafts[DFLASH], opts)
     tune = None
     try:
         engines = start_llama_cpp_methods(opts.methods, opts.llama_cpp(), vocabulary(gen.tokenizer), setup.resources)
         if opts.tree == "auto":
-            setup.generator, tune = tune_for_workload(gen, opts, questions, fim, log, isolated=True)
-        ours = build_methods([m for m in opts.methods if m not in engines], setup.generator, opts.chain_depth,
-                             opts.lookup)
+            tune = tune_setup(setup, opts, drafts, log)
+        setup.methods = our_methods(setup, opts, engines)
     except BaseException:
         setup.resources.close()
         raise
-    by_name = {**{m.name: m for m in ours}, **engines}
-    setup.methods = [by_name[name] for name in opts.methods]
     return setup, tune
 
 
+def sibling_generator(gen, draft: str, opts: BenchOptions):
+    """A generator on `gen`'s target and tokenizer with another draft (its own tuned tree, --tree flags over it)."""
+    from eaglespec.decoding import SpeculativeGenerator, TreeConfig
+    from eaglespec.models import load_draft, resolve_model_path
+
+    model = load_draft(resolve_model_path(draft), target=gen.target, dtype=gen.target.dtype, device=gen.target.device)
+    tuned = (model.config.decoding or {}).get("tree")
+    return SpeculativeGenerator(gen.target, model, gen.tokenizer, TreeConfig.merged(tuned, _explicit_tree(opts)))
+
+
+def tune_setup(setup: BenchSetup, opts: BenchOptions, drafts: dict[str, str], log: Log) -> dict:
+    """--tree auto for each draft, each in its own child process."""
+    primary = drafts.get(EAGLE_KIND, drafts.get(DFLASH))
+    setup.generator, tune = tune_for_workload(setup.generator, opts, setup.questions, setup.fim, log, isolated=True,
+                                              draft=primary)
+    if setup.dflash_generator is not None:
+        setup.dflash_generator, tune[DFLASH] = tune_for_workload(setup.dflash_generator, opts, setup.questions,
+                                                                 setup.fim, log, isolated=True, draft=drafts[DFLASH])
+    return tune
+
+
+def our_methods(setup: BenchSetup, opts: BenchOptions, engines: dict) -> list:
+    """Every method object in the order named: llama.cpp's `engines`, ours built on the generator of their draft."""
+    second = setup.dflash_generator
+    on_second = [m for m in opts.methods if second is not None and m not in engines and draft_kind_needed(m) == DFLASH]
+    first = [m for m in opts.methods if m not in engines and m not in on_second]
+    built = build_methods(first, setup.generator, opts.chain_depth, opts.lookup)
+    if on_second:
+        built += build_methods(on_second, second, opts.chain_depth, opts.lookup)
+    by_name = {**{m.name: m for m in built}, **engines}
+    return [by_name[name] for name in opts.methods]
+
+
 def check_method_inputs(opts: BenchOptions) -> None:
-    needs_draft = [m for m in opts.methods if m in DRAFT_METHODS]
-    if needs_draft and opts.draft is None:
-        raise ValueError(f"methods {needs_draft} need --draft")
-    if runs_our_draft_in_llama_cpp(opts.methods) and opts.draft is None and opts.gguf_draft is None:
-        raise ValueError("llama.cpp-eagle3 needs our draft: --draft DIR (exported to GGUF for the run) or "
-                         "--gguf-draft FILE")
+    """Each draft method has a draft of its kind (--draft; --gguf-draft too for llama.cpp's), the llama.cpp methods
+    a target GGUF, --calibration its --tree auto."""
+    drafts = draft_dirs(opts)
+    ggufs = gguf_drafts(opts) if any(llama_cpp_variant(m) is not None for m in opts.methods) else {}
+    missing = [m for m in opts.methods if (kind := draft_kind_needed(m)) is not None and kind not in drafts
+               and not (llama_cpp_variant(m) is not None and kind in ggufs)]
+    if missing and not drafts:
+        gguf = " (exported to GGUF for the run) or --gguf-draft FILE" if any(map(llama_cpp_variant, missing)) else ""
+        raise ValueError(f"methods {missing} need our draft: --draft DIR{gguf}")
+    if missing:
+        (kind, path), = drafts.items()
+        fits = DFLASH if kind == DFLASH else ", ".join(EAGLE_METHODS)
+        raise ValueError(f"methods {missing} do not run a {draft_method(path)} draft; with it use {fits}, or give "
+                         f"a draft of the other kind too (--draft {path} OTHER)")
     if any(llama_cpp_variant(m) is not None for m in opts.methods):
         target_gguf_path(opts.gguf_target)
     check_calibration(opts)
@@ -140,7 +227,8 @@ def vocabulary(tokenizer) -> list[str]:
     return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
 
-def tune_for_workload(gen, opts: BenchOptions, questions, fim, log: Log = logger.info, isolated: bool = False):
+def tune_for_workload(gen, opts: BenchOptions, questions, fim, log: Log = logger.info, isolated: bool = False,
+                      draft: str | None = None):
     """--tree auto: tune on the calibration prompts at the benchmark's answer length and mean first-turn prompt
     length (only the lengths of its questions are used) -> (generator with the chosen tree, tune dict).
 
@@ -150,7 +238,8 @@ def tune_for_workload(gen, opts: BenchOptions, questions, fim, log: Log = logger
     and neither gc.collect() nor 90 s of idling restored it; a fresh process is not affected."""
     lengths = [len(prompt_ids(q, 0, [], gen.tokenizer, fim)) for q in questions.questions]
     prompt_tokens = workload_prompt_tokens(lengths, gen.context_length, opts.max_new_tokens)
-    result = _tune_in_child(opts, prompt_tokens) if isolated else _tune(gen, opts, prompt_tokens, log)
+    draft = draft or next(iter(listed(opts.draft)), None)  # the child loads gen's draft from here
+    result = _tune_in_child(opts, prompt_tokens, draft) if isolated else _tune(gen, opts, prompt_tokens, log)
     gen = gen.with_tree(result.tree_config())
     tune = {k: v for k, v in result.to_dict().items() if k != "candidates"}
     tune["predicted_speedup"] = result.predicted_speedup
@@ -171,13 +260,13 @@ def _tune(gen, opts: BenchOptions, prompt_tokens: int | None, log):
                      prompt_tokens=prompt_tokens)
 
 
-def _tune_in_child(opts: BenchOptions, prompt_tokens: int | None):
+def _tune_in_child(opts: BenchOptions, prompt_tokens: int | None, draft: str | None):
     """`tune_tree` in a spawned process (see tune_for_workload) -> its TuneResult; its log goes to stdout."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_tune_child, args=(opts, prompt_tokens, sender), name="eaglespec-tune")
+    child = context.Process(target=_tune_child, args=(opts, prompt_tokens, draft, sender), name="eaglespec-tune")
     child.start()
     sender.close()
     try:
@@ -191,13 +280,13 @@ def _tune_in_child(opts: BenchOptions, prompt_tokens: int | None):
     return outcome
 
 
-def _tune_child(opts: BenchOptions, prompt_tokens: int | None, sender) -> None:
+def _tune_child(opts: BenchOptions, prompt_tokens: int | None, draft: str | None, sender) -> None:
     import functools
 
     from eaglespec.decoding import SpeculativeGenerator
 
     try:
-        gen = SpeculativeGenerator.from_pretrained(opts.base, opts.draft, dtype=opts.dtype, device=opts.device)
+        gen = SpeculativeGenerator.from_pretrained(opts.base, draft, dtype=opts.dtype, device=opts.device)
         sender.send(_tune(gen, opts, prompt_tokens, functools.partial(print, flush=True)))
     except Exception as error:  # sent back: the parent raises it where an in-process tune would have
         import traceback
@@ -221,12 +310,12 @@ def workload_prompt_tokens(lengths: list[int], context_length: int, new_tokens: 
     return min(round(statistics.fmean(fitting)), context_length - new_tokens)
 
 
-def check_prediction(tune: dict, overall: dict) -> None:
+def check_prediction(tune: dict, overall: dict, method: str | None = None) -> None:
     """Put the measured eagle (or dflash) figure next to tune's prediction, in absolute terms and at this run's vanilla speed
     (the predicted speedup times the vanilla tokens/s measured here: what the prediction says once the machine's
     own drift between the tune and the run is taken out). An error is the prediction's, relative to the measured
     figure (predicted / measured - 1)."""
-    method = "eagle" if "eagle" in overall else DFLASH
+    method = method or ("eagle" if "eagle" in overall else DFLASH)
     measured = overall[method]["tokens_per_s"]
     tune["measured_tokens_per_s"] = measured
     tune["measured_tau"] = overall[method]["tau"]
@@ -275,12 +364,16 @@ def summarise_run(setup: BenchSetup, result: BenchResult, opts: BenchOptions, tu
     check_exactness(setup, result)
     names = [m.name for m in setup.methods]
     gen = setup.generator
-    tree = drafting_summary(gen)
     engines = {m.name: m.engine_figures() for m in setup.methods if isinstance(m, LlamaCppMethod)}
-    data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype),
-                        {"tree": tree, "tune": tune, **({"llama_cpp": engines} if engines else {})})
-    if tune and ("eagle" in data["overall"] or DFLASH in data["overall"]):
-        check_prediction(data["tune"], data["overall"])
+    extra = {"tree": drafting_summary(gen), "tune": tune, **({"llama_cpp": engines} if engines else {})}
+    if setup.dflash_generator is not None:
+        extra["dflash_block"] = drafting_summary(setup.dflash_generator)
+    data = results_dict(result, names, asdict(opts), machine_info(gen.target.device, gen.target.dtype), extra)
+    method = DFLASH if gen.draft is not None and gen.draft.config.method == DFLASH else "eagle"
+    if tune and method in data["overall"]:
+        check_prediction(data["tune"], data["overall"], method)
+    if tune and DFLASH in tune and DFLASH in data["overall"]:
+        check_prediction(data["tune"][DFLASH], data["overall"], DFLASH)
     return BenchRun(result, names, data, mismatches(result))
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from eaglespec.decoding import GenerationStats
 from eaglespec.evaluation.exactness import first_difference
-from eaglespec.evaluation.methods import MethodRun, Sampling, llama_cpp_variant, runs_our_draft_in_llama_cpp
+from eaglespec.evaluation.methods import DFLASH, MethodRun, Sampling, llama_cpp_variant
 
 if TYPE_CHECKING:
     from contextlib import ExitStack
@@ -294,7 +294,7 @@ def _completion(reply: dict, spec: SpecCounters | None) -> LlamaCompletion:
 
 
 # -------------------------------------------------------------------------------------------------
-# bench methods: `llama.cpp` (the target GGUF alone) and `llama.cpp-eagle3` (with our draft as GGUF)
+# bench methods: `llama.cpp` (the target GGUF alone), `llama.cpp-eagle3` / `llama.cpp-dflash` (with our draft as GGUF)
 # -------------------------------------------------------------------------------------------------
 
 CONVERT_HINT = ("convert the target with llama.cpp's convert_hf_to_gguf.py (in the pinned build's src/; "
@@ -306,7 +306,7 @@ class LlamaCppOptions:
     """What `bench`'s llama.cpp methods run: the target GGUF, our draft as GGUF, the server and its chain flags."""
 
     target_gguf: str | None = None
-    draft_gguf: str | None = None
+    draft_ggufs: dict[str, str] = field(default_factory=dict)  # our drafts as GGUF, by kind (methods.EAGLE_KIND / DFLASH)
     server: str | None = None  # llama-server binary (None: the pinned build's)
     threads: int | None = None  # None: every core
     draft_n_max: int = DEFAULT_DRAFT_N_MAX
@@ -359,6 +359,17 @@ class LlamaCppMethod:
         return figures
 
 
+def draft_gguf(name: str, variant, ggufs: dict[str, str]) -> Path:
+    """The draft GGUF of `variant`'s kind, checked to exist."""
+    if variant.draft_kind not in ggufs:
+        raise ValueError(f"{name} needs our {variant.draft_kind} draft as GGUF: --gguf-draft FILE "
+                         "(`eaglespec export --format gguf`), or --draft DIR to export it")
+    path = Path(ggufs[variant.draft_kind])
+    if not path.is_file():
+        raise FileNotFoundError(f"--gguf-draft {path}: no such file")
+    return path
+
+
 def completion_stats(c: LlamaCompletion, chain: int) -> GenerationStats:
     stats = GenerationStats(new_tokens=len(c.tokens), target_forwards=max(len(c.tokens) - c.draft_accepted, 1),
                             finish_reason="stop" if c.stop_type in ("eos", "word") else "length")
@@ -373,7 +384,7 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
                             ) -> dict[str, LlamaCppMethod]:
     """A running server per llama.cpp method named (stopped when `stack` closes), after checking the inputs:
     the target GGUF is given and its vocabulary is `vocabulary` (our tokenizer's tokens by id: prompts are sent
-    as token ids), and llama.cpp-eagle3 has a draft GGUF."""
+    as token ids), and each method with our draft has a draft GGUF of its kind."""
     wanted = {n: v for n in names if (v := llama_cpp_variant(n)) is not None}
     if not wanted:
         return {}
@@ -382,15 +393,13 @@ def start_llama_cpp_methods(names: list[str], options: LlamaCppOptions, vocabula
             raise ModuleNotFoundError(f"the llama.cpp methods need {module}: pip install 'eaglespec[{extra}]'")
     binary = check_binary(options.server or default_llama_server())
     target = check_target_gguf(options.target_gguf, vocabulary)
-    if runs_our_draft_in_llama_cpp(names) and not options.draft_gguf:
-        raise ValueError("llama.cpp-eagle3 needs the draft as GGUF: --gguf-draft FILE "
-                         "(`eaglespec export --format gguf`), or --draft to export it")
+    drafts = {name: draft_gguf(name, v, options.draft_ggufs) for name, v in wanted.items() if v.drafted}
     methods = {}
     for name, variant in wanted.items():
-        draft = Path(options.draft_gguf) if variant.drafted else None
-        if draft is not None and not draft.is_file():
-            raise FileNotFoundError(f"--gguf-draft {draft}: no such file")
-        config = LlamaServerConfig(binary, target, draft=draft, draft_n_max=variant.n_max or options.draft_n_max,
+        draft = drafts.get(name)
+        spec_type = DFLASH_SPEC_TYPE if variant.draft_kind == DFLASH else EAGLE3_SPEC_TYPE
+        config = LlamaServerConfig(binary, target, draft=draft, spec_type=spec_type,
+                                   draft_n_max=variant.n_max or options.draft_n_max,
                                    draft_p_min=options.draft_p_min if variant.p_min is None else variant.p_min,
                                    threads=options.threads or LlamaServerConfig.threads,
                                    flash_attn=options.flash_attn)

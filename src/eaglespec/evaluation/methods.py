@@ -9,9 +9,13 @@
 - `hf`: transformers `generate` (greedy or sampling: the baseline users know);
 - `pld`: transformers prompt lookup decoding (`prompt_lookup_num_tokens`);
 - `assisted=PATH`: transformers assisted generation with the small model at PATH (same tokenizer);
-- `llama.cpp`: the target as GGUF in a llama-server; `llama.cpp-eagle3`: the same with our draft as GGUF (chain
-  drafting, `--spec-type draft-eagle3`), `llama.cpp-eagle3:n2:p0.5` with its own chain length and minimum draft
-  probability (so one run compares llama.cpp's flags); built by `evaluation.llamacpp`, greedy only.
+- `llama.cpp`: the target as GGUF in a llama-server; `llama.cpp-eagle3`: the same with our EAGLE-3 draft as GGUF
+  (chain drafting, `--spec-type draft-eagle3`), `llama.cpp-eagle3:n2:p0.5` with its own chain length and minimum
+  draft probability (so one run compares llama.cpp's flags); `llama.cpp-dflash[:nN][:pP]` the same with our DFlash
+  draft (`--spec-type draft-dflash`); built by `evaluation.llamacpp`, greedy only.
+
+The draft methods take the draft of their kind: `eagle*` and `llama.cpp-eagle3` an EAGLE one, `dflash` and
+`llama.cpp-dflash` a DFlash one, so one run can compare an EAGLE-3 and a DFlash draft (`bench --draft A B`).
 
 Every method returns the new token ids and a `GenerationStats`; for transformers' methods the target
 forwards are counted by a forward hook on the target, and the draft/verify split is not known.
@@ -33,18 +37,21 @@ DFLASH = DFLASH_DRAFT  # a DFlash draft's block, as trained (n-gram lookup merge
 OUR_METHODS = ("vanilla", *EAGLE_METHODS, DFLASH, "lookup")
 DRAFT_METHODS = (*EAGLE_METHODS, DFLASH)
 HF_METHODS = ("hf", "pld")
-LLAMA_CPP, LLAMA_CPP_EAGLE3 = "llama.cpp", "llama.cpp-eagle3"
-LLAMA_CPP_METHODS = (LLAMA_CPP, LLAMA_CPP_EAGLE3)
+LLAMA_CPP, LLAMA_CPP_EAGLE3, LLAMA_CPP_DFLASH = "llama.cpp", "llama.cpp-eagle3", "llama.cpp-dflash"
+LLAMA_CPP_METHODS = (LLAMA_CPP, LLAMA_CPP_EAGLE3, LLAMA_CPP_DFLASH)
+EAGLE_KIND = "eagle"  # the two kinds of draft a method takes: EAGLE (1 or 3) or DFlash (models.config.DFLASH)
+LLAMA_CPP_DRAFT_KINDS = {LLAMA_CPP_EAGLE3: EAGLE_KIND, LLAMA_CPP_DFLASH: DFLASH}
 
 
 @dataclass(frozen=True)
 class LlamaCppVariant:
-    """A llama.cpp method by name: `llama.cpp` (no draft) or `llama.cpp-eagle3[:nN][:pP]` (our draft; N and P
-    override --spec-draft-n-max / --spec-draft-p-min for this method)."""
+    """A llama.cpp method by name: `llama.cpp` (no draft) or `llama.cpp-eagle3|dflash[:nN][:pP]` (our draft of that
+    kind; N and P override --spec-draft-n-max / --spec-draft-p-min for this method)."""
 
     drafted: bool
     n_max: int | None = None
     p_min: float | None = None
+    draft_kind: str = EAGLE_KIND
 
 
 def llama_cpp_variant(name: str) -> LlamaCppVariant | None:
@@ -52,7 +59,7 @@ def llama_cpp_variant(name: str) -> LlamaCppVariant | None:
     if name == LLAMA_CPP:
         return LlamaCppVariant(drafted=False)
     base, *flags = name.split(":")
-    if base != LLAMA_CPP_EAGLE3:
+    if base not in LLAMA_CPP_DRAFT_KINDS:
         return None
     n_max = p_min = None
     for flag in flags:
@@ -67,12 +74,22 @@ def llama_cpp_variant(name: str) -> LlamaCppVariant | None:
             pass
         raise ValueError(f"method {name!r}: {flag!r} is neither nN (chain length >= 1) nor pP (minimum draft "
                          "probability in [0, 1]), as in llama.cpp-eagle3:n2:p0.5")
-    return LlamaCppVariant(True, n_max, p_min)
+    return LlamaCppVariant(True, n_max, p_min, LLAMA_CPP_DRAFT_KINDS[base])
 
 
-def runs_our_draft_in_llama_cpp(names: list[str]) -> bool:
-    """Whether any of these methods is llama.cpp with our draft (so it needs the draft as GGUF)."""
-    return any(v is not None and v.drafted for v in map(llama_cpp_variant, names))
+def llama_cpp_draft_kinds(names: list[str]) -> set[str]:
+    """The kinds of our draft (EAGLE_KIND, DFLASH) that these methods run in llama.cpp."""
+    return {v.draft_kind for v in map(llama_cpp_variant, names) if v is not None and v.drafted}
+
+
+def draft_kind_needed(name: str) -> str | None:
+    """The kind of draft method `name` runs (EAGLE_KIND or DFLASH), None for one without a draft."""
+    if name in EAGLE_METHODS:
+        return EAGLE_KIND
+    if name == DFLASH:
+        return DFLASH
+    variant = llama_cpp_variant(name)
+    return variant.draft_kind if variant is not None and variant.drafted else None
 
 
 def exactness_reference(name: str) -> str | None:
@@ -232,5 +249,6 @@ def build_methods(names: list[str], generator: SpeculativeGenerator, chain_depth
                                     {"assistant_model": load_assistant(name.split("=", 1)[1], generator)}))
         else:
             known = ", ".join(OUR_METHODS + HF_METHODS + LLAMA_CPP_METHODS)
-            raise ValueError(f"unknown method {name!r}; known: {known}, assisted=PATH, llama.cpp-eagle3:nN:pP")
+            raise ValueError(f"unknown method {name!r}; known: {known}, assisted=PATH, llama.cpp-eagle3:nN:pP, "
+                             "llama.cpp-dflash:nN:pP")
     return methods

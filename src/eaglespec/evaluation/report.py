@@ -125,8 +125,12 @@ def report_markdown(data: dict, result: BenchResult, methods: list[str]) -> str:
               f"torch {m['torch']}, transformers {m['transformers']}, eaglespec {m['eaglespec']} ({m['commit']}).",
               f"Config: {json.dumps({k: data['config'][k] for k in ('base', 'draft', 'max_new_tokens', 'repeats', 'temperature') if k in data['config']})}",
               f"Tree: {json.dumps(data.get('tree'))}", ""]
+    if data.get("dflash_block"):
+        lines[-1:] = [f"DFlash block: {json.dumps(data['dflash_block'])}", ""]
     if data.get("tune"):
         lines += [tune_line(data["tune"]), ""]
+    if (data.get("tune") or {}).get("dflash"):
+        lines += ["DFlash draft: " + tune_line(data["tune"]["dflash"]), ""]
     if result.skipped:
         lines += [f"Skipped {len(result.skipped)} question(s) whose prompt does not fit the model's context: "
                   + ", ".join(sorted(result.skipped)), ""]
