@@ -159,9 +159,9 @@ def print_summary(bench: BenchRun, paths: list[Path], log: Log) -> None:
 
     log(console_summary(bench.data, bench.result, bench.methods))
     tune = bench.data.get("tune") or {}
-    for figures in (tune, tune.get("dflash") or {}):
+    for prefix, figures in (("", tune), ("DFlash draft: ", tune.get("dflash") or {})):
         if "measured_tokens_per_s" in figures:
-            log(tune_line(figures))
+            log(prefix + tune_line(figures))
     log("wrote " + ", ".join(str(p) for p in paths))
 
 
