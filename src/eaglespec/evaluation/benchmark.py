@@ -99,6 +99,11 @@ def draft_dirs(opts: BenchOptions) -> dict[str, str]:
     return by_kind(listed(opts.draft), lambda path: DFLASH if draft_method(path) == DFLASH else EAGLE_KIND, "--draft")
 
 
+def primary_draft(drafts: dict[str, str]) -> str | None:
+    """The draft of the run's main generator: the EAGLE one when there are two."""
+    return drafts.get(EAGLE_KIND, drafts.get(DFLASH))
+
+
 def draft_method(path: str) -> str:
     """The method a draft directory's config names (eagle1, eagle3, dflash)."""
     from eaglespec.models import resolve_model_path
@@ -145,8 +150,7 @@ def load_setup(opts: BenchOptions, log: Log = logger.info) -> tuple[BenchSetup, 
     check_method_inputs(opts)
     questions = load_question_set(opts.questions, opts.limit, opts.every, opts.first_turn_only)
     drafts = draft_dirs(opts)
-    primary = drafts.get(EAGLE_KIND, drafts.get(DFLASH))
-    gen = SpeculativeGenerator.from_pretrained(opts.base, primary, dtype=opts.dtype, device=opts.device,
+    gen = SpeculativeGenerator.from_pretrained(opts.base, primary_draft(drafts), dtype=opts.dtype, device=opts.device,
                                                **_explicit_tree(opts))
     fim = None
     if any(q.kind == "fim" for q in questions.questions):
@@ -181,9 +185,8 @@ def sibling_generator(gen, draft: str, opts: BenchOptions):
 
 def tune_setup(setup: BenchSetup, opts: BenchOptions, drafts: dict[str, str], log: Log) -> dict:
     """--tree auto for each draft, each in its own child process."""
-    primary = drafts.get(EAGLE_KIND, drafts.get(DFLASH))
     setup.generator, tune = tune_for_workload(setup.generator, opts, setup.questions, setup.fim, log, isolated=True,
-                                              draft=primary)
+                                              draft=primary_draft(drafts))
     if setup.dflash_generator is not None:
         setup.dflash_generator, tune[DFLASH] = tune_for_workload(setup.dflash_generator, opts, setup.questions,
                                                                  setup.fim, log, isolated=True, draft=drafts[DFLASH])
