@@ -128,8 +128,8 @@ def _data_flags(p: argparse.ArgumentParser, config_class) -> None:
 
 
 def _objective_flags(p: argparse.ArgumentParser, config_class) -> None:
-    label = (", label (cross-entropy on the data's own next token, z-lab's DFlash loss: no target logits in "
-             "training steps, several times cheaper on a CPU; for self-distilled data)"
+    label = (", label (cross-entropy on the data's own next token, z-lab's DFlash loss: training steps compute no "
+             "target logits; meant for self-distilled data, whose tokens are the target's)"
              if LABEL_OBJECTIVE in config_class.objectives else "")
     p.add_argument("--objective", choices=config_class.objectives, default=_default(config_class, "objective"),
                    help="per-position loss: ce (soft cross-entropy, EAGLE's), tv (1 - sum min(p, q): one minus the "
