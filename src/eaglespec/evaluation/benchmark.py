@@ -12,6 +12,7 @@ from pathlib import Path
 
 from eaglespec.evaluation.bench import BenchResult, BenchSetup, check_exactness, mismatches
 from eaglespec.evaluation.exactness import Exactness
+from eaglespec.evaluation.gguf_files import gguf_architecture
 from eaglespec.evaluation.llamacpp import (
     DEFAULT_DRAFT_N_MAX,
     DEFAULT_DRAFT_P_MIN,
@@ -114,14 +115,8 @@ def draft_method(path: str) -> str:
 
 def gguf_drafts(opts: BenchOptions) -> dict[str, str]:
     """--gguf-draft's files by kind, read from their general.architecture (dflash, else an EAGLE-3 draft)."""
-    from eaglespec.export.gguf_io import ARCH_KEY, read_gguf
-
-    def kind(path: str) -> str:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--gguf-draft {path}: no such file")
-        return DFLASH if read_gguf(path).metadata[ARCH_KEY].value == DFLASH else EAGLE_KIND
-
-    return by_kind(listed(opts.gguf_draft), kind, "--gguf-draft")
+    return by_kind(listed(opts.gguf_draft), lambda path: DFLASH if gguf_architecture(path) == DFLASH else EAGLE_KIND,
+                   "--gguf-draft")
 
 
 def _explicit_tree(opts: BenchOptions) -> dict:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from eaglespec.decoding import GenerationStats
 from eaglespec.evaluation.exactness import first_difference
+from eaglespec.evaluation.gguf_files import gguf_vocabulary
 from eaglespec.evaluation.methods import DFLASH, MethodRun, Sampling, llama_cpp_variant
 
 if TYPE_CHECKING:
@@ -426,16 +427,3 @@ def check_target_gguf(path: str | None, vocabulary: list[str]) -> Path:
                          f"{len(vocabulary)} tokens; first difference at id {first}); bench sends token ids, so both "
                          "must be the same model")
     return path
-
-
-def gguf_vocabulary(path: str | os.PathLike) -> list[str]:
-    """`tokenizer.ggml.tokens` of a GGUF file, by id."""
-    from gguf import GGUFReader
-
-    try:
-        field_ = GGUFReader(path).get_field("tokenizer.ggml.tokens")
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
-    if field_ is None:
-        raise ValueError(f"{path}: no tokenizer.ggml.tokens in this GGUF")
-    return [bytes(field_.parts[i]).decode("utf-8", errors="replace") for i in field_.data]
