@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/dflash_vs_eagle3.sh [RUN_DIR] [MINUTES]     # default runs/cmp36, 40 minutes
 #
-# Needs the EAGLE-3 features of recipes/smollm2/pipeline.sh's `sampled3` part ($RUN/../smollm2/features-sampled3 by
+# Needs the EAGLE-3 features of recipes/smollm2/pipeline.sh's `sampled3` part (runs/smollm2/features-sampled3 by
 # default: FEATURES=DIR overrides) and the pinned llama.cpp build with the target as BF16 GGUF
 # (tests/interop/build_envs.sh llama.cpp; TARGET_GGUF=FILE overrides). Both drafts train AT ONCE, one thread each,
 # so they share the machine alike; nothing else should run meanwhile.
