@@ -1,4 +1,5 @@
-"""What 8-bit storage of EAGLE-3 features would cost (issue 35's 40 GB feature budget), measured before building it.
+"""What 8-bit storage of EAGLE-3 features costs (issue 35's 40 GB feature budget), measured before it was built
+(now `dump-features --aux-int8`).
 
 Rounding as the storage would: per token and group of 64 channels, absmax int8.
 
@@ -16,14 +17,13 @@ from pathlib import Path
 
 import torch
 
-GROUP = 64
+from eaglespec.data.features import INT8_GROUP as GROUP
+from eaglespec.data.features import dequantize_int8, quantize_int8
 
 
 def rounded(x: torch.Tensor, group: int = GROUP) -> torch.Tensor:
-    """x [T, C] as int8 with a scale per token and group of `group` channels would store it, back in x's dtype."""
-    g = x.float().view(x.shape[0], -1, group)
-    scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
-    return ((g / scale).round().clamp(-127, 127) * scale).view_as(x).to(x.dtype)
+    """x [T, C] as `dump-features --aux-int8` stores it (int8, a scale per token and group), back in x's dtype."""
+    return dequantize_int8(*quantize_int8(x, group), x.dtype)
 
 
 def agreement(features: Path, chats: int, group: int) -> None:

@@ -13,7 +13,7 @@ import torch
 from fixtures import tiny_model
 
 from eaglespec.cli import main
-from eaglespec.data.features import FeatureDataset
+from eaglespec.data.features import FeatureDataset, dequantize_int8, int8_group, quantize_int8
 from eaglespec.distill import features as ft
 from eaglespec.models import TargetModel, bundled_model_path
 
@@ -91,6 +91,43 @@ def test_batched_dump_matches_per_sample_dump(target, prepared, tmp_path):
             assert torch.equal(one[i][key], many[i][key])
         for key in ("last_hidden", "aux_hidden"):
             torch.testing.assert_close(many[i][key], one[i][key], atol=1e-5, rtol=1e-5)
+
+
+def test_int8_round_trip_is_within_half_a_step_per_group():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 192, generator=g) * torch.tensor([0.01, 1.0, 300.0]).repeat_interleave(64)  # 3 scales
+    x[2, 70] = 5000.0  # an outlier widens only its own group's step
+    q, scale = quantize_int8(x, 64)
+    assert q.dtype == torch.int8 and q.shape == x.shape and scale.shape == (5, 3)
+    back = dequantize_int8(q, scale, torch.float32)
+    step = scale.repeat_interleave(64, dim=1)
+    assert ((back - x).abs() <= step / 2 * (1 + 1e-5)).all()
+    assert (back[:, :64] - x[:, :64]).abs().max() < 1e-3  # small channels keep their precision
+    assert q.abs().amax(-1).eq(127).all()  # each row's largest value uses the full range
+    assert torch.equal(dequantize_int8(*quantize_int8(torch.zeros(2, 64), 64), torch.bfloat16), torch.zeros(2, 64))
+    assert (int8_group(576), int8_group(64), int8_group(100), int8_group(4096)) == (64, 64, 4, 64)
+
+
+def test_int8_aux_features_read_back_close_and_take_less_disk(target, prepared, tmp_path):
+    exact = ft.dump_features(target, prepared, "eagle3", tmp_path / "bf16", shard_size=3)
+    small = ft.dump_features(target, prepared, "eagle3", tmp_path / "int8", shard_size=3, aux_int8=True)
+    assert exact.aux_int8_group is None and small.aux_int8_group == 64 and small.dtype == "bf16"
+    a, b = FeatureDataset(tmp_path / "bf16"), FeatureDataset(tmp_path / "int8")
+    for i in range(len(a)):
+        for key in ("input_ids", "loss_mask", "last_hidden", "target_argmax"):  # the targets stay exact
+            assert torch.equal(a[i][key], b[i][key])
+        assert b[i]["aux_hidden"].dtype == torch.bfloat16 and b[i]["aux_hidden"].shape == a[i]["aux_hidden"].shape
+        groups = a[i]["aux_hidden"].float().view(LENGTHS[i], 3, 64)
+        step = groups.abs().amax(-1, keepdim=True) / 127
+        error = (b[i]["aux_hidden"].float().view(LENGTHS[i], 3, 64) - groups).abs()
+        assert (error <= step / 2 + groups.abs() / 128).all()  # half a step, plus bf16's rounding of the result
+    sizes = [sum(f.stat().st_size for f in (tmp_path / d).glob("shard_*")) for d in ("bf16", "int8")]
+    per_token = [ft.bytes_per_token(64, "eagle3", torch.bfloat16, aux) for aux in (False, True)]
+    assert per_token == [3 * 8 + 4 * 64 * 2, 3 * 8 + 64 * 2 + 3 * 64 + 3 * 4]
+    saved = sum(LENGTHS) * (per_token[0] - per_token[1])  # the estimate; each sample's scale adds a header entry
+    assert saved - 100 * len(LENGTHS) < sizes[0] - sizes[1] <= saved
+    with pytest.raises(ValueError, match="aux_int8_group: 64 there, None now"):
+        ft.dump_features(target, prepared, "eagle3", tmp_path / "int8", shard_size=3)
 
 
 def test_max_len_truncates(target, prepared, tmp_path):
@@ -180,8 +217,10 @@ def test_feature_dataset_needs_a_manifest(tmp_path):
 
 
 def test_bad_arguments(target, prepared, tmp_path):
-    with pytest.raises(ValueError, match="aux layer ids apply to eagle3 only"):
+    with pytest.raises(ValueError, match="apply to eagle3 only"):
         ft.dump_features(target, prepared, "eagle1", tmp_path / "f", aux_layer_ids=[1, 2, 3])
+    with pytest.raises(ValueError, match="int8 aux features apply to eagle3 only"):
+        ft.dump_features(target, prepared, "eagle1", tmp_path / "f", aux_int8=True)
     with pytest.raises(ValueError, match=r"aux layer ids \[7\] out of range"):
         ft.dump_features(target, prepared, "eagle3", tmp_path / "f", aux_layer_ids=[1, 2, 7])
     with pytest.raises(ValueError, match="method: expected one of"):
@@ -210,6 +249,8 @@ def test_cli_dump_features(prepared, tmp_path, capsys):
     assert main(argv) == 0 and "already complete" in capsys.readouterr().out
     assert main(argv[:-2] + ["--method", "eagle1"]) == 1
     assert "holds features dumped with other settings" in capsys.readouterr().err
+    assert main([*argv[:8], str(tmp_path / "q"), *argv[9:], "--aux-int8"]) == 0
+    assert FeatureDataset(tmp_path / "q").manifest.aux_int8_group == 64
 
 
 

@@ -37,3 +37,10 @@ def write_prepared(directory: Path, texts: list[str]) -> Path:
 def tiny_prepared(tmp_path_factory) -> Path:
     """12 short stories (about 20-30 tokens each), tokenised for stories260K, all text trained."""
     return write_prepared(tmp_path_factory.mktemp("data") / "tiny", STORIES)
+
+
+@pytest.fixture(scope="session")
+def overlapping_prepared(tmp_path_factory) -> tuple[Path, Path]:
+    """Two prepared datasets sharing samples: the first 8 stories, and all 12."""
+    root = tmp_path_factory.mktemp("overlapping")
+    return write_prepared(root / "small", STORIES[:8]), write_prepared(root / "large", STORIES)

@@ -43,6 +43,26 @@ def test_features_of_another_method_are_refused(eagle1_features, tmp_path):
     assert not any((tmp_path / "out").glob("state_*"))
 
 
+def test_test_features_give_runs_on_other_data_one_validation_set(overlapping_prepared, tmp_path):
+    """--test-features: a run evaluates on those directories' test split, the one a run on them tests on, and
+    still leaves its own data's test side out of training."""
+    small, large = (dump_stories260k_features(p, "eagle3", tmp_path / p.name) for p in overlapping_prepared)
+    common = dict(num_epochs=1, test_split=0.3)
+    on_large = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "large-run", **common), features=large))
+    on_small = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "small-run", **common), features=small,
+                                              test_features=[large]))
+    own_test = train_eagle3(Eagle3TrainConfig(train_config(tmp_path / "own-run", **common), features=small))
+
+    def last_test(run):
+        return [m for m in read_metrics(run.output_dir) if m["split"] == "test"][-1]["positions_trained"]
+
+    assert last_test(on_small) == last_test(on_large) != last_test(own_test)
+    small_train, _ = split_indices(load_prepared_dataset(overlapping_prepared[0]), 0.3, 0)
+    assert on_small.state.step == math.ceil(len(small_train) / 2)  # trained on the small set's train side
+    with pytest.raises(ValueError, match="--test-features needs --features"):
+        Eagle3TrainConfig(train_config(tmp_path / "x"), data=overlapping_prepared[0], test_features=[large])
+
+
 def _zero_mask_copy(src: Path, dst: Path) -> Path:
     import datasets
 

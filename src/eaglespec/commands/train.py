@@ -123,6 +123,11 @@ def _data_flags(p: argparse.ArgumentParser, config_class) -> None:
     p.add_argument("--features", type=Path, nargs="+", metavar="DIR",
                    help="offline features written by `eaglespec dump-features` (several directories are read as "
                         "one dataset)")
+    p.add_argument("--test-features", type=Path, nargs="+", metavar="DIR",
+                   help="with --features: evaluate on the test split of these feature directories (the same "
+                        "--test-split and --seed rule, so a chat in both is on the test side of each and never "
+                        "trained on) instead of on --features' own; runs on different data then share one "
+                        "validation set")
     p.add_argument("--savedir", type=Path, required=True, help="output directory (state_{epoch}/)")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", type=Path, default=None)
 
@@ -157,7 +162,7 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
 def _data_sources(args: argparse.Namespace) -> dict:
     return {"trainpath": args.trainpath, "testpath": args.testpath, "data_format": args.data_format,
             "tokenizer": args.tokenizer, "data": args.data, "features": args.features,
-            "deepspeed_config": args.deepspeed_config}
+            "test_features": args.test_features, "deepspeed_config": args.deepspeed_config}
 
 
 def run(args: argparse.Namespace) -> int:

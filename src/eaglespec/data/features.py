@@ -7,7 +7,9 @@ Layout of an output directory:
                               "{i}.input_ids" int64 [T], "{i}.loss_mask" int64 [T],
                               "{i}.last_hidden" [T, H] (after the final norm; EAGLE-1 feature and, through
                               the target lm_head, the soft targets of both methods),
-                              "{i}.aux_hidden" [T, 3H] (EAGLE-3 only: hidden_states[a|b|c] concatenated)
+                              "{i}.aux_hidden" [T, 3H] (EAGLE-3 only: hidden_states[a|b|c] concatenated;
+                              int8 when the manifest's aux_int8_group is set, with "{i}.aux_scale" fp32
+                              [T, 3H / group]: each group of channels is scale * int8, absmax rounding)
                               "{i}.target_argmax" int64 [T] (EAGLE-3: the target's argmax token per position,
                               so training needs no full-vocabulary projection; absent in older dumps)
     shard_00001.safetensors   ...
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +40,25 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_SHARD_SIZE = 1000
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+INT8_GROUP = 64  # channels per int8 scale (fewer where the hidden size is not a multiple of it)
+
+
+def int8_group(hidden_size: int) -> int:
+    """Channels per scale of int8 aux features: 64, or the largest divisor of the hidden size below it."""
+    return math.gcd(hidden_size, INT8_GROUP)
+
+
+def quantize_int8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, C] -> (int8 [T, C], fp32 scale [T, C / group]): per token and group of channels, absmax / 127."""
+    g = x.float().view(x.shape[0], -1, group)
+    scale = g.abs().amax(-1).clamp(min=1e-12) / 127
+    q = (g / scale.unsqueeze(-1)).round().clamp(-127, 127).to(torch.int8)
+    return q.view(x.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of quantize_int8, in `dtype`."""
+    return (q.float().view(q.shape[0], scale.shape[1], -1) * scale.unsqueeze(-1)).view(q.shape).to(dtype)
 
 
 def shard_name(index: int) -> str:
@@ -64,7 +86,7 @@ class FeatureManifest:
     target: TargetIdentity
     method: str
     aux_layer_ids: list[int]  # HF hidden_states indices (EAGLE-3); [] for EAGLE-1
-    dtype: str  # bf16 | fp16 | fp32, of last_hidden / aux_hidden
+    dtype: str  # bf16 | fp16 | fp32, of last_hidden / aux_hidden (aux_hidden read back in it when stored int8)
     num_samples: int
     shard_size: int
     max_len: int | None  # samples were truncated to this many tokens (None: as prepared)
@@ -73,6 +95,7 @@ class FeatureManifest:
     shards: list[ShardEntry] = field(default_factory=list)
     complete: bool = False
     format_version: int = FEATURES_FORMAT_VERSION
+    aux_int8_group: int | None = None  # aux_hidden stored as int8 with a scale per token and group of this many
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -134,7 +157,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         names = ["input_ids", "loss_mask", "last_hidden"]
         if self.manifest.method == "eagle3":
             names += ["aux_hidden"] + (["target_argmax"] if f"{index}.target_argmax" in self._keys[shard.file] else [])
-        return {name: handle.get_tensor(f"{index}.{name}") for name in names}
+        sample = {name: handle.get_tensor(f"{index}.{name}") for name in names}
+        if self.manifest.aux_int8_group is not None:
+            scale = handle.get_tensor(f"{index}.aux_scale")
+            sample["aux_hidden"] = dequantize_int8(sample["aux_hidden"], scale, DTYPES[self.manifest.dtype])
+        return sample
 
     def sample_tokens(self, index: int) -> dict[str, torch.Tensor]:
         """input_ids and loss_mask of sample `index`, without reading its features."""

@@ -30,6 +30,8 @@ from eaglespec.data.features import (
     FeatureManifest,
     ShardEntry,
     TargetIdentity,
+    int8_group,
+    quantize_int8,
     shard_name,
 )
 from eaglespec.models import TargetModel, default_aux_layer_ids
@@ -112,11 +114,13 @@ class FeatureDumpPlan:
     free_bytes: int
 
 
-def bytes_per_token(hidden_size: int, method: str, dtype: torch.dtype) -> int:
-    """Storage per token: ids + mask (int64) + last_hidden [H] (+ aux_hidden [3H] for EAGLE-3)."""
-    hidden_states = 4 if method == "eagle3" else 1
-    indices = 3 if method == "eagle3" else 2  # EAGLE-3 also stores the target's argmax token
-    return indices * INDEX_BYTES + hidden_states * hidden_size * dtype.itemsize
+def bytes_per_token(hidden_size: int, method: str, dtype: torch.dtype, aux_int8: bool = False) -> int:
+    """Storage per token: ids + mask (int64) + last_hidden [H] (+ aux_hidden [3H] and the target's argmax for
+    EAGLE-3; int8 aux adds an fp32 scale per group of channels)."""
+    if method != "eagle3":
+        return 2 * INDEX_BYTES + hidden_size * dtype.itemsize
+    aux = 3 * hidden_size * (1 + 4 / int8_group(hidden_size) if aux_int8 else dtype.itemsize)
+    return 3 * INDEX_BYTES + hidden_size * dtype.itemsize + int(aux)
 
 
 def _load_prepared(data_dir: str | os.PathLike):
@@ -144,17 +148,20 @@ def plan_feature_dump(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_len: int | None = None,
     overwrite: bool = False,
+    aux_int8: bool = False,
 ):
     """Check the arguments and the output directory (resume an earlier run with the same settings; with
-    `overwrite`, delete it and start fresh) and size what is left. Returns (plan, dataset)."""
+    `overwrite`, delete it and start fresh) and size what is left. Returns (plan, dataset). `aux_int8` stores
+    EAGLE-3's aux layers as int8 (see eaglespec.data.features), the last hidden state (the targets) in `dtype`."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype}")
     if shard_size < 1 or (max_len is not None and max_len < 1):
         raise ValueError(f"shard size and max len must be >= 1, got {shard_size} and {max_len}")
-    if method == "eagle1" and aux_layer_ids:
-        raise ValueError("aux layer ids apply to eagle3 only; eagle1 stores the last hidden state")
+    if method == "eagle1" and (aux_layer_ids or aux_int8):
+        raise ValueError("aux layer ids and int8 aux features apply to eagle3 only; eagle1 stores the last hidden "
+                         "state")
     if method == "eagle3":
         aux_layer_ids = validate_aux_layer_ids(aux_layer_ids or default_aux_layer_ids(target.num_hidden_layers),
                                                target.num_hidden_layers)
@@ -164,6 +171,7 @@ def plan_feature_dump(
         target=target_identity(target), method=method, aux_layer_ids=list(aux_layer_ids or []),
         dtype=DTYPE_NAMES[dtype], num_samples=len(dataset), shard_size=shard_size, max_len=max_len,
         data_dir=str(Path(data_dir).resolve()), data_fingerprint=_data_fingerprint(dataset),
+        aux_int8_group=int8_group(target.hidden_size) if aux_int8 else None,
     )
     output_dir = Path(output_dir)
     manifest = _resume_or_start(output_dir, fresh, overwrite)
@@ -171,7 +179,7 @@ def plan_feature_dump(
     todo = [ShardEntry(shard_name(k), start, min(start + shard_size, len(dataset)),
                        sum(lengths[start:start + shard_size]))
             for k, start in enumerate(range(0, len(dataset), shard_size)) if k >= done]
-    per_token = bytes_per_token(target.hidden_size, method, dtype)
+    per_token = bytes_per_token(target.hidden_size, method, dtype, aux_int8)
     estimated = sum(s.num_tokens for s in todo) * per_token
     free = shutil.disk_usage(output_dir if output_dir.exists() else _existing_parent(output_dir)).free
     return FeatureDumpPlan(output_dir, manifest, lengths, todo, estimated, free), dataset
@@ -206,7 +214,7 @@ def _resume_or_start(output_dir: Path, fresh: FeatureManifest, overwrite: bool) 
                               "pick another --output or use --overwrite")
     old = FeatureManifest.load(manifest_path)
     settings = ("method", "aux_layer_ids", "dtype", "num_samples", "shard_size", "max_len", "data_fingerprint",
-                "format_version")
+                "format_version", "aux_int8_group")
     differ = [f"{name}: {getattr(old, name)!r} there, {getattr(fresh, name)!r} now"
               for name in settings if getattr(old, name) != getattr(fresh, name)]
     # The same model moved to another directory is still the same model.
@@ -282,6 +290,8 @@ def _write_shard(output_dir: Path, shard: ShardEntry, dataset, manifest: Feature
         i = shard.start + offset
         tensors[f"{i}.input_ids"] = torch.tensor(sample_ids, dtype=torch.int64)
         tensors[f"{i}.loss_mask"] = torch.tensor(sample_mask, dtype=torch.int64)
+        if manifest.aux_int8_group is not None:
+            feats["aux_hidden"], tensors[f"{i}.aux_scale"] = quantize_int8(feats["aux_hidden"], manifest.aux_int8_group)
         for name, value in feats.items():
             tensors[f"{i}.{name}"] = value
     tmp = output_dir / f"{TMP_PREFIX}{shard.file}"
@@ -333,11 +343,12 @@ def dump_features(
     max_len: int | None = None,
     overwrite: bool = False,
     force: bool = False,
+    aux_int8: bool = False,
 ) -> FeatureManifest:
     """Run `target` once over every sample of the prepared dataset `data_dir` and store the features
     `method` trains on in `output_dir` (resumes an interrupted run with the same settings)."""
     plan, dataset = plan_feature_dump(target, data_dir, method, output_dir, aux_layer_ids, dtype, shard_size,
-                                      max_len, overwrite)
+                                      max_len, overwrite, aux_int8)
     logger.info("%s: %d shards to write, about %.1f MiB", plan.output_dir, len(plan.todo),
                 plan.estimated_bytes / 2**20)
     if not force:

@@ -131,6 +131,7 @@ class Eagle3TrainConfig:
     tokenizer: str | None = None  # for raw files; default: the target's
     data: Path | None = None  # ... or a prepared dataset ...
     features: list[Path] | None = None  # ... or dumped features (one or more directories)
+    test_features: list[Path] | None = None  # evaluate on these directories' test split instead of --features'
     deepspeed_config: Path | None = None
     ttt_length: int = 7
     step_weight: float = 0.8
@@ -174,6 +175,7 @@ class DFlashTrainConfig:
     tokenizer: str | None = None
     data: Path | None = None
     features: list[Path] | None = None
+    test_features: list[Path] | None = None
     deepspeed_config: Path | None = None
     block_size: int = DFLASH_DEFAULT_BLOCK_SIZE
     num_layers: int = 1
@@ -208,12 +210,15 @@ class DFlashTrainConfig:
 
 def _check_data_source(cfg) -> None:
     cfg.features = _path_list(cfg.features)
+    cfg.test_features = _path_list(cfg.test_features)
     sources = [cfg.trainpath is not None, cfg.data is not None, cfg.features is not None]
     if sum(sources) != 1:
         raise ValueError("give exactly one data source: --trainpath FILE [--testpath FILE] --data-format ..., "
                          "--data PREPARED_DIR, or --features DIR")
     if cfg.testpath is not None and cfg.trainpath is None:
         raise ValueError("--testpath needs --trainpath")
+    if cfg.test_features is not None and cfg.features is None:
+        raise ValueError("--test-features needs --features")
 
 
 def _check_objective(cfg) -> None:

@@ -242,7 +242,8 @@ def _eagle3_datasets(cfg: Eagle3TrainConfig, target: TargetModel, device: torch.
     if cfg.features is not None:
         dataset = _offline_dataset(cfg.features, target, "eagle3", cfg.aux_layers)
         train_idx, test_idx = _split(dataset, common, _paths_text(cfg.features))
-        return dataset, train_idx, dataset, test_idx, OfflineFeatureSource(target, "eagle3", device)
+        test, test_idx = _test_features(cfg, target, dataset, test_idx)
+        return dataset, train_idx, test, test_idx, OfflineFeatureSource(target, "eagle3", device)
     source = OnlineTargetSource(target, "eagle3", None, device)  # aux ids are set once the draft exists
     if cfg.data is not None:
         dataset = load_prepared_dataset(cfg.data)
@@ -254,6 +255,18 @@ def _eagle3_datasets(cfg: Eagle3TrainConfig, target: TargetModel, device: torch.
         return train, train_idx, train, test_idx, source
     test = _prepare_raw(cfg, cfg.testpath, "test")
     return train, list(range(len(train))), test, list(range(len(test))), source
+
+
+def _test_features(cfg, target: TargetModel, dataset, test_idx: list[int]):
+    """(test dataset, indices): --test-features' test split, else --features' own."""
+    if cfg.test_features is None:
+        return dataset, test_idx
+    what = f"--test-features {_paths_text(cfg.test_features)}"
+    test = _offline_dataset(cfg.test_features, target, "eagle3", cfg.aux_layers)
+    _, fixed = _split(test, cfg.common, what)
+    if not fixed:
+        raise ValueError(f"{what}: no test sample (--test-split {cfg.common.test_split})")
+    return test, fixed
 
 
 def _prepare_raw(cfg: Eagle3TrainConfig, path: Path, split: str):
