@@ -103,3 +103,37 @@ def test_find_latest_complete_ignores_temp_and_unmarked(tmp_path, tiny_prepared)
         if f.name != MARKER:
             (unmarked / f.name).write_bytes(f.read_bytes())
     assert find_latest_complete(out) == good
+
+
+def test_save_every_minutes_resumes_mid_epoch(tiny_prepared, tmp_path, monkeypatch):
+    """--save-every-minutes writes resumable checkpoints inside an epoch: a run killed after one resumes from it
+    and ends with the weights of a run never interrupted."""
+    from eaglespec.training import Eagle3TrainConfig, train_eagle3
+    from eaglespec.training import loop
+    from fixtures import train_config
+
+    def config(out, **kw):
+        common = train_config(out, num_epochs=1, save_every_minutes=1e-9, **kw)
+        return Eagle3TrainConfig(common, data=tiny_prepared, ttt_length=2)
+
+    reference = train_eagle3(config(tmp_path / "reference"))
+    saves, real_save = [], loop.save_checkpoint
+
+    def killed_after_second_save(*args, **kwargs):
+        saves.append(real_save(*args, **kwargs))
+        if len(saves) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_eagle3(config(tmp_path / "killed"))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    marker = read_marker(find_latest_complete(tmp_path / "killed"))
+    assert (marker["step"], marker["epoch"]) == (2, 0)  # two steps into the first epoch
+    resumed = train_eagle3(config(tmp_path / "killed", resume=True))
+    assert resumed.state.step == reference.state.step > 2
+    target = TargetModel.from_pretrained(bundled_model_path())
+    a = EagleDraftModel.from_pretrained(resumed.last_checkpoint, target=target).state_dict()
+    b = EagleDraftModel.from_pretrained(reference.last_checkpoint, target=target).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

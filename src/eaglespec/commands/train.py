@@ -46,6 +46,9 @@ def _common_flags(p: argparse.ArgumentParser, lr: float, bs: int, epochs: int, g
     p.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many optimizer steps")
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="stop cleanly (evaluate and save a resumable checkpoint) after this much training time")
+    p.add_argument("--save-every-minutes", type=float, default=None,
+                   help="also save a resumable checkpoint mid-epoch this often, so a killed run loses at most this "
+                        "much training (default: at the ends of epochs, see --full-save-every)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--target-dtype", choices=("auto", "bf16", "fp32"),
                    default=_default(CommonTrainConfig, "target_dtype"),
@@ -153,7 +156,7 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
         grad_accum=args.grad_accum, max_len=args.max_len, warmup_steps=args.warmup_steps, precision=args.precision,
         grad_clip=args.grad_clip, clip_mode=args.clip_mode, test_split=args.test_split, seed=args.seed,
         resume=args.resume, report_to=args.report_to, max_steps=args.max_steps,
-        time_budget_minutes=args.time_budget_minutes, progress=args.progress, target_dtype=args.target_dtype,
+        time_budget_minutes=args.time_budget_minutes, save_every_minutes=args.save_every_minutes, progress=args.progress, target_dtype=args.target_dtype,
         eval_every=args.eval_every, group_by_length=args.group_by_length, init_from=args.init_from,
         **({} if args.sim_states is None else {"sim_states": args.sim_states}),
     )

@@ -43,6 +43,7 @@ class CommonTrainConfig:
     report_to: str = "none"
     max_steps: int | None = None
     time_budget_minutes: float | None = None
+    save_every_minutes: float | None = None  # a resumable checkpoint mid-epoch this often (None: at epoch ends)
     progress: bool = True
     eval_every: int = 1  # evaluate on the test split every N epochs (and after the last / a clean stop)
     sim_states: int = SIM_TREE_STATES_PER_BATCH  # simulated decoding states per test batch (0: no simulation)
@@ -75,8 +76,10 @@ class CommonTrainConfig:
             raise ValueError(f"--report-to: expected one of {REPORT_TO}, got {self.report_to!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps: expected >= 1, got {self.max_steps}")
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
-            raise ValueError(f"--time-budget-minutes: expected > 0, got {self.time_budget_minutes}")
+        for flag, minutes in (("--time-budget-minutes", self.time_budget_minutes),
+                              ("--save-every-minutes", self.save_every_minutes)):
+            if minutes is not None and minutes <= 0:
+                raise ValueError(f"{flag}: expected > 0, got {minutes}")
         if self.eval_every < 1:
             raise ValueError(f"--eval-every: expected >= 1, got {self.eval_every}")
         if self.sim_states < 0:

@@ -61,6 +61,7 @@ class LoopConfig:
     per_epoch_draft_dtype: torch.dtype | None = None  # EAGLE-3: a 16-bit draft every epoch; None: none
     max_steps: int | None = None
     time_budget_s: float | None = None
+    save_every_s: float | None = None  # a resumable checkpoint mid-epoch this often (--save-every-minutes)
     sim_depth: int = 5  # the method's SIM_DEPTH
     eval_every: int = 1  # epochs between test evaluations (the last epoch and a clean stop always evaluate)
     group_by_length: bool = False  # see training.data.epoch_batches
@@ -92,7 +93,7 @@ class Trainer:
         self.method, self.draft, self.engine, self.data, self.cfg = method, draft, engine, data, cfg
         self.metrics_logger = metrics_logger
         self.greedy_cache: dict[int, torch.Tensor] = {}
-        self.started = time.monotonic()
+        self.started = self.last_save = time.monotonic()
         self.epoch_tokens = 0  # tokens (padding excluded) this rank trained on in the current epoch
         self.lengths: dict[int, int] | None = None  # training sample lengths, for --group-by-length
 
@@ -100,7 +101,7 @@ class Trainer:
     def train(self, state: TrainState) -> TrainState:
         """Train from `state` to the end (or a clean stop); returns the final state."""
         cfg = self.cfg
-        self.started = time.monotonic()
+        self.started = self.last_save = time.monotonic()
         for epoch in range(state.epoch + 1, cfg.num_epochs + 1):
             if self._should_stop(state):
                 break
@@ -133,6 +134,11 @@ class Trainer:
         if self.cfg.time_budget_s is not None and self._any_rank(time.monotonic() - self.started >= self.cfg.time_budget_s):
             return f"time budget of {self.cfg.time_budget_s / 60:g} minutes"
         return None
+
+    def _save_due(self) -> bool:
+        """--save-every-minutes has passed since the last checkpoint (every rank agrees: the save is collective)."""
+        every = self.cfg.save_every_s
+        return every is not None and self._any_rank(time.monotonic() - self.last_save >= every)
 
     def _any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` holds on any rank. Decisions that lead to different collective
@@ -188,6 +194,8 @@ class Trainer:
                 bar.close()
                 self.epoch_tokens = tokens
                 return sums, True
+            if b + 1 < n and self._save_due():
+                self._save(epoch, state, final=True)
         bar.close()
         self.epoch_tokens = tokens
         state.epoch, state.batches_done = epoch, 0
@@ -268,6 +276,7 @@ class Trainer:
         embedding = self.data.target.embed_tokens.weight if self.method.name == "eagle3" else None
         save_checkpoint(path, self.draft, self.engine, state, cfg.run_config, resumable, cfg.per_epoch_draft_dtype,
                         embedding)
+        self.last_save = time.monotonic()
         self._log_main(f"saved {'resumable checkpoint' if resumable else 'draft'} {path}")
 
     def _log_main(self, text: str) -> None:

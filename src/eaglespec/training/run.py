@@ -201,6 +201,7 @@ def _run(method, draft: EagleDraftModel, data: TrainData, common: CommonTrainCon
         max_len=common.max_len, seed=common.seed, resumable_every=resumable_every,
         per_epoch_draft_dtype=per_epoch_dtype, max_steps=common.max_steps,
         time_budget_s=common.time_budget_minutes * 60 if common.time_budget_minutes else None,
+        save_every_s=common.save_every_minutes * 60 if common.save_every_minutes else None,
         progress=common.progress, run_config=run_config, sim_depth=SIM_DEPTH.get(method.name, method.num_positions),
         eval_every=common.eval_every, group_by_length=common.group_by_length,
     )
