@@ -5,7 +5,7 @@
 # (--test-split 0.05, --seed 0) of the 6000 chats, never trained on by any run (`train --test-features`).
 # Per run: test top-1 accuracy by position, simulated tau (dynamic tree, chain, chain of 3) and the chain-3 tau
 # measured by `eaglespec bench` (eagle-chain, depth 3, greedy, bf16, 128 new tokens) on the first turns of
-# 40 validation chats (benchmarks/validation_questions.py). Tau is deterministic, so runs may overlap other
+# 24 validation chats (benchmarks/validation_questions.py). Tau is deterministic, so runs may overlap other
 # jobs; their tokens/s are not reported.
 #
 #   bash benchmarks/ablation_35.sh RUN_DIR [STEPS]       # default 360 steps; rerun to resume (finished runs stay)
@@ -47,7 +47,7 @@ for dir in "$run"/*/.done; do
     [ -f "$run/bench-$name/results.json" ] && continue
     draft=$(ls -d "$run/$name"/state_* | sort -V | tail -n 1)
     echo "$(date +%T) bench $name ($draft)"
-    eaglespec bench --base smollm2-135m --draft "$draft" --questions "$run/validation.jsonl" --limit 40 \
+    eaglespec bench --base smollm2-135m --draft "$draft" --questions "$run/validation.jsonl" --limit 24 \
         --methods eagle-chain --chain-depth 3 --max-new-tokens 128 --repeats 1 --dtype bfloat16 \
         --output "$run/bench-$name" > "$run/bench-$name.log" 2>&1
 done
