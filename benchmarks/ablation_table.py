@@ -33,14 +33,15 @@ def row(run: Path) -> str:
     accept = " / ".join(f"{a:.1f}" for a in m["accept"])
     sims = [m.get(k) for k in ("sim_accept_length", "sim_accept_length_chain", "sim_accept_length_chain3")]
     sim = " / ".join("-" if s is None else f"{s:.2f}" for s in sims)
-    return f"| {run.name} | {m['step']} | {acc} | {accept} | {sim} | {measured_chain3(run.parent / f'bench-{run.name}')} |"
+    measured = measured_chain3(run.parent / f"bench-{run.name}")
+    return f"| {run.name} | {m['step']} | {acc} | {accept} | {sim} | {measured} |"
 
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0])
     runs = sorted(p.parent for p in root.glob("*/.done"))
-    print("| run | steps | validation top-1 by position (%) | validation acceptance rate, sum of min(p, q), by position (%) | simulated tau: tree / chain / chain of 3 | "
-          "measured chain-3 tau |")
+    print("| run | steps | validation top-1 by position (%) | validation acceptance rate, sum of min(p, q), by "
+          "position (%) | simulated tau: tree / chain / chain of 3 | measured chain-3 tau |")
     print("|---|---|---|---|---|---|")
     for run in runs:
         print(row(run))

@@ -22,7 +22,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="EAGLE-3 aux layer ids a,b,c (Hugging Face hidden_states index; default 2,L//2,L-3)")
     p.add_argument("--aux-int8", action="store_true",
                    help="eagle3: store the aux layers as int8 with a scale per token and group of 64 channels "
-                        "(about a third less disk; the last hidden state, which gives the training targets, keeps --dtype)")
+                        "(about a third less disk; the last hidden state, which gives the training targets, keeps "
+                        "--dtype)")
     p.add_argument("--batch-size", type=int, default=1, help="samples of similar length per target forward")
     p.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 1000)")
     p.add_argument("--max-len", type=int, default=None, help="truncate samples to this many tokens")

@@ -156,7 +156,8 @@ def _common_config(args: argparse.Namespace, output_dir: Path):
         grad_accum=args.grad_accum, max_len=args.max_len, warmup_steps=args.warmup_steps, precision=args.precision,
         grad_clip=args.grad_clip, clip_mode=args.clip_mode, test_split=args.test_split, seed=args.seed,
         resume=args.resume, report_to=args.report_to, max_steps=args.max_steps,
-        time_budget_minutes=args.time_budget_minutes, save_every_minutes=args.save_every_minutes, progress=args.progress, target_dtype=args.target_dtype,
+        time_budget_minutes=args.time_budget_minutes, save_every_minutes=args.save_every_minutes,
+        progress=args.progress, target_dtype=args.target_dtype,
         eval_every=args.eval_every, group_by_length=args.group_by_length, init_from=args.init_from,
         **({} if args.sim_states is None else {"sim_states": args.sim_states}),
     )
