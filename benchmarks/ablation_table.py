@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     root = Path(argv[0])
     runs = sorted(p.parent for p in root.glob("*/.done"))
     print("| run | steps | validation top-1 by position (%) | validation acceptance rate, sum of min(p, q), by "
-          "position (%) | simulated tau: tree / chain / chain of 3 | measured chain-3 tau |")
+          "position (%) | simulated tau: dynamic tree / chain of 7 / chain of 3 | measured chain-3 tau |")
     print("|---|---|---|---|---|---|")
     for run in runs:
         print(row(run))
