@@ -105,6 +105,7 @@ def test_int8_round_trip_is_within_half_a_step_per_group():
     assert (back[:, :64] - x[:, :64]).abs().max() < 1e-3  # small channels keep their precision
     assert q.abs().amax(-1).eq(127).all()  # each row's largest value uses the full range
     assert torch.equal(dequantize_int8(*quantize_int8(torch.zeros(2, 64), 64), torch.bfloat16), torch.zeros(2, 64))
+    assert dequantize_int8(*quantize_int8(torch.zeros(0, 192), 64), torch.bfloat16).shape == (0, 192)
     assert (int8_group(576), int8_group(64), int8_group(100), int8_group(4096)) == (64, 64, 4, 64)
 
 

@@ -50,7 +50,7 @@ def int8_group(hidden_size: int) -> int:
 
 def quantize_int8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, C] -> (int8 [T, C], fp32 scale [T, C / group]): per token and group of channels, absmax / 127."""
-    g = x.float().view(x.shape[0], -1, group)
+    g = x.float().view(x.shape[0], x.shape[1] // group, group)
     scale = g.abs().amax(-1).clamp(min=1e-12) / 127
     q = (g / scale.unsqueeze(-1)).round().clamp(-127, 127).to(torch.int8)
     return q.view(x.shape), scale
@@ -58,7 +58,8 @@ def quantize_int8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tens
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The inverse of quantize_int8, in `dtype`."""
-    return (q.float().view(q.shape[0], scale.shape[1], -1) * scale.unsqueeze(-1)).view(q.shape).to(dtype)
+    groups = scale.shape[1]
+    return (q.float().view(q.shape[0], groups, q.shape[1] // groups) * scale.unsqueeze(-1)).view(q.shape).to(dtype)
 
 
 def shard_name(index: int) -> str:
