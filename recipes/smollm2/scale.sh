@@ -11,12 +11,16 @@
 #   sampled-s3, sampled-s4        2 x 5400 more of them (seeds 3 and 4, answers up to 256 tokens)
 # Features: EAGLE-3, bf16 target, aux layers int8 (`--aux-int8`, about 3.0 KB a token instead of 4.6).
 # TRAIN_MINUTES (optional) stops training cleanly after that many minutes (rerun to continue).
+# DTYPE (bf16 or fp32) is the target's dtype and the training precision; by default bf16 where the CPU has bf16
+# hardware (AVX512-BF16, AMX), else fp32 (bf16 is emulated there, about 6x slower). Records say nothing of it:
+# the data README says which parts were made how.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 run=${1:-runs/smollm2}
 shared=${SHARED:-$here/../shared}
 data="$here/recipes/smollm2/data"
 mkdir -p "$run"
+dtype=${DTYPE:-$(python -c 'from eaglespec.models import cpu_has_native_bf16 as f; print("bf16" if f() else "fp32")')}
 
 eaglespec fetch smollm2-135m
 
@@ -25,7 +29,7 @@ eaglespec fetch smollm2-135m
     --output "$run/prompts-all.jsonl"
 [ -f "$run/regen-all.jsonl" ] || gunzip -c "$data/regen.jsonl.gz" "$data/regen-all-part2.jsonl.gz" > "$run/regen-all.jsonl"
 eaglespec regenerate --model smollm2-135m --input "$run/prompts-all.jsonl" --output "$run/regen-all.jsonl" \
-    --data-format chat --batch-size 32 --dtype bf16 --max-new-tokens 256
+    --data-format chat --batch-size 32 --dtype "$dtype" --max-new-tokens 256
 for part in sampled sampled2 sampled3; do
     [ -f "$run/$part.jsonl" ] || gunzip -c "$data/$part.jsonl.gz" > "$run/$part.jsonl"
 done
@@ -33,7 +37,7 @@ for seed in 3 4; do
     part=sampled-s$seed
     [ -f "$run/$part.jsonl" ] || [ ! -f "$data/$part.jsonl.gz" ] || gunzip -c "$data/$part.jsonl.gz" > "$run/$part.jsonl"
     eaglespec regenerate --model smollm2-135m --sample-chats 5400 --prompt-temperature 1.0 --top-p 0.95 \
-        --seed "$seed" --output "$run/$part.jsonl" --batch-size 32 --dtype bf16 --max-new-tokens 256
+        --seed "$seed" --output "$run/$part.jsonl" --batch-size 32 --dtype "$dtype" --max-new-tokens 256
 done
 
 # 2. tokenised with the chat template's loss masks, then the target once (bf16) for int8-aux features
@@ -43,15 +47,15 @@ for part in "${parts[@]}"; do
     [ -d "$run/prepared-$part" ] || eaglespec prepare --data-format chat --input "$run/$part.jsonl" \
         --tokenizer smollm2-135m --output "$run/prepared-$part"
     eaglespec dump-features --model smollm2-135m --data "$run/prepared-$part" --method eagle3 --aux-int8 \
-        --output "$run/features35-$part" --target-dtype bf16 --batch-size 8 --shard-size 500
+        --output "$run/features35-$part" --target-dtype "$dtype" --batch-size 8 --shard-size 500
     features+=("$run/features35-$part")
 done
 
 # 3. EAGLE-3 on all of it, one lr schedule
 resume=(); [ -d "$run/eagle3-35" ] && resume=(--resume)
 budget=(); [ -n "${TRAIN_MINUTES:-}" ] && budget=(--time-budget-minutes "$TRAIN_MINUTES")
-eaglespec train eagle3 --basepath smollm2-135m --bs 8 --grad-accum 2 --lr 2e-3 --precision bf16 \
-    --target-dtype bf16 --group-by-length --no-progress --sim-states 8 --features "${features[@]}" \
+eaglespec train eagle3 --basepath smollm2-135m --bs 8 --grad-accum 2 --lr 2e-3 --precision "$dtype" \
+    --target-dtype "$dtype" --group-by-length --no-progress --sim-states 8 --features "${features[@]}" \
     --savedir "$run/eagle3-35" --num_epochs "${EPOCHS:-2}" --ttt-length "${TTT:-4}" --objective "${OBJECTIVE:-ce}" \
     --draft-vocab-size 8192 --full-save-every 1 --save-every-minutes 20 "${resume[@]}" "${budget[@]}" \
     2>&1 | tee -a "$run/train-eagle3-35.log"

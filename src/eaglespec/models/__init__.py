@@ -6,7 +6,7 @@ from eaglespec.models.dflash import DFlashDraftModel
 from eaglespec.models.draft import EagleDraftModel
 from eaglespec.models.loading import load_draft
 from eaglespec.models.paths import BUNDLED_MODEL_NAME, bundled_model_path, resolve_model_path
-from eaglespec.models.target import TargetModel, TargetOutput, check_draft_matches_target
+from eaglespec.models.target import TargetModel, TargetOutput, check_draft_matches_target, cpu_has_native_bf16
 
 __all__ = [
     "BUNDLED_MODEL_NAME",
@@ -20,6 +20,7 @@ __all__ = [
     "build_draft",
     "bundled_model_path",
     "check_draft_matches_target",
+    "cpu_has_native_bf16",
     "default_aux_layer_ids",
     "dflash_mask_token",
     "draft_config_for",
