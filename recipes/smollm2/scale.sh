@@ -9,11 +9,14 @@
 #   regen-all   15,900 prompts of `chat_mix.py --all`, re-answered (committed: regen.jsonl.gz + regen-all-part2)
 #   sampled, sampled2, sampled3   3400 chats the model wrote itself (committed)
 #   sampled-s3, sampled-s4        2 x 5400 more of them (seeds 3 and 4, answers up to 256 tokens)
-# Features: EAGLE-3, bf16 target, aux layers int8 (`--aux-int8`, about 3.0 KB a token instead of 4.6).
+# Features: EAGLE-3, the target in DTYPE, aux layers int8 (`--aux-int8`, about 3.0 KB a token instead of 4.6).
 # TRAIN_MINUTES (optional) stops training cleanly after that many minutes (rerun to continue).
 # DTYPE (bf16 or fp32) is the target's dtype and the training precision; by default bf16 where the CPU has bf16
 # hardware (AVX512-BF16, AMX), else fp32 (bf16 is emulated there, about 6x slower). Records say nothing of it:
 # the data README says which parts were made how.
+# SERVER=URL (optional) sends the generation to an OpenAI-compatible server instead of the local target, CONCURRENCY
+# (default 16) requests at a time; on an AVX2 CPU llama-server with a Q8_0 GGUF made 2.2x the records/s of our
+# fp32 batch (benchmarks/results/regenerate-35/engines.md). Records made that way name the server (`generated_by`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 run=${1:-runs/smollm2}
@@ -21,6 +24,8 @@ shared=${SHARED:-$here/../shared}
 data="$here/recipes/smollm2/data"
 mkdir -p "$run"
 dtype=${DTYPE:-$(python -c 'from eaglespec.models import cpu_has_native_bf16 as f; print("bf16" if f() else "fp32")')}
+engine=(--batch-size 32 --dtype "$dtype")
+[ -z "${SERVER:-}" ] || engine=(--server "$SERVER" --concurrency "${CONCURRENCY:-16}")
 
 eaglespec fetch smollm2-135m
 
@@ -29,7 +34,7 @@ eaglespec fetch smollm2-135m
     --output "$run/prompts-all.jsonl"
 [ -f "$run/regen-all.jsonl" ] || gunzip -c "$data/regen.jsonl.gz" "$data/regen-all-part2.jsonl.gz" > "$run/regen-all.jsonl"
 eaglespec regenerate --model smollm2-135m --input "$run/prompts-all.jsonl" --output "$run/regen-all.jsonl" \
-    --data-format chat --batch-size 32 --dtype "$dtype" --max-new-tokens 256
+    --data-format chat "${engine[@]}" --max-new-tokens 256
 for part in sampled sampled2 sampled3; do
     [ -f "$run/$part.jsonl" ] || gunzip -c "$data/$part.jsonl.gz" > "$run/$part.jsonl"
 done
@@ -37,10 +42,10 @@ for seed in 3 4; do
     part=sampled-s$seed
     [ -f "$run/$part.jsonl" ] || [ ! -f "$data/$part.jsonl.gz" ] || gunzip -c "$data/$part.jsonl.gz" > "$run/$part.jsonl"
     eaglespec regenerate --model smollm2-135m --sample-chats 5400 --prompt-temperature 1.0 --top-p 0.95 \
-        --seed "$seed" --output "$run/$part.jsonl" --batch-size 32 --dtype "$dtype" --max-new-tokens 256
+        --seed "$seed" --output "$run/$part.jsonl" "${engine[@]}" --max-new-tokens 256
 done
 
-# 2. tokenised with the chat template's loss masks, then the target once (bf16) for int8-aux features
+# 2. tokenised with the chat template's loss masks, then the target once (DTYPE) for int8-aux features
 parts=(regen-all sampled sampled2 sampled3 sampled-s3 sampled-s4)
 features=()
 for part in "${parts[@]}"; do
