@@ -97,4 +97,7 @@ def test_a_bf16_target_on_a_cpu_without_bf16_hardware_says_so_once_at_load(monke
         assert len(messages) == warned, (native, dtype, messages)
         if warned:
             assert str(path) in messages[0] and "--dtype float32" in messages[0]
+    monkeypatch.undo()
     assert target.cpu_has_native_bf16() in (True, False)  # the probe itself runs on any torch
+    monkeypatch.setattr(target.platform, "machine", lambda: "aarch64")
+    assert target.cpu_has_native_bf16()  # not probed off x86: no warning that might be false

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +73,11 @@ def require_cache_argument(model: nn.Module) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run in hardware. Elsewhere oneDNN emulates them: a [32x576] x
-    [576x1536] product took 5.8x as long in bf16 as in fp32 on a 2-core AVX2 AMD EPYC (torch 2.13)."""
+    """Whether bf16 matrix products run in hardware. False only for an x86 CPU without AVX512-BF16 or AMX, where
+    oneDNN emulates them: a [32x576] x [576x1536] product took 5.8x as long in bf16 as in fp32 on a 2-core AVX2
+    AMD EPYC (torch 2.13)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True  # only x86 is probed; an ARM CPU may have bf16 instructions these probes do not know
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu has no public probe for these
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
