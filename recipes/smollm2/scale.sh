@@ -11,7 +11,8 @@
 #   sampled-s3, sampled-s4        2 x 5400 more of them (seeds 3 and 4, answers up to 256 tokens)
 # Features: EAGLE-3, the target in DTYPE, aux layers int8 (`--aux-int8`, about 3.0 KB a token instead of 4.6).
 # TRAIN_MINUTES (optional) stops training cleanly after that many minutes (rerun to continue). LR, EPOCHS, TTT,
-# OBJECTIVE, TEST_SPLIT and SIM_STATES override the training settings of step 3, NAME and INIT_FROM are explained there.
+# OBJECTIVE, TEST_SPLIT and SIM_STATES override the training settings of step 3; NAME and INIT_FROM are explained
+# there.
 # DTYPE (bf16 or fp32) is the target's dtype and the training precision; by default bf16 where the CPU has bf16
 # hardware (AVX512-BF16, AMX), else fp32 (bf16 is emulated there, about 6x slower). Records say nothing of it:
 # the data README says which parts were made how.
@@ -64,7 +65,7 @@ resume=(); [ -d "$run/$name" ] && resume=(--resume)
 budget=(); [ -n "${TRAIN_MINUTES:-}" ] && budget=(--time-budget-minutes "$TRAIN_MINUTES")
 init=(); [ -n "${INIT_FROM:-}" ] && init=(--init-from "$INIT_FROM")
 eaglespec train eagle3 --basepath smollm2-135m --bs 8 --grad-accum 2 --lr "${LR:-2e-3}" --precision "$dtype" \
-    --target-dtype "$dtype" --group-by-length --no-progress --sim-states "${SIM_STATES:-8}" --features "${features[@]}" \
-    --savedir "$run/$name" --num_epochs "${EPOCHS:-2}" --ttt-length "${TTT:-4}" --objective "${OBJECTIVE:-ce}" \
+    --target-dtype "$dtype" --group-by-length --no-progress --sim-states "${SIM_STATES:-8}" \
+    --features "${features[@]}" --savedir "$run/$name" --num_epochs "${EPOCHS:-2}" --ttt-length "${TTT:-4}" --objective "${OBJECTIVE:-ce}" \
     --test-split "${TEST_SPLIT:-0.05}" --draft-vocab-size 8192 --full-save-every 1 --save-every-minutes 20 \
     "${init[@]}" "${resume[@]}" "${budget[@]}" 2>&1 | tee -a "$run/train-$name.log"
