@@ -67,5 +67,5 @@ init=(); [ -n "${INIT_FROM:-}" ] && init=(--init-from "$INIT_FROM")
 eaglespec train eagle3 --basepath smollm2-135m --bs 8 --grad-accum 2 --lr "${LR:-2e-3}" --precision "$dtype" \
     --target-dtype "$dtype" --group-by-length --no-progress --sim-states "${SIM_STATES:-8}" \
     --features "${features[@]}" --savedir "$run/$name" --num_epochs "${EPOCHS:-2}" --ttt-length "${TTT:-4}" \
-    --objective "${OBJECTIVE:-ce}" --test-split "${TEST_SPLIT:-0.05}" --draft-vocab-size 8192 --full-save-every 1 --save-every-minutes 20 \
-    "${init[@]}" "${resume[@]}" "${budget[@]}" 2>&1 | tee -a "$run/train-$name.log"
+    --objective "${OBJECTIVE:-ce}" --test-split "${TEST_SPLIT:-0.05}" --draft-vocab-size 8192 --full-save-every 1 \
+    --save-every-minutes 20 "${init[@]}" "${resume[@]}" "${budget[@]}" 2>&1 | tee -a "$run/train-$name.log"
