@@ -68,5 +68,5 @@ split=(); [ -n "${TEST_SPLIT:-}" ] && split=(--test-split "$TEST_SPLIT")
 eaglespec train eagle3 --basepath smollm2-135m --bs 8 --grad-accum 2 --lr "${LR:-2e-3}" --precision "$dtype" \
     --target-dtype "$dtype" --group-by-length --no-progress --sim-states "${SIM_STATES:-8}" \
     --features "${features[@]}" --savedir "$run/$name" --num_epochs "${EPOCHS:-2}" --ttt-length "${TTT:-4}" \
-    --objective "${OBJECTIVE:-ce}" --draft-vocab-size 8192 --full-save-every 1 \
-    --save-every-minutes 20 "${init[@]}" "${split[@]}" "${resume[@]}" "${budget[@]}" 2>&1 | tee -a "$run/train-$name.log"
+    --objective "${OBJECTIVE:-ce}" --draft-vocab-size 8192 --full-save-every 1 --save-every-minutes 20 \
+    "${init[@]}" "${split[@]}" "${resume[@]}" "${budget[@]}" 2>&1 | tee -a "$run/train-$name.log"
