@@ -22,7 +22,7 @@ def test_demo_small_and_cached(tmp_path, capsys):
     assert again.comparison.all_identical
 
 
-def test_chat_demo_marks_accepted_tokens_and_checks_exactness(tmp_path, capsys):
+def test_chat_demo_marks_accepted_tokens_and_checks_exactness(tmp_path, capsys, monkeypatch):
     """`eaglespec demo --target T --draft D` on a chat model: stories260K with a small chat template and an
     untrained EAGLE-3 draft (fp32, so every answer must be identical to vanilla greedy)."""
     import json
@@ -45,3 +45,14 @@ def test_chat_demo_marks_accepted_tokens_and_checks_exactness(tmp_path, capsys):
     for item in ("> Once upon a time", "> Tom had a ball.", "tau", "speculative", "vanilla", "tok/s",
                  "identical to vanilla greedy: exact, exact"):
         assert item in out, item
+    # the command, as the README runs it: `demo --target NAME` decodes with the draft committed for NAME
+    from eaglespec.models import paths
+
+    assets = tmp_path / "assets"
+    monkeypatch.setattr(paths, "bundled_model_path", lambda: assets / "stories260K")
+    monkeypatch.setitem(paths.COMMITTED_DRAFTS, str(target), "stories-chat-eagle3")
+    shutil.copytree(tmp_path / "draft", assets / "drafts" / "stories-chat-eagle3")
+    assert main(["demo", "--target", str(target), "--prompt", "Tom had a ball.", "--max-new-tokens", "8",
+                 "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "stories-chat-eagle3" in out and "identical to vanilla greedy:" in out

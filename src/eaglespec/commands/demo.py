@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from eaglespec.demo import DemoConfig, main_colour, run_chat_demo, run_demo
 
     if args.target:
-        from eaglespec.models.fetch import committed_draft_path
+        from eaglespec.models.paths import committed_draft_path
 
         draft = args.draft or committed_draft_path(args.target)
         kw = {"prompts": tuple(args.prompt)} if args.prompt else {}
