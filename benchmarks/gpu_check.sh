@@ -42,7 +42,7 @@ if [ -n "$draft" ]; then
 fi
 if [ -n "$smollm2_config" ]; then
     timeout "$limit" "$py" "$here/benchmarks/step_cost.py" --config "$smollm2_config" \
-        --draft "$here/src/eaglespec/assets/drafts/smollm2-135m-eagle3" --tau 2.78 --output "$out/step_cost_smollm2.json"
+        --draft "$here/src/eaglespec/assets/drafts/smollm2-135m-eagle3" --tau 2.65 --output "$out/step_cost_smollm2.json"
     echo "step cost smollm2: exit $?"
 fi
 timeout "$limit" "$py" "$here/benchmarks/step_cost.py" --preset llama-3-8b --tree dynamic --depth 5 --draft-top-k 8 \

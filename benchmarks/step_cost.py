@@ -17,7 +17,7 @@ also prints the speed-up that step cost implies: X * vanilla ms / speculative ms
 output says so.
 
     python benchmarks/step_cost.py --config ~/.cache/eaglespec/models/smollm2-135m/config.json \
-        --draft src/eaglespec/assets/drafts/smollm2-135m-eagle3 --device cuda --dtype bfloat16 --tau 2.78
+        --draft src/eaglespec/assets/drafts/smollm2-135m-eagle3 --device cuda --dtype bfloat16 --tau 2.65
     python benchmarks/step_cost.py --preset llama-3-8b --device cuda --dtype bfloat16 --output cost.json
 """
 
