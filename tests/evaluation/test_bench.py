@@ -251,8 +251,11 @@ def test_bench_throughput_mode_writes_its_figures(tmp_path):
     assert data["methods"]["vanilla"]["speedup_vs_vanilla"] == pytest.approx(1.0)
     # methods given: only those (a subset of the defaults was once replaced by all four)
     opts.methods, opts.output = ["vanilla", "eagle"], str(tmp_path / "two")
-    assert run_benchmark(opts, log=lambda *_: None) == 0
+    logged = []
+    assert run_benchmark(opts, log=logged.append) == 0
     assert set(json.loads((tmp_path / "two" / "throughput_bs2.json").read_text())["methods"]) == {"vanilla", "eagle"}
+    eagle_row = next(line for line in logged if line.startswith("| eagle |"))
+    assert eagle_row.split(" | ")[3:5] == ["-", "-"] and "nan" not in eagle_row  # hf and eagle-bs1 were not run
     opts.methods = ["vanilla", "pld"]
     with pytest.raises(ValueError, match="not \\['pld'\\]"):
         run_benchmark(opts, log=lambda *_: None)

@@ -197,6 +197,11 @@ def print_throughput(data: dict, opts: BenchOptions, prompts: int, log: Log) -> 
     log("| method | tokens/s | vs vanilla (same batch) | vs hf | vs eagle bs1 | latency median / p90 s |")
     log("|---|---|---|---|---|---|")
     for m, f in data["methods"].items():
-        log(f"| {m} | {f['tokens_per_s']:.1f} | {f.get('speedup_vs_vanilla', float('nan')):.2f}x | "
-            f"{f.get('speedup_vs_hf', float('nan')):.2f}x | {f.get('speedup_vs_eagle-bs1', float('nan')):.2f}x | "
-            f"{f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")
+        ratios = " | ".join(_ratio(f, base) for base in ("vanilla", "hf", "eagle-bs1"))
+        log(f"| {m} | {f['tokens_per_s']:.1f} | {ratios} | {f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")
+
+
+def _ratio(figures: dict, base: str) -> str:
+    """A method's speedup over `base`, or "-" where `base` was not run."""
+    value = figures.get(f"speedup_vs_{base}")
+    return "-" if value is None else f"{value:.2f}x"
