@@ -193,15 +193,11 @@ def run_throughput(opts: BenchOptions, log: Log = print) -> int:
 
 def print_throughput(data: dict, opts: BenchOptions, prompts: int, log: Log) -> None:
     """The throughput table: tokens/s per method and its ratios to vanilla, hf and eagle at batch size 1."""
+    from eaglespec.evaluation.report import ratio_text
+
     log(f"batch size {opts.batch_size}, {prompts} prompts, {opts.max_new_tokens} new tokens at most:")
     log("| method | tokens/s | vs vanilla (same batch) | vs hf | vs eagle bs1 | latency median / p90 s |")
     log("|---|---|---|---|---|---|")
     for m, f in data["methods"].items():
-        ratios = " | ".join(_ratio(f, base) for base in ("vanilla", "hf", "eagle-bs1"))
+        ratios = " | ".join(ratio_text(f.get(f"speedup_vs_{base}")) for base in ("vanilla", "hf", "eagle-bs1"))
         log(f"| {m} | {f['tokens_per_s']:.1f} | {ratios} | {f['latency_median_s']:.1f} / {f['latency_p90_s']:.1f} |")
-
-
-def _ratio(figures: dict, base: str) -> str:
-    """A method's speedup over `base`, or "-" where `base` was not run."""
-    value = figures.get(f"speedup_vs_{base}")
-    return "-" if value is None else f"{value:.2f}x"

@@ -92,7 +92,8 @@ def _fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
-def _ratio(x) -> str:
+def ratio_text(x) -> str:
+    """A speedup as "1.23x", or "-" where there is none (its baseline was not run)."""
     return "-" if x is None else f"{x:.2f}x"
 
 
@@ -108,9 +109,9 @@ def method_table(summaries: dict[str, MethodSummary], result: BenchResult | None
         if result is not None and m in result.exactness:
             c = exactness_counts(result, m)
             exact = f"{c[EXACT]} exact, {c[NEAR_TIE]} near-tie, {c[MISMATCH]} MISMATCH"
-        vs_engine = f" {_ratio(s.speedup_vs_llama_cpp)} |" if engine else ""
-        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {_ratio(s.speedup)} | {_ratio(s.speedup_vs_hf)} |{vs_engine} "
-                     f"{s.tau:.2f} | {split} | {exact} |")
+        vs_engine = f" {ratio_text(s.speedup_vs_llama_cpp)} |" if engine else ""
+        lines.append(f"| {m} | {s.tokens_per_s:.1f} | {ratio_text(s.speedup)} | {ratio_text(s.speedup_vs_hf)} |"
+                     f"{vs_engine} {s.tau:.2f} | {split} | {exact} |")
     lines += [f"\n{m}: {100 * s.lookup_share:.1f}% of the accepted draft tokens came from the n-gram lookup alone"
               for m, s in summaries.items() if s.lookup_share]
     return lines
